@@ -1,0 +1,32 @@
+# spectgan: `make demo` sets up and runs the main job, `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_OUT ?= demo_output
+
+.PHONY: install debs demo test test-slow bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install --quiet -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import spectgan, torch, monailabel, pytomography, highdicom, SimpleITK, nilearn"
+	touch $(STAMP)
+
+debs:
+	bash scripts/install-debs.sh
+
+install: $(STAMP) debs
+
+demo: install
+	$(BIN)/spectgan demo --out $(DEMO_OUT)
+
+test: install
+	$(BIN)/python -m pytest -ra
+
+test-slow: install
+	$(BIN)/python -m pytest -ra -m slow
+
+clean:
+	rm -rf $(DEMO_OUT) sample_data/cohorts .pytest_cache

@@ -1,0 +1,139 @@
+"""The cohort format shared by simulated cohorts (``spectgan cohort``) and imported ones (``spectgan import``).
+
+A cohort folder holds:
+
+- ``cohort.json``: ``matrix``, ``pixel_spacing_mm``, ``slab_thickness_mm``, ``count_scale`` (the ONE cohort-wide
+  constant the GAN divides counts by, computed on the train split), ``source`` (simulated | imported) and how the
+  cohort was made;
+- ``manifest.csv``: one row per slice with ``split,id,level,pattern,side,territory,severity,file`` (``side`` empty
+  unless unilateral; ``territory`` and ``severity`` empty where unknown; ``file`` relative to the folder);
+- ``train/<id>.nii.gz`` and ``test/<id>.nii.gz``: canonical one-slice float32 volumes in counts, in template
+  geometry (see ``spectgan.template``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from spectgan.conditions import ALL_LEVELS, Condition, Level, parse_condition
+from spectgan.errors import SpectganError
+from spectgan.template import canonical_array
+
+MANIFEST_COLUMNS = ("split", "id", "level", "pattern", "side", "territory", "severity", "file")
+SPLITS = ("train", "test")
+COUNT_SCALE_PERCENTILE = 99.99
+COUNT_SCALE_MARGIN = 1.05
+
+
+@dataclass(frozen=True)
+class CohortRecord:
+    """One manifest row."""
+
+    split: str
+    id: str
+    condition: Condition
+    territory: str
+    severity: float | None
+    file: str
+
+    def to_row(self) -> dict[str, str]:
+        condition = self.condition.to_dict()
+        return {"split": self.split, "id": self.id, "level": condition["level"], "pattern": condition["pattern"],
+                "side": condition["side"] or "", "territory": self.territory,
+                "severity": "" if self.severity is None else f"{self.severity:.4f}", "file": self.file}
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that it is either complete or absent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_image(image: sitk.Image, path: Path) -> None:
+    """Write a SimpleITK image (format from the suffix) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
+    os.close(handle)
+    try:
+        sitk.WriteImage(image, temporary, True)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(cohort_dir: Path, records: Sequence[CohortRecord]) -> None:
+    """Write ``manifest.csv`` atomically, sorted by split and id."""
+    rows = sorted((record.to_row() for record in records), key=lambda row: (row["split"], row["id"]))
+    lines = [",".join(MANIFEST_COLUMNS)] + [",".join(row[column] for column in MANIFEST_COLUMNS) for row in rows]
+    atomic_write_bytes(Path(cohort_dir) / "manifest.csv", ("\n".join(lines) + "\n").encode())
+
+
+def write_cohort_info(cohort_dir: Path, info: dict) -> None:
+    atomic_write_bytes(Path(cohort_dir) / "cohort.json", (json.dumps(info, indent=2) + "\n").encode())
+
+
+def read_cohort_info(cohort_dir: Path) -> dict:
+    path = Path(cohort_dir) / "cohort.json"
+    if not path.is_file():
+        raise SpectganError(f"{cohort_dir} is not a spectgan cohort: {path.name} is missing "
+                            "(make one with `spectgan cohort` or `spectgan import`)")
+    return json.loads(path.read_text())
+
+
+def read_manifest(cohort_dir: Path) -> list[CohortRecord]:
+    """Parse ``manifest.csv``; every row's condition is validated against ``spectgan.conditions``."""
+    path = Path(cohort_dir) / "manifest.csv"
+    if not path.is_file():
+        raise SpectganError(f"{cohort_dir} has no manifest.csv")
+    records = []
+    with open(path, newline="") as stream:
+        reader = csv.DictReader(stream)
+        missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise SpectganError(f"{path} lacks the columns {', '.join(sorted(missing))}; "
+                                f"expected {','.join(MANIFEST_COLUMNS)}")
+        for line, row in enumerate(reader, start=2):
+            if row["split"] not in SPLITS:
+                raise SpectganError(f"{path}:{line}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
+            try:
+                condition = parse_condition(row["level"], row["pattern"], row["side"] or None)
+            except ValueError as error:
+                raise SpectganError(f"{path}:{line}: {error}") from None
+            severity = float(row["severity"]) if row["severity"] else None
+            records.append(CohortRecord(row["split"], row["id"], condition, row["territory"], severity, row["file"]))
+    return records
+
+
+def load_split(cohort_dir: Path, split: str, levels: Sequence[Level] = ALL_LEVELS
+               ) -> tuple[np.ndarray, list[CohortRecord]]:
+    """All slices of one split at the given levels: float32 counts [N, H, W] and their manifest records."""
+    cohort_dir = Path(cohort_dir)
+    records = [r for r in read_manifest(cohort_dir) if r.split == split and r.condition.level in levels]
+    if not records:
+        raise SpectganError(f"{cohort_dir} has no {split} slices at levels {', '.join(lv.value for lv in levels)}")
+    arrays = [canonical_array(sitk.ReadImage(str(cohort_dir / record.file))) for record in records]
+    return np.stack(arrays).astype(np.float32), records
+
+
+def compute_count_scale(train_arrays: np.ndarray) -> float:
+    """The cohort-wide constant: a robust maximum of the train split's counts (99.99th percentile x 1.05)."""
+    return float(np.percentile(train_arrays, COUNT_SCALE_PERCENTILE) * COUNT_SCALE_MARGIN)

@@ -1,0 +1,144 @@
+"""Levels, defect patterns and sides: the one place where conditions, their template planes and the paper's
+case counts are defined.
+
+Levels are axial planes of the MNI152 template. Template coordinates here are LPS millimetres (ITK/DICOM):
++x is the patient's left, +y posterior, +z superior; MNI (RAS) z equals LPS z.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Iterable, Optional, Sequence
+
+
+class Level(str, Enum):
+    """Anatomical level of an axial slice."""
+
+    CER = "CER"  # cerebellar hemispheres
+    BG = "BG"  # basal ganglia: striatum and thalamus
+    COR = "COR"  # high-convexity cortex
+
+
+class Pattern(str, Enum):
+    """Perfusion defect pattern."""
+
+    NORMAL = "normal"
+    UNILATERAL = "unilateral"
+    BILATERAL = "bilateral"
+
+
+class Side(str, Enum):
+    """Hemisphere of a unilateral defect (the patient's side)."""
+
+    LEFT = "left"
+    RIGHT = "right"
+
+
+# Template z-plane of each level in mm (MNI152 2009c; LPS z = MNI z). Chosen from the atlas: at z = -30 the
+# cerebellar hemispheres are at their widest, z = +4 cuts the putamen, caudate head and thalamus, z = +52 is
+# high-convexity cortex above the lateral ventricles.
+LEVEL_Z_MM: dict[Level, float] = {Level.CER: -30.0, Level.BG: 4.0, Level.COR: 52.0}
+
+# Slices per level x pattern in the paper (Werner et al. 2022): the training cohort has exactly these, the
+# held-out test cohort the same again from other seeds.
+PAPER_COUNTS: dict[tuple[Level, Pattern], int] = {
+    (Level.CER, Pattern.NORMAL): 248,
+    (Level.BG, Pattern.NORMAL): 174,
+    (Level.COR, Pattern.NORMAL): 129,
+    (Level.CER, Pattern.UNILATERAL): 66,
+    (Level.BG, Pattern.UNILATERAL): 116,
+    (Level.COR, Pattern.UNILATERAL): 109,
+    (Level.CER, Pattern.BILATERAL): 0,
+    (Level.BG, Pattern.BILATERAL): 44,
+    (Level.COR, Pattern.BILATERAL): 52,
+}
+
+ALL_LEVELS: tuple[Level, ...] = tuple(Level)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One generation request: level, pattern and, for unilateral defects only, the side."""
+
+    level: Level
+    pattern: Pattern
+    side: Optional[Side] = None
+
+    @property
+    def label(self) -> str:
+        """Short name such as ``BG-unilateral-left``."""
+        parts = [self.level.value, self.pattern.value] + ([self.side.value] if self.side else [])
+        return "-".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"level": self.level.value, "pattern": self.pattern.value,
+                "side": self.side.value if self.side else None}
+
+
+def _parse_enum(enum_type, value, what: str):
+    if isinstance(value, enum_type):
+        return value
+    allowed = [member.value for member in enum_type]
+    for member in enum_type:
+        if isinstance(value, str) and value.strip().lower() == member.value.lower():
+            return member
+    raise ValueError(f"invalid {what} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def parse_levels(levels: str | Iterable[str | Level] | None) -> tuple[Level, ...]:
+    """``"CER,BG"`` or a list -> a tuple of levels in canonical order; None or ``"all"`` -> every level."""
+    if levels is None or (isinstance(levels, str) and levels.strip().lower() == "all"):
+        return ALL_LEVELS
+    items = levels.split(",") if isinstance(levels, str) else list(levels)
+    parsed = {_parse_enum(Level, item, "level") for item in items if str(item).strip()}
+    if not parsed:
+        raise ValueError(f"no level given; allowed: {', '.join(level.value for level in Level)}")
+    return tuple(level for level in Level if level in parsed)
+
+
+def is_trainable(level: Level, pattern: Pattern) -> bool:
+    """A level x pattern cell exists when the paper has cases for it (bilateral at CER has none)."""
+    return PAPER_COUNTS[(level, pattern)] > 0
+
+
+def valid_conditions(levels: Sequence[Level] = ALL_LEVELS) -> list[Condition]:
+    """Every valid condition at the given levels, unilateral expanded to left and right."""
+    conditions = []
+    for level in levels:
+        for pattern in Pattern:
+            if not is_trainable(level, pattern):
+                continue
+            sides = list(Side) if pattern is Pattern.UNILATERAL else [None]
+            conditions.extend(Condition(level, pattern, side) for side in sides)
+    return conditions
+
+
+def parse_condition(level, pattern, side=None, levels: Sequence[Level] = ALL_LEVELS) -> Condition:
+    """Validate a request; raises ValueError naming what is allowed.
+
+    ``levels`` are the levels a model was trained on (model B: COR only).
+    """
+    level = _parse_enum(Level, level, "level")
+    pattern = _parse_enum(Pattern, pattern, "pattern")
+    if level not in levels:
+        raise ValueError(f"level {level.value} is not available for this model; allowed levels: "
+                         f"{', '.join(lv.value for lv in levels)}")
+    if not is_trainable(level, pattern):
+        allowed = [p.value for p in Pattern if is_trainable(level, p)]
+        raise ValueError(f"pattern {pattern.value} does not exist at level {level.value} (no training cases); "
+                         f"allowed patterns at {level.value}: {', '.join(allowed)}")
+    if side in ("", None):
+        side = None
+    if pattern is Pattern.UNILATERAL:
+        if side is None:
+            raise ValueError("a unilateral pattern needs side; allowed: left, right")
+        side = _parse_enum(Side, side, "side")
+    elif side is not None:
+        raise ValueError(f"side is only allowed with the unilateral pattern, not with {pattern.value}; "
+                         "leave side empty")
+    return Condition(level, pattern, side)
+
+
+def describe_allowed(levels: Sequence[Level] = ALL_LEVELS) -> str:
+    """Human-readable list of the valid conditions, for error messages."""
+    return "; ".join(condition.label for condition in valid_conditions(levels))
