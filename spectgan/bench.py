@@ -1,0 +1,22 @@
+"""``spectgan bench NAME``: benchmarks that print ratios measured in one run (never timed tests)."""
+from __future__ import annotations
+
+import importlib
+
+BENCHMARKS: dict[str, str] = {
+    "cohort": "spectgan.cohort:run_cohort_benchmark",
+    "sample": "spectgan.gan.bench:run_sample_benchmark",
+}
+
+
+def add_bench_command(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="run a benchmark and print what it measured")
+    parser.add_argument("name", choices=sorted(BENCHMARKS), help="what to measure")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    module_name, function_name = BENCHMARKS[args.name].split(":")
+    benchmark = getattr(importlib.import_module(module_name), function_name)
+    return benchmark(as_json=args.json) or 0
