@@ -44,6 +44,13 @@ class CohortRecord:
     severity: float | None
     file: str
 
+    @classmethod
+    def from_row(cls, row: dict[str, str]) -> "CohortRecord":
+        """Parse a manifest row; the condition is validated (ValueError names what is allowed)."""
+        condition = parse_condition(row["level"], row["pattern"], row["side"] or None)
+        severity = float(row["severity"]) if row["severity"] else None
+        return cls(row["split"], row["id"], condition, row["territory"], severity, row["file"])
+
     def to_row(self) -> dict[str, str]:
         condition = self.condition.to_dict()
         return {"split": self.split, "id": self.id, "level": condition["level"], "pattern": condition["pattern"],
@@ -59,6 +66,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -74,6 +82,7 @@ def atomic_write_image(image: sitk.Image, path: Path) -> None:
     os.close(handle)
     try:
         sitk.WriteImage(image, temporary, True)
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -115,11 +124,9 @@ def read_manifest(cohort_dir: Path) -> list[CohortRecord]:
             if row["split"] not in SPLITS:
                 raise SpectganError(f"{path}:{line}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
             try:
-                condition = parse_condition(row["level"], row["pattern"], row["side"] or None)
+                records.append(CohortRecord.from_row(row))
             except ValueError as error:
                 raise SpectganError(f"{path}:{line}: {error}") from None
-            severity = float(row["severity"]) if row["severity"] else None
-            records.append(CohortRecord(row["split"], row["id"], condition, row["territory"], severity, row["file"]))
     return records
 
 
