@@ -6,6 +6,8 @@ import importlib
 BENCHMARKS: dict[str, str] = {
     "cohort": "spectgan.cohort:run_cohort_benchmark",
     "sample": "spectgan.gan.bench:run_sample_benchmark",
+    "server": "spectgan.service:run_server_benchmark",
+    "evaluate": "spectgan.evaluation.report:run_evaluate_benchmark",
 }
 
 

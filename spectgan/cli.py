@@ -17,6 +17,10 @@ COMMANDS: dict[str, str] = {
     "stats": "spectgan.roi",
     "train": "spectgan.gan.train",
     "sample": "spectgan.gan.sample",
+    "evaluate": "spectgan.evaluation.report",
+    "import": "spectgan.importer",
+    "generate": "spectgan.client",
+    "export": "spectgan.pacs",
     "bench": "spectgan.bench",
     "demo": "spectgan.demo",
 }
@@ -27,7 +31,7 @@ def build_parser(commands: list[str]) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in commands:
         module = importlib.import_module(COMMANDS[command])
-        getattr(module, f"add_{command}_command")(subparsers)
+        getattr(module, f"add_{command.replace('-', '_')}_command")(subparsers)
     return parser
 
 
