@@ -1,0 +1,453 @@
+"""DICOM encoding of synthetic scans: an NM image with full geometry, a hemisphere SEG and a TID 1500 SR.
+
+One scan is three objects in three series of one study (``SyntheticStudy``, shared by every scan of a generate
+call):
+
+- NM image (one-frame RECON TOMO multi-frame). Its plane is the Detector Information Sequence's Image Position /
+  Image Orientation (Patient), which is where SimpleITK (GDCM) reads an NM image's geometry; the slice thickness
+  is Spacing Between Slices. The one-slice image's normal is implicit in DICOM (row x column direction), so a
+  left-handed direction matrix comes back with its third column negated: the same plane and the same pixel
+  positions, nothing flipped in the plane.
+- SEG with two binary segments on the slice grid: 1 = left hemisphere, 2 = right hemisphere (patient sides).
+  highdicom 0.22 builds a SEG only from single-frame sources, so it is given a single-frame view of the NM (the
+  plane at top level); the SEG references the NM instance.
+- Comprehensive 3D SR (TID 1500): one group per hemisphere (mean counts and size) referencing its SEG segment and
+  the NM frame, and one image group (MC, LR and AI) referencing the NM.
+
+Quantization: counts are stored as 16-bit integers with Rescale Slope = max |counts| / 65535 (unsigned; 32767
+signed when a count is negative) and Rescale Intercept 0, so a read value differs from the original by at most
+half the slope (7.6e-6 x the maximum). The statistics travel in the SR at full double precision.
+
+Every object says it is synthetic: Synthetic Data (0008,001C) YES, Content Qualification RESEARCH, Patient Identity
+Removed YES, "SYNTHETIC" in Patient Name and Series Description; every identifier is generated.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, generate_uid
+from pydicom.valuerep import DSfloat
+
+from spectgan import __version__
+from spectgan.cohort_format import atomic_write_bytes
+from spectgan.conditions import Condition, parse_condition
+from spectgan.errors import InvalidImageError, SpectganError
+
+# Synthetic Data (0008,001C) is newer than pydicom 2.4's dictionary (and dciodvfy 2022-06's): set by tag.
+SYNTHETIC_DATA_TAG = 0x0008001C
+MANUFACTURER = "spectgan"
+SLICE_VECTOR_TAG = 0x00540080  # the NM Frame Increment Pointer of a RECON TOMO image
+STAT_KEYS = ("mc", "left", "right", "lr", "ai")
+SIZE_KEYS = ("brain_size", "left_size", "right_size")
+METADATA_KEYS = ("condition", "seed", "model", "version", "sha256")
+SIDES = ("left", "right")  # SEG segment numbers 1 and 2
+
+# Coded concepts of the SR. Mean counts are "NM Tomographic Activity" with derivation "Mean" (TID 300); LR and AI
+# have no standard code, so they live in a private coding scheme declared in the SR.
+PRIVATE_SCHEME = "99SPECTGAN"
+MEAN_COUNTS = codes.DCM.NuclearMedicineTomographicActivity
+LR_RATIO = Code("LR", PRIVATE_SCHEME, "Left to right hemisphere mean count ratio")
+ASYMMETRY_INDEX = Code("AI", PRIVATE_SCHEME, "Hemisphere asymmetry index")
+SIZE_CODES = {"mm2": codes.SCT.Area, "mm3": codes.SCT.Volume}
+UNITS = {"counts": codes.UCUM.Counts, "ratio": codes.UCUM.Ratio, "percent": codes.UCUM.Percent,
+         "mm2": Code("mm2", "UCUM", "mm2"), "mm3": Code("mm3", "UCUM", "mm3")}
+LATERALITY = {"left": codes.SCT.Left, "right": codes.SCT.Right}
+ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
+
+
+class DicomError(SpectganError):
+    """DICOM objects that spectgan cannot write or read back (bad inputs, an incomplete or foreign series)."""
+
+
+@dataclass
+class SyntheticStudy:
+    """What every scan of one generate call shares: one generated patient, one study, one frame of reference
+    (the reference study's physical space). Nothing here comes from a real patient."""
+
+    patient_id: str = field(default_factory=lambda: "SYN" + secrets.token_hex(5).upper())
+    study_instance_uid: str = field(default_factory=generate_uid)
+    frame_of_reference_uid: str = field(default_factory=generate_uid)
+    study_id: str = field(default_factory=lambda: secrets.token_hex(4).upper())
+    accession_number: str = field(default_factory=lambda: "SYN" + secrets.token_hex(4).upper())
+    created: datetime = field(default_factory=lambda: datetime.now().replace(microsecond=0))
+    description: str = "SYNTHETIC 123I-IMP brain perfusion SPECT"
+    series_count: int = 0
+
+    @property
+    def patient_name(self) -> str:
+        return f"SYNTHETIC^{self.patient_id}"
+
+    def next_series_number(self) -> int:
+        self.series_count += 1
+        return self.series_count
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How a scan was made: the condition, seed and model (name, version, sha256 of the weights)."""
+
+    condition: Condition
+    seed: int
+    model: str
+    version: str
+    sha256: str
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> "Provenance":
+        missing = [key for key in METADATA_KEYS if metadata.get(key) in (None, "")]
+        if missing:
+            raise DicomError(f"scan metadata lacks {', '.join(missing)}; required: {', '.join(METADATA_KEYS)}")
+        condition = metadata["condition"]
+        if not isinstance(condition, Condition):
+            condition = parse_condition(condition["level"], condition["pattern"], condition.get("side"))
+        return cls(condition, int(metadata["seed"]), str(metadata["model"]), str(metadata["version"]),
+                   str(metadata["sha256"]))
+
+    def series_description(self, content: str) -> str:
+        """``SYNTHETIC <content> <condition> seed <seed>``, cut to the 64 characters of a DICOM LO."""
+        return f"SYNTHETIC {content} {self.condition.label} seed {self.seed}"[:64]
+
+    def comment(self) -> str:
+        """Human- and machine-readable provenance for Image Comments."""
+        details = {"condition": self.condition.to_dict(), "seed": self.seed, "model": self.model,
+                   "version": self.version, "sha256": self.sha256}
+        return "SYNTHETIC image made by spectgan, no real patient: " + json.dumps(details, sort_keys=True)
+
+
+def encode_scan(image: sitk.Image, left_mask: np.ndarray | sitk.Image, right_mask: np.ndarray | sitk.Image,
+                stats: dict, metadata: dict, study: SyntheticStudy) -> list[Dataset]:
+    """[NM, SEG, SR] of one synthetic slice.
+
+    ``image``: a one-slice volume (or 2D image) in counts, any direction; ``left_mask`` / ``right_mask``: binary
+    masks on its grid (patient sides); ``stats``: ``mc``, ``left``, ``right``, ``lr``, ``ai`` and, optionally,
+    ``brain_size``, ``left_size``, ``right_size`` in ``size_unit`` (mm2 or mm3), as ``spectgan.roi`` reports them;
+    ``metadata``: ``condition`` (level, pattern, side), ``seed``, ``model``, ``version``, ``sha256``.
+    """
+    image = _one_slice_image(image)
+    masks = [_mask_array(mask, image, side) for side, mask in zip(SIDES, (left_mask, right_mask))]
+    if np.any(masks[0] & masks[1]):
+        raise DicomError(f"the left and right masks overlap in {np.count_nonzero(masks[0] & masks[1])} pixels")
+    stats = _validated_stats(stats)
+    provenance = Provenance.from_metadata(metadata)
+    nm = _nm_image(image, provenance, study)
+    seg = _hemisphere_segmentation(nm, masks, provenance, study)
+    sr = _measurement_report(nm, seg, stats, provenance, study)
+    return [nm, seg, sr]
+
+
+def write_series(datasets: Iterable[Dataset], folder: str | Path) -> list[Path]:
+    """Write datasets as ``<Modality>_<SOPInstanceUID>.dcm`` files (atomically) into ``folder``; their paths."""
+    folder = Path(folder)
+    paths = []
+    for dataset in datasets:
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, dataset, write_like_original=False)
+        path = folder / f"{dataset.Modality}_{dataset.SOPInstanceUID}.dcm"
+        atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+def read_scan(source: str | Path | Sequence[str | Path]) -> tuple[sitk.Image, dict]:
+    """The image (float32, read by SimpleITK) and statistics (from the SR) of one scan.
+
+    ``source``: a folder holding one scan's files, or the files themselves.
+    """
+    paths = _scan_files(source)
+    headers = {path: pydicom.dcmread(path, stop_before_pixels=True) for path in paths}
+    images = [path for path, header in headers.items() if header.SOPClassUID == NuclearMedicineImageStorage]
+    if len(images) != 1:
+        raise DicomError(f"{source}: expected the files of one scan (one NM image), found {len(images)} NM images")
+    nm_uid = headers[images[0]].SOPInstanceUID
+    reports = [path for path, header in headers.items() if header.Modality == "SR" and nm_uid in _evidence(header)]
+    if len(reports) != 1:
+        raise DicomError(f"{source}: expected one SR with the statistics of NM {nm_uid}, found {len(reports)}")
+    image = sitk.Cast(sitk.ReadImage(str(images[0])), sitk.sitkFloat32)
+    return image, _stats_from_report(headers[reports[0]])
+
+
+def quantize_counts(values: np.ndarray) -> tuple[np.ndarray, float]:
+    """16-bit integers and the Rescale Slope (exactly as a DICOM DS holds it) with values ~= stored x slope."""
+    signed = bool(np.any(values < 0))
+    limit = np.iinfo(np.int16 if signed else np.uint16).max
+    peak = float(np.max(np.abs(values), initial=0.0))
+    slope = float(DSfloat(peak / limit, auto_format=True)) if peak > 0 else 1.0
+    stored = np.clip(np.rint(values / slope), -limit if signed else 0, limit)
+    return stored.astype(np.int16 if signed else np.uint16), slope
+
+
+def _scan_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The .dcm files of a folder, or the given files (which must exist)."""
+    if isinstance(source, (str, Path)):
+        source = Path(source)
+        if source.is_dir():
+            return sorted(source.glob("*.dcm"))
+        source = [source]
+    missing = [str(path) for path in source if not Path(path).is_file()]
+    if missing:
+        raise DicomError(f"no such DICOM file: {', '.join(missing)}")
+    return [Path(path) for path in source]
+
+
+def _one_slice_image(image: sitk.Image) -> sitk.Image:
+    """A 2D image or one-slice 3D volume of finite scalar counts, as a one-slice volume."""
+    if not isinstance(image, sitk.Image):
+        raise InvalidImageError(f"expected a SimpleITK image, got {type(image).__name__}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidImageError(f"expected scalar counts, got pixel type '{image.GetPixelIDTypeAsString()}'")
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    if image.GetDimension() != 3 or image.GetSize()[2] != 1:
+        raise InvalidImageError(f"expected a one-slice image, got size {image.GetSize()}")
+    if not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
+        raise InvalidImageError("the image has NaN or infinite counts")
+    return image
+
+
+def _mask_array(mask: np.ndarray | sitk.Image, image: sitk.Image, side: str) -> np.ndarray:
+    """A binary mask on the image's grid as a boolean [rows, columns] array."""
+    array = sitk.GetArrayFromImage(mask) if isinstance(mask, sitk.Image) else np.asarray(mask)
+    rows, columns = image.GetSize()[1], image.GetSize()[0]
+    if array.size != rows * columns or array.shape[-2:] != (rows, columns):
+        raise DicomError(f"the {side} mask has shape {array.shape}; it must lie on the image grid "
+                         f"({rows} rows x {columns} columns)")
+    return array.reshape(rows, columns) != 0
+
+
+def _validated_stats(stats: dict) -> dict:
+    missing = [key for key in STAT_KEYS if key not in stats]
+    if missing:
+        raise DicomError(f"statistics lack {', '.join(missing)}; required: {', '.join(STAT_KEYS)}")
+    keys = STAT_KEYS + tuple(key for key in SIZE_KEYS if key in stats)
+    values = {key: float(stats[key]) for key in keys}
+    bad = [key for key, value in values.items() if not np.isfinite(value)]
+    if bad:
+        raise DicomError(f"statistics {', '.join(bad)} are not finite numbers")
+    if len(keys) > len(STAT_KEYS):
+        if stats.get("size_unit") not in SIZE_CODES:
+            raise DicomError(f"sizes need size_unit {' or '.join(SIZE_CODES)}, got {stats.get('size_unit')!r}")
+        values["size_unit"] = stats["size_unit"]
+    return values
+
+
+def _ds(value: float) -> DSfloat:
+    """A float as a DICOM decimal string of at most 16 characters."""
+    return DSfloat(float(value), auto_format=True)
+
+
+def _mark_synthetic(dataset: Dataset, series_description: str) -> None:
+    """The attributes that say an object is synthetic and identifies no one."""
+    dataset.add_new(SYNTHETIC_DATA_TAG, "CS", "YES")
+    dataset.ContentQualification = "RESEARCH"
+    dataset.PatientIdentityRemoved = "YES"
+    dataset.DeidentificationMethod = "No real patient: synthetic data generated by spectgan"
+    dataset.SeriesDescription = series_description
+
+
+def _with_file_meta(dataset: Dataset) -> Dataset:
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.is_little_endian, dataset.is_implicit_VR = True, False
+    dataset.fix_meta_info()
+    return dataset
+
+
+def _nm_image(image: sitk.Image, provenance: Provenance, study: SyntheticStudy) -> Dataset:
+    """NM Image IOD: one-frame RECON TOMO with the plane in the Detector Information Sequence."""
+    stored, slope = quantize_counts(sitk.GetArrayViewFromImage(image)[0].astype(np.float64))
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    spacing_x, spacing_y, thickness = image.GetSpacing()
+    now = datetime.now()
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = NuclearMedicineImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    # Patient and study
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = study.patient_name, study.patient_id, "", ""
+    ds.StudyInstanceUID, ds.StudyID, ds.AccessionNumber = study.study_instance_uid, study.study_id, \
+        study.accession_number
+    ds.StudyDate, ds.StudyTime = study.created.strftime("%Y%m%d"), study.created.strftime("%H%M%S")
+    ds.StudyDescription, ds.ReferringPhysicianName = study.description, ""
+    # Series, equipment, frame of reference
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "NM", generate_uid(), study.next_series_number()
+    ds.SeriesDate, ds.SeriesTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+    ds.BodyPartExamined = "BRAIN"
+    ds.Manufacturer, ds.ManufacturerModelName = MANUFACTURER, provenance.model
+    ds.SoftwareVersions = [__version__, provenance.version]
+    ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = study.frame_of_reference_uid, ""
+    ds.PatientOrientationCodeSequence, ds.PatientGantryRelationshipCodeSequence = DicomSequence(), DicomSequence()
+    # Image
+    ds.InstanceNumber = 1
+    ds.ImageType = ["DERIVED", "PRIMARY", "RECON TOMO", "EMISSION"]
+    ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+    ds.ImageComments = provenance.comment()
+    ds.AcquisitionContextSequence = DicomSequence()
+    ds.CountsAccumulated = None
+    # NM multi-frame: one slice of a reconstructed volume
+    ds.NumberOfFrames, ds.FrameIncrementPointer = 1, SLICE_VECTOR_TAG
+    ds.SliceVector, ds.NumberOfSlices = [1], 1
+    ds.NumberOfEnergyWindows, ds.NumberOfDetectors, ds.NumberOfRotations = 1, 1, 1
+    ds.EnergyWindowInformationSequence, ds.RadiopharmaceuticalInformationSequence = DicomSequence(), DicomSequence()
+    ds.RotationInformationSequence = DicomSequence()
+    detector = Dataset()
+    detector.ImagePositionPatient = [_ds(value) for value in image.GetOrigin()]
+    detector.ImageOrientationPatient = [_ds(value) for value in (*direction[:, 0], *direction[:, 1])]
+    detector.CollimatorType, detector.FocalDistance = "", None
+    ds.DetectorInformationSequence = DicomSequence([detector])
+    ds.SliceThickness = ds.SpacingBetweenSlices = _ds(thickness)
+    # Pixels: rows run along the image's y axis, columns along x
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = stored.shape
+    ds.PixelSpacing = [_ds(spacing_y), _ds(spacing_x)]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = int(stored.dtype == np.int16)
+    ds.RescaleIntercept, ds.RescaleSlope = 0, _ds(slope)
+    ds.PixelData = stored.tobytes()
+    _mark_synthetic(ds, provenance.series_description("SPECT"))
+    return _with_file_meta(ds)
+
+
+def _single_frame_view(nm: Dataset) -> Dataset:
+    """The NM as the single-frame image highdicom 0.22 can segment: plane at top level, no NumberOfFrames."""
+    view = copy.deepcopy(nm)
+    del view.NumberOfFrames
+    detector = nm.DetectorInformationSequence[0]
+    view.ImagePositionPatient, view.ImageOrientationPatient = detector.ImagePositionPatient, \
+        detector.ImageOrientationPatient
+    return view
+
+
+def _hemisphere_segmentation(nm: Dataset, masks: list[np.ndarray], provenance: Provenance,
+                             study: SyntheticStudy) -> Dataset:
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="spectgan hemisphere split", family=codes.DCM.HistogramAnalysis, version=__version__)
+    descriptions = []
+    for number, side in enumerate(SIDES, start=1):
+        description = hd.seg.SegmentDescription(
+            segment_number=number, segment_label=f"{side} hemisphere",
+            segmented_property_category=ANATOMICAL_STRUCTURE,
+            segmented_property_type=codes.SCT.CerebralHemisphere,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+            hd.sr.CodedConcept.from_code(LATERALITY[side])]
+        descriptions.append(description)
+    seg = hd.seg.Segmentation(
+        source_images=[_single_frame_view(nm)], pixel_array=np.stack(masks, axis=-1)[None],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(), series_number=study.next_series_number(),
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+        manufacturer_model_name=provenance.model, software_versions=[__version__, provenance.version],
+        device_serial_number=provenance.sha256[:64], content_label="HEMISPHERES",
+        content_description="Left and right hemisphere ROIs split at the midsagittal plane",
+        omit_empty_frames=False)
+    _mark_synthetic(seg, provenance.series_description("hemispheres"))
+    return _with_file_meta(seg)
+
+
+def _measurement(name: Code, value: float, unit: str, derivation: Code | None = None) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=value, unit=UNITS[unit], derivation=derivation)
+
+
+def _measurement_report(nm: Dataset, seg: Dataset, stats: dict, provenance: Provenance,
+                        study: SyntheticStudy) -> Dataset:
+    algorithm = hd.sr.AlgorithmIdentification(name="spectgan hemisphere statistics", version=__version__)
+    nm_frame = dict(referenced_sop_class_uid=nm.SOPClassUID, referenced_sop_instance_uid=nm.SOPInstanceUID,
+                    referenced_frame_numbers=[1])
+    size_unit = stats.get("size_unit")
+
+    def sized(measurements: list[hd.sr.Measurement], key: str) -> list[hd.sr.Measurement]:
+        return measurements + ([_measurement(SIZE_CODES[size_unit], stats[key], size_unit)] if key in stats else [])
+
+    groups: list = []
+    for number, side in enumerate(SIDES, start=1):
+        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{side} hemisphere"),
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
+                source_images=[hd.sr.SourceImageForSegmentation(**nm_frame)]),
+            finding_type=codes.SCT.CerebralHemisphere,
+            finding_sites=[hd.sr.FindingSite(codes.SCT.CerebralHemisphere, laterality=LATERALITY[side])],
+            algorithm_id=algorithm,
+            measurements=sized([_measurement(MEAN_COUNTS, stats[side], "counts", codes.SCT.Mean)], f"{side}_size")))
+    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="brain"),
+        finding_type=codes.SCT.Brain, finding_sites=[hd.sr.FindingSite(codes.SCT.Brain)], algorithm_id=algorithm,
+        source_images=[hd.sr.SourceImageForMeasurementGroup(**nm_frame)],
+        measurements=sized([_measurement(MEAN_COUNTS, stats["mc"], "counts", codes.SCT.Mean),
+                            _measurement(LR_RATIO, stats["lr"], "ratio"),
+                            _measurement(ASYMMETRY_INDEX, stats["ai"], "percent")], "brain_size")))
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), name=MANUFACTURER, model_name=provenance.model))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.LN.SPECTBrain, imaging_measurements=groups)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[nm, seg], content=report, series_instance_uid=generate_uid(),
+        series_number=study.next_series_number(), sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer=MANUFACTURER, is_complete=True)
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = PRIVATE_SCHEME
+    scheme.CodingSchemeName = "spectgan hemisphere statistics"
+    scheme.CodingSchemeResponsibleOrganization = "spectgan"
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    _mark_synthetic(sr, provenance.series_description("hemisphere stats"))
+    return _with_file_meta(sr)
+
+
+def _evidence(sr: Dataset) -> set[str]:
+    """SOP Instance UIDs an SR names as its evidence."""
+    return {instance.ReferencedSOPInstanceUID
+            for study in sr.get("CurrentRequestedProcedureEvidenceSequence", [])
+            for series in study.ReferencedSeriesSequence for instance in series.ReferencedSOPSequence}
+
+
+def _is(concept, code: Code) -> bool:
+    return concept is not None and (concept.value, concept.scheme_designator) == (code.value, code.scheme_designator)
+
+
+def _stats_from_report(sr: Dataset) -> dict:
+    """The statistics ``encode_scan`` put into a TID 1500 SR."""
+    report = hd.sr.MeasurementReport.from_sequence([sr])
+    stats: dict = {}
+
+    def collect(measurements, means_key: str, size_key: str) -> None:
+        for measurement in measurements:
+            if _is(measurement.name, MEAN_COUNTS) and _is(measurement.derivation, codes.SCT.Mean):
+                stats[means_key] = measurement.value
+            elif _is(measurement.name, LR_RATIO):
+                stats["lr"] = measurement.value
+            elif _is(measurement.name, ASYMMETRY_INDEX):
+                stats["ai"] = measurement.value
+            for unit, code in SIZE_CODES.items():
+                if _is(measurement.name, code):
+                    stats[size_key], stats["size_unit"] = measurement.value, unit
+
+    for group in report.get_volumetric_roi_measurement_groups():
+        laterality = group.finding_sites[0].laterality if group.finding_sites else None
+        for side in SIDES:
+            if _is(laterality, LATERALITY[side]):
+                collect(group.get_measurements(), side, f"{side}_size")
+    for group in report.get_image_measurement_groups():
+        collect(group.get_measurements(), "mc", "brain_size")
+    missing = [key for key in STAT_KEYS if key not in stats]
+    if missing:
+        raise DicomError(f"SR {sr.SOPInstanceUID} lacks the statistics {', '.join(missing)}")
+    return stats

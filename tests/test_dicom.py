@@ -1,0 +1,226 @@
+"""DICOM encoding of a synthetic scan: NM + SEG + SR, geometry and values round trip, synthetic markers, dciodvfy."""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from spectgan.dicom import (SYNTHETIC_DATA_TAG, DicomError, SyntheticStudy, encode_scan, quantize_counts,
+                            read_scan, write_series)
+from spectgan.errors import InvalidImageError
+from spectgan.roi import TEMPLATE_MIDLINE, hemisphere_masks, hemisphere_stats
+
+# dciodvfy 2022-06 predates the Synthetic Data attribute (0008,001C) that every object must carry, so it reports
+# that one standard attribute as unknown; every other error fails the test.
+UNKNOWN_TO_VALIDATOR = "not a recognized standard attribute - (0x0008,0x001c)"
+METADATA = {"condition": {"level": "BG", "pattern": "unilateral", "side": "left"}, "seed": 42,
+            "model": "spect_fastgan_A", "version": "1.0.0", "sha256": "0123456789abcdef" * 4}
+
+
+@dataclass
+class Scan:
+    """A test scan: image in counts, hemisphere masks split at x = 0 (LPS), its statistics and metadata."""
+
+    image: sitk.Image
+    left: np.ndarray
+    right: np.ndarray
+    stats: dict
+    metadata: dict
+
+
+def make_oblique_scan(rng_seed: int = 0, direction: tuple | None = None) -> Scan:
+    """A 48 x 64 one-slice oblique volume: an elliptic brain centred on the x = 0 plane, left 120 / right 90
+    counts plus noise; masks and statistics computed in physical space."""
+    image = sitk.Image(48, 64, 1, sitk.sitkFloat32)
+    image.SetSpacing((3.5, 3.2, 4.0))
+    image.SetDirection(direction or sitk.VersorTransform((0.3, 0.2, 1.0), 0.4).GetMatrix())
+    centre_index = np.array([23.5, 31.5, 0.0])
+    steps = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    image.SetOrigin(tuple(np.array([0.0, 18.0, 10.0]) - steps @ centre_index))
+    rows, columns = np.mgrid[0:64, 0:48]
+    x_mm = (np.asarray(image.GetOrigin()) + np.stack([columns, rows, 0 * rows], -1) @ steps.T)[..., 0]
+    brain = ((columns - 23.5) / 20) ** 2 + ((rows - 31.5) / 28) ** 2 < 1
+    left, right = brain & (x_mm > 0), brain & (x_mm < 0)
+    noise = np.random.default_rng(rng_seed).normal(0.0, 3.0, brain.shape)
+    counts = np.where(left, 120.0, 0.0) + np.where(right, 90.0, 0.0) + noise * brain
+    image = _with_pixels(image, counts)
+    mean_left, mean_right = counts[left].mean(), counts[right].mean()
+    pixel_area = 3.5 * 3.2
+    stats = {"mc": counts[brain].mean(), "left": mean_left, "right": mean_right, "lr": mean_left / mean_right,
+             "ai": 100 * (mean_left - mean_right) / ((mean_left + mean_right) / 2),
+             "brain_size": brain.sum() * pixel_area, "left_size": left.sum() * pixel_area,
+             "right_size": right.sum() * pixel_area, "size_unit": "mm2", "n_left": int(left.sum())}
+    return Scan(image, left, right, stats, METADATA)
+
+
+def _with_pixels(reference: sitk.Image, array: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(array[None].astype(np.float32))
+    image.CopyInformation(reference)
+    return image
+
+
+def encode(scan: Scan, study: SyntheticStudy | None = None) -> list[pydicom.Dataset]:
+    return encode_scan(scan.image, scan.left, scan.right, scan.stats, scan.metadata, study or SyntheticStudy())
+
+
+def assert_same_scan(image: sitk.Image, stats: dict, scan: Scan, slope: float) -> None:
+    """Geometry and pixel positions as encoded, values within quantization, statistics exact."""
+    assert image.GetSize() == scan.image.GetSize()
+    np.testing.assert_allclose(image.GetOrigin(), scan.image.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(image.GetSpacing(), scan.image.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(image.GetDirection(), scan.image.GetDirection(), atol=1e-6)
+    difference = np.abs(sitk.GetArrayFromImage(image) - sitk.GetArrayFromImage(scan.image))
+    assert difference.max() <= slope / 2 + 1e-5
+    assert stats == {key: scan.stats[key] for key in stats}
+    assert set(stats) == {"mc", "left", "right", "lr", "ai", "brain_size", "left_size", "right_size", "size_unit"}
+
+
+def dciodvfy_errors(path) -> list[str]:
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    lines = (result.stdout + result.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error") and UNKNOWN_TO_VALIDATOR not in line]
+
+
+def test_round_trip_keeps_oblique_geometry_values_and_stats(tmp_path):
+    scan = make_oblique_scan()
+    nm, seg, sr = encode(scan)
+    assert [nm.Modality, seg.Modality, sr.Modality] == ["NM", "SEG", "SR"]
+    write_series([nm, seg, sr], tmp_path)
+    image, stats = read_scan(tmp_path)
+    assert image.GetPixelID() == sitk.sitkFloat32
+    assert_same_scan(image, stats, scan, float(nm.RescaleSlope))
+    assert read_scan(sorted(tmp_path.glob("*.dcm")))[1] == stats
+
+
+def test_left_handed_direction_keeps_every_pixel_position(tmp_path):
+    flipped_rows = sitk.VersorTransform((0.3, 0.2, 1.0), 0.4).GetMatrix()
+    direction = np.asarray(flipped_rows).reshape(3, 3) @ np.diag([1.0, -1.0, 1.0])
+    scan = make_oblique_scan(direction=tuple(direction.ravel()))
+    write_series(encode(scan), tmp_path)
+    image, _ = read_scan(tmp_path)
+    for index in [(0, 0, 0), (47, 0, 0), (0, 63, 0), (30, 20, 0)]:
+        np.testing.assert_allclose(image.TransformIndexToPhysicalPoint(index),
+                                   scan.image.TransformIndexToPhysicalPoint(index), atol=1e-6)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(scan.image), atol=1e-2)
+
+
+def test_objects_say_synthetic_and_share_one_generated_study():
+    study = SyntheticStudy()
+    first, second = encode(make_oblique_scan(0), study), encode(make_oblique_scan(1), study)
+    for dataset in first + second:
+        assert dataset[SYNTHETIC_DATA_TAG].value == "YES"
+        assert dataset.ContentQualification == "RESEARCH"
+        assert dataset.PatientIdentityRemoved == "YES"
+        assert "SYNTHETIC" in str(dataset.PatientName) and "SYNTHETIC" in dataset.SeriesDescription
+        assert "BG-unilateral-left seed 42" in dataset.SeriesDescription
+        assert (dataset.StudyInstanceUID, dataset.PatientID) == (study.study_instance_uid, study.patient_id)
+    assert len({dataset.SeriesInstanceUID for dataset in first + second}) == 6
+    assert [dataset.SeriesNumber for dataset in first + second] == [1, 2, 3, 4, 5, 6]
+    assert first[0].FrameOfReferenceUID == second[1].FrameOfReferenceUID == study.frame_of_reference_uid
+    assert '"sha256": "0123456789abcdef' in first[0].ImageComments and '"seed": 42' in first[0].ImageComments
+    assert SyntheticStudy().patient_id != study.patient_id
+
+
+def test_seg_holds_the_hemisphere_masks_of_the_nm_image(tmp_path):
+    scan = make_oblique_scan()
+    nm, seg, _ = encode(scan)
+    seg_path = write_series([seg], tmp_path)[0]
+    segmentation = hd.seg.segread(seg_path)
+    labels = {item.SegmentNumber: (item.SegmentLabel,
+                                   item.SegmentedPropertyTypeCodeSequence[0]
+                                   .SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning)
+              for item in segmentation.SegmentSequence}
+    assert labels == {1: ("left hemisphere", "Left"), 2: ("right hemisphere", "Right")}
+    masks = segmentation.get_pixels_by_source_instance([nm.SOPInstanceUID], combine_segments=False)
+    np.testing.assert_array_equal(masks[0, ..., 0], scan.left)
+    np.testing.assert_array_equal(masks[0, ..., 1], scan.right)
+    assert segmentation.FrameOfReferenceUID == nm.FrameOfReferenceUID
+
+
+def test_sr_references_the_seg_segments_and_the_nm_image(tmp_path):
+    nm, seg, sr = encode(make_oblique_scan())
+    sr = pydicom.dcmread(write_series([sr], tmp_path)[0])
+    report = hd.sr.MeasurementReport.from_sequence([sr])
+    hemispheres = report.get_volumetric_roi_measurement_groups()
+    assert [group.referenced_segment[0].ReferencedSOPSequence[0].ReferencedSegmentNumber
+            for group in hemispheres] == [1, 2]
+    assert {group.referenced_segment[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            for group in hemispheres} == {seg.SOPInstanceUID}
+    assert [group.finding_sites[0].laterality.meaning for group in hemispheres] == ["Left", "Right"]
+    evidence = {item.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
+    assert evidence == {nm.SOPInstanceUID, seg.SOPInstanceUID}
+
+
+def test_dciodvfy_finds_no_errors_in_nm_seg_and_sr(tmp_path):
+    paths = write_series(encode(make_oblique_scan()), tmp_path)
+    assert {path.name.split("_")[0] for path in paths} == {"NM", "SEG", "SR"}
+    for path in paths:
+        assert dciodvfy_errors(path) == [], path.name
+
+
+def test_negative_counts_are_stored_signed():
+    values = np.array([[-5.0, 0.0], [2.5, 10.0]])
+    stored, slope = quantize_counts(values)
+    assert stored.dtype == np.int16 and stored.max() == 32767
+    np.testing.assert_allclose(stored * slope, values, atol=slope / 2)
+    assert quantize_counts(np.zeros((2, 2)))[1] == 1.0
+
+
+def test_roi_masks_and_stats_go_straight_in(tmp_path):
+    image = make_oblique_scan().image
+    _, left, right = hemisphere_masks(image, TEMPLATE_MIDLINE)
+    stats = hemisphere_stats(image, TEMPLATE_MIDLINE).to_dict()
+    write_series(encode_scan(image, left, right, stats, METADATA, SyntheticStudy()), tmp_path)
+    _, read_stats = read_scan(tmp_path)
+    assert read_stats == {key: stats[key] for key in read_stats}
+    assert read_stats["size_unit"] == "mm2" and read_stats["left"] > read_stats["right"]
+
+
+def test_sitk_masks_and_2d_images_are_accepted(tmp_path):
+    scan = make_oblique_scan()
+    masks = [sitk.GetImageFromArray(mask[None].astype(np.uint8)) for mask in (scan.left, scan.right)]
+    nm, seg, _ = encode_scan(scan.image, *masks, scan.stats, scan.metadata, SyntheticStudy())
+    assert seg.NumberOfFrames == 2
+    plane = scan.image[:, :, 0]
+    assert encode_scan(plane, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy())[0].Rows == 64
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda scan: setattr(scan, "left", scan.left[:10]), "left mask has shape"),
+    (lambda scan: setattr(scan, "right", scan.right | scan.left), "overlap"),
+    (lambda scan: scan.stats.pop("ai"), "statistics lack ai"),
+    (lambda scan: scan.stats.update(lr=float("nan")), "lr are not finite"),
+    (lambda scan: scan.stats.update(size_unit="cm"), "size_unit"),
+    (lambda scan: setattr(scan, "metadata", {**METADATA, "sha256": ""}), "metadata lacks sha256"),
+    (lambda scan: setattr(scan, "metadata", {**METADATA, "condition": {"level": "CER", "pattern": "bilateral"}}),
+     "does not exist at level CER"),
+])
+def test_bad_inputs_are_named(change, message):
+    scan = make_oblique_scan()
+    change(scan)
+    with pytest.raises((DicomError, ValueError), match=message):
+        encode(scan)
+
+
+def test_bad_images_are_named():
+    scan = make_oblique_scan()
+    volume = sitk.Image(48, 64, 2, sitk.sitkFloat32)
+    with pytest.raises(InvalidImageError, match="one-slice"):
+        encode_scan(volume, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy())
+    infinite = _with_pixels(scan.image, np.full((64, 48), np.inf))
+    with pytest.raises(InvalidImageError, match="infinite"):
+        encode_scan(infinite, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy())
+
+
+def test_read_scan_names_a_folder_without_one_scan(tmp_path):
+    write_series(encode(make_oblique_scan(0)) + encode(make_oblique_scan(1)), tmp_path)
+    with pytest.raises(DicomError, match="found 2 NM images"):
+        read_scan(tmp_path)
+    with pytest.raises(DicomError, match="no such DICOM file"):
+        read_scan([tmp_path / "missing.dcm"])
