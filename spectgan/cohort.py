@@ -23,6 +23,7 @@ from spectgan.cohort_format import (CohortRecord, atomic_write_bytes, atomic_wri
                                     load_split, read_cohort_info, write_cohort_info, write_manifest)
 from spectgan.conditions import PAPER_COUNTS, Condition, Level, Pattern, Side
 from spectgan.errors import SpectganError
+from spectgan.geometry import BRAIN_CENTRE_MM, pose_to_dict, similarity_pose
 from spectgan.phantom import Defect, perfusion_phantom, random_subject
 from spectgan.roi import TEMPLATE_MIDLINE, hemisphere_stats
 from spectgan.template import SLAB_THICKNESS_MM, canonical_grid, canonical_image, pixel_spacing
@@ -170,7 +171,6 @@ def build_cohort(out: Path, seed: int = 0, matrix: int = 128, scale: float = 1.0
 STUDY_MATRIX = 64
 STUDY_SPACING_MM = 3.5
 STUDY_PLANES = 48
-BRAIN_CENTRE_MM = (0.0, 18.0, 12.0)  # template LPS point the scanner field of view is centred on
 
 # (name, pattern, side, storage orientation): storage is how the volume's array is laid out, not the anatomy
 STUDY_SPECS = (
@@ -186,13 +186,7 @@ STUDY_SPECS = (
 def random_pose(rng: np.random.Generator, max_degrees: float = 12.0, max_mm: float = 15.0
                 ) -> sitk.Similarity3DTransform:
     """A head pose: template -> study similarity (rotation about the brain centre, shift; scale 1)."""
-    euler = sitk.Euler3DTransform(BRAIN_CENTRE_MM, *np.deg2rad(rng.uniform(-max_degrees, max_degrees, 3)),
-                                  tuple(rng.uniform(-max_mm, max_mm, 3)))
-    pose = sitk.Similarity3DTransform()
-    pose.SetCenter(BRAIN_CENTRE_MM)
-    pose.SetMatrix(euler.GetMatrix())
-    pose.SetTranslation(euler.GetTranslation())
-    return pose
+    return similarity_pose(rng.uniform(-max_degrees, max_degrees, 3), rng.uniform(-max_mm, max_mm, 3))
 
 
 def _storage_grid(volume: sitk.Image, orientation: str, rng: np.random.Generator) -> sitk.Image:
@@ -250,18 +244,11 @@ def build_studies(out: Path, seed: int = 0, progress: bool = True) -> list[Path]
         pose = random_pose(rng)
         volume, subject = simulate_study(pattern, side, pose, int(rng.integers(2**31)))
         stored = _storage_grid(volume, orientation, rng)
-        euler = sitk.Euler3DTransform()
-        euler.SetCenter(pose.GetCenter())
-        euler.SetMatrix(pose.GetMatrix())
         sidecar = {
             "id": name, "pattern": pattern.value, "side": side.value if side else None,
             "territory": "MCA" if pattern is not Pattern.NORMAL else None,
             "storage_orientation": orientation, "direction": list(stored.GetDirection()),
-            "template_to_study": {
-                "type": "Similarity3DTransform", "parameters": list(pose.GetParameters()),
-                "fixed_parameters": list(pose.GetFixedParameters()),
-                "rotation_deg": [round(float(a), 4) for a in np.rad2deg(euler.GetParameters()[:3])],
-                "translation_mm": [round(float(t), 4) for t in pose.GetTranslation()], "scale": pose.GetScale()},
+            "template_to_study": pose_to_dict(pose),
             "subject": subject, "seed": seed, "simulator_version": SIMULATOR_VERSION,
             "note": "synthetic study made by spectgan (no patient data)",
         }

@@ -75,7 +75,8 @@ class Condition:
                 "side": self.side.value if self.side else None}
 
 
-def _parse_enum(enum_type, value, what: str):
+def parse_member(enum_type, value, what: str):
+    """``value`` (any case) as a member of ``enum_type``; ValueError naming the allowed values otherwise."""
     if isinstance(value, enum_type):
         return value
     allowed = [member.value for member in enum_type]
@@ -90,7 +91,7 @@ def parse_levels(levels: str | Iterable[str | Level] | None) -> tuple[Level, ...
     if levels is None or (isinstance(levels, str) and levels.strip().lower() == "all"):
         return ALL_LEVELS
     items = levels.split(",") if isinstance(levels, str) else list(levels)
-    parsed = {_parse_enum(Level, item, "level") for item in items if str(item).strip()}
+    parsed = {parse_member(Level, item, "level") for item in items if str(item).strip()}
     if not parsed:
         raise ValueError(f"no level given; allowed: {', '.join(level.value for level in Level)}")
     return tuple(level for level in Level if level in parsed)
@@ -118,8 +119,8 @@ def parse_condition(level, pattern, side=None, levels: Sequence[Level] = ALL_LEV
 
     ``levels`` are the levels a model was trained on (model B: COR only).
     """
-    level = _parse_enum(Level, level, "level")
-    pattern = _parse_enum(Pattern, pattern, "pattern")
+    level = parse_member(Level, level, "level")
+    pattern = parse_member(Pattern, pattern, "pattern")
     if level not in levels:
         raise ValueError(f"level {level.value} is not available for this model; allowed levels: "
                          f"{', '.join(lv.value for lv in levels)}")
@@ -132,7 +133,7 @@ def parse_condition(level, pattern, side=None, levels: Sequence[Level] = ALL_LEV
     if pattern is Pattern.UNILATERAL:
         if side is None:
             raise ValueError("a unilateral pattern needs side; allowed: left, right")
-        side = _parse_enum(Side, side, "side")
+        side = parse_member(Side, side, "side")
     elif side is not None:
         raise ValueError(f"side is only allowed with the unilateral pattern, not with {pattern.value}; "
                          "leave side empty")
