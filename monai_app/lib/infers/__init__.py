@@ -1,0 +1,1 @@
+from .spectgan_infer import SpectganInfer

@@ -1,0 +1,1 @@
+from .spectgan_train import SpectganTrain

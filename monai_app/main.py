@@ -1,0 +1,83 @@
+"""The spectgan MONAI Label app: one infer task and one train task per model bundle (``--conf models all``).
+
+Thin: ``spectgan.service`` does the work. App conf: ``models`` (``all`` or comma-separated names), ``models_dir``
+(default $SPECTGAN_MODELS_DIR, else <repository>/models), ``cohort`` (training cohort; default $SPECTGAN_COHORT,
+else sample_data/cohorts/default).
+"""
+import importlib
+import logging
+import os
+from typing import Dict, Optional
+
+import lib.configs
+from lib.configs.spectgan_model import SpectganModelConfig
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.utils.others.class_utils import get_class_names
+
+import spectgan
+from spectgan.service import (NOT_FOUND, UNPROCESSABLE, GenerationService, ServiceError, check_cohort,
+                              models_dir_from, parse_params_json, parse_train_params, select_models)
+
+logger = logging.getLogger(__name__)
+LISTED_IMAGE_IDS = 20  # image ids an unknown-image message lists
+OUTPUTS = ("all", "json", "image")  # MONAI Label's answer formats that apply (dicom_seg needs a DICOMweb datastore)
+
+
+def _model_configs() -> Dict[str, type]:
+    """Config classes in lib/configs by the model they serve."""
+    configs = {}
+    for class_path in get_class_names(lib.configs, SpectganModelConfig.__name__):
+        module_name, class_name = class_path.rsplit(".", 1)
+        config = getattr(importlib.import_module(module_name), class_name)
+        configs[config.model_name] = config
+    return configs
+
+
+class SpectganApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        names = select_models(conf.get("models"))
+        self.service = GenerationService(models_dir_from(conf), names)
+        configs = _model_configs()
+        self.models: Dict[str, SpectganModelConfig] = {}
+        for name in names:
+            self.models[name] = configs[name]()
+            self.models[name].init(name, str(self.service.models_dir), conf, None, service=self.service)
+        logger.info(f"spectgan models {', '.join(names)} from {self.service.models_dir}")
+        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="spectgan",
+                         description="Synthetic 123I-IMP brain perfusion SPECT slices (conditional FastGAN), placed "
+                                     "on a reference study with hemisphere statistics. Research use only.",
+                         version=spectgan.__version__)
+
+    def init_infers(self) -> Dict[str, InferTask]:
+        return {name: config.infer() for name, config in self.models.items()}
+
+    def init_trainers(self) -> Dict[str, TrainTask]:
+        return {name: config.trainer() for name, config in self.models.items()}
+
+    def check_infer_request(self, model: str, image: str, params: str, output: Optional[str], uploaded: bool
+                            ) -> None:
+        """ServiceError (4xx) for an unknown model, bad params, an unknown image id or an answer format that does not
+        apply, before any work is done. ``uploaded``: the image comes as a file or a session instead of an id.
+        """
+        self.service.check_params(model, parse_params_json(params))
+        if output is not None and output not in OUTPUTS:
+            raise ServiceError(UNPROCESSABLE, f"output {output!r} is not available here; allowed: "
+                                              f"{', '.join(OUTPUTS)}")
+        if uploaded:
+            return
+        available = self.datastore().list_images()
+        listed = ", ".join(sorted(available)[:LISTED_IMAGE_IDS]) + (" ..." if len(available) > LISTED_IMAGE_IDS else "")
+        if not image:
+            raise ServiceError(UNPROCESSABLE, f"image is required: pass ?image=<id> of a reference study; available: "
+                                              f"{listed}")
+        if not self.datastore().get_image_uri(image) and not os.path.isfile(image):
+            raise ServiceError(NOT_FOUND, f"unknown image {image!r}; available: {listed}")
+
+    def check_train_request(self, model: str, params: dict) -> None:
+        """ServiceError (4xx) for an unknown model, bad train params or a missing cohort."""
+        if model not in self.models:
+            raise ServiceError(NOT_FOUND, f"unknown model {model!r}; this server trains: {', '.join(self.models)}")
+        parse_train_params(model, params)
+        check_cohort(self.models[model].cohort_dir)

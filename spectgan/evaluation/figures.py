@@ -1,0 +1,140 @@
+"""PNG figures of an evaluation: MC and LR per cell (real beside synthetic), sample grids, confusion matrices and the
+memorization histogram."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from spectgan.evaluation.data import CLASS_NAMES
+from spectgan.evaluation.pipeline import SourceEvaluation
+from spectgan.evaluation.statistics import MEASURES
+
+REAL_COLOUR, SYNTHETIC_COLOUR = "tab:blue", "tab:orange"
+GRID_COLUMNS = 5
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> None:
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    _pyplot().close(figure)
+
+
+def plot_measures(evaluation: SourceEvaluation, path: Path) -> None:
+    """Box plots of MC and LR per level x pattern cell, real beside synthetic, with the Mann-Whitney P of each."""
+    plt = _pyplot()
+    rows = [row for row in evaluation.summary["paper_table"] if row["scope"] == "cell"]
+    cells = list(dict.fromkeys((row["level"], row["pattern"]) for row in rows))
+    figure, axes = plt.subplots(len(MEASURES), 1, figsize=(max(6.0, 1.4 * len(cells)), 3.6 * len(MEASURES)),
+                                squeeze=False, constrained_layout=True)
+    for axis, metric in zip(axes[:, 0], MEASURES):
+        p_values = {(row["level"], row["pattern"]): row["p_mannwhitney"] for row in rows if row["metric"] == metric}
+        for index, cell in enumerate(cells):
+            pairs = [(evaluation.real, REAL_COLOUR), (evaluation.synthetic, SYNTHETIC_COLOUR)]
+            for offset, (measured, colour) in enumerate(pairs):
+                values = measured.values[metric][measured.group(*cell)]
+                boxes = axis.boxplot([values[np.isfinite(values)]], positions=[3 * index + offset], widths=0.8,
+                                     patch_artist=True, showfliers=False)
+                boxes["boxes"][0].set_facecolor(colour)
+        axis.set_xticks([3 * index + 0.5 for index in range(len(cells))],
+                        [f"{level}\n{pattern}\nP={p_values[level, pattern]:.2g}" for level, pattern in cells],
+                        fontsize=8)
+        axis.set_ylabel(metric)
+        axis.grid(axis="y", alpha=0.3)
+    figure.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in (REAL_COLOUR, SYNTHETIC_COLOUR)],
+                  ["real (test split)", evaluation.name], fontsize=8, loc="outside upper right")
+    figure.suptitle(f"{evaluation.name}: MC and LR per cell (two-sided Mann-Whitney P)", fontsize=10)
+    _save(figure, path)
+
+
+def save_sample_grid(evaluation: SourceEvaluation, path: Path, count_scale: float) -> None:
+    """One row per condition: real test slices on the left, synthetic slices of that condition on the right, in
+    counts on one scale (as stored: the patient's right on the viewer's left, radiological display)."""
+    plt = _pyplot()
+    conditions = list(evaluation.real.slices.condition_counts())
+    size = evaluation.real.slices.counts.shape[-1]
+    gap = size // 4
+    mosaic = np.full((len(conditions) * size, (2 * GRID_COLUMNS) * size + gap), np.nan, dtype=np.float32)
+    for row, condition in enumerate(conditions):
+        for side, slices in enumerate((evaluation.real.slices, evaluation.synthetic.slices)):
+            picks = [i for i, c in enumerate(slices.conditions) if c == condition][:GRID_COLUMNS]
+            for column, image in enumerate(slices.counts[picks]):
+                left = (side * GRID_COLUMNS + column) * size + side * gap
+                mosaic[row * size:(row + 1) * size, left:left + size] = image
+    width = 2 * GRID_COLUMNS * 1.2 + 1.5
+    figure, axis = plt.subplots(figsize=(width, len(conditions) * 1.2 + 0.8))
+    shown = axis.imshow(mosaic, cmap="inferno", vmin=0.0, vmax=count_scale, interpolation="nearest")
+    axis.set_yticks([(row + 0.5) * size for row in range(len(conditions))],
+                    [condition.label for condition in conditions], fontsize=8)
+    halves = [GRID_COLUMNS * size / 2, GRID_COLUMNS * size * 1.5 + gap]
+    axis.set_xticks(halves, ["real (test split)  R <-> L", f"{evaluation.name}  R <-> L"], fontsize=8)
+    axis.tick_params(length=0)
+    figure.colorbar(shown, ax=axis, fraction=0.03, label="counts")
+    axis.set_title(f"{evaluation.name}: real and synthetic slices per condition", fontsize=10)
+    _save(figure, path)
+
+
+def plot_confusions(evaluation: SourceEvaluation, path: Path) -> None:
+    """Confusion matrices of the real-data condition classifier on synthetic slices (rows: requested)."""
+    plt = _pyplot()
+    confusion = evaluation.summary["conditional"]["confusion"]
+    figure, axes = plt.subplots(1, len(confusion), figsize=(4.4 * len(confusion), 3.8), constrained_layout=True)
+    for axis, (head, matrix) in zip(axes, confusion.items()):
+        names = CLASS_NAMES[head][1:] if head == "side" else CLASS_NAMES[head]
+        matrix = np.asarray(matrix)
+        axis.imshow(matrix, cmap="Blues")
+        for (row, column), value in np.ndenumerate(matrix):
+            axis.text(column, row, str(value), ha="center", va="center", fontsize=9,
+                      color="white" if value > matrix.max() / 2 else "black")
+        axis.set_xticks(range(len(names)), names, fontsize=8)
+        axis.set_yticks(range(len(names)), names, fontsize=8)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("requested")
+        accuracy = evaluation.summary["conditional_accuracy"][head]
+        axis.set_title(f"{head}: accuracy {accuracy:.1%}" + (" (unilateral)" if head == "side" else ""), fontsize=9)
+    figure.suptitle(f"{evaluation.name}: conditions of synthetic slices, as a classifier trained on real slices "
+                    "sees them", fontsize=10)
+    _save(figure, path)
+
+
+def plot_memorization(evaluation: SourceEvaluation, path: Path) -> None:
+    """Histograms of the nearest-train-slice distance of synthetic and of real test slices, with the threshold."""
+    plt = _pyplot()
+    memorization = evaluation.summary["memorization"]
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    distances = np.concatenate([evaluation.synthetic_distances, evaluation.reference_distances])
+    bins = np.linspace(0.0, float(distances.max()) * 1.05 or 1.0, 40)
+    axis.hist(evaluation.reference_distances, bins=bins, density=True, alpha=0.6, color=REAL_COLOUR,
+              label="real test -> train")
+    axis.hist(evaluation.synthetic_distances, bins=bins, density=True, alpha=0.6, color=SYNTHETIC_COLOUR,
+              label=f"{evaluation.name} -> train")
+    axis.axvline(memorization["threshold"], color="black", linestyle="--", linewidth=1,
+                 label=f"threshold: {memorization['percentile']:g} % of real test slices are nearer")
+    axis.set_xlabel("RMS difference to the nearest train slice (count-scale units)")
+    axis.set_ylabel("density")
+    axis.set_title(f"{evaluation.name}: {memorization['fraction']:.1%} of synthetic slices below the threshold",
+                   fontsize=10)
+    axis.legend(fontsize=8)
+    _save(figure, path)
+
+
+def write_figures(evaluation: SourceEvaluation, folder: Path, count_scale: float) -> dict[str, Path]:
+    """Every figure of one source into ``folder``; returns {kind: path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", evaluation.name)
+    paths = {kind: folder / f"{kind}_{stem}.png"
+             for kind in ("measures", "samples", "confusion", "memorization")}
+    plot_measures(evaluation, paths["measures"])
+    save_sample_grid(evaluation, paths["samples"], count_scale)
+    plot_confusions(evaluation, paths["confusion"])
+    plot_memorization(evaluation, paths["memorization"])
+    return paths

@@ -1,0 +1,196 @@
+"""The evaluation of synthetic slice sources against a cohort, on arrays: the real side is prepared once
+(``prepare_real``), then every source (a model bundle, or arrays standing in for one) is evaluated against it
+(``evaluate_source``).
+
+"Real" is always the held-out test split. The train split only trains the real-data classifiers and is the
+reference of the memorization test; it is never compared with synthetic slices as "real".
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from spectgan.conditions import Level, valid_conditions
+from spectgan.errors import SpectganError
+from spectgan.evaluation.data import SliceSet, SyntheticSource, class_indices
+from spectgan.evaluation.features import CONDITION_HEADS, SliceClassifier, classify, to_inputs, train_classifier
+from spectgan.evaluation.metrics import (condition_accuracy, frechet_distance, kernel_distance, memorization,
+                                         nearest_distances, precision_recall, two_sample_test)
+from spectgan.evaluation.statistics import MeasuredSlices, measure, paper_table
+
+SEEDS_PER_RUN = 100  # condition i of run seed s is generated from seed s * SEEDS_PER_RUN + i
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How much work an evaluation does. Classifiers train for a number of mini-batches (their cost does not grow
+    with the cohort); ``per_condition_cap`` keeps at most that many slices of each condition in both splits (None:
+    all). ``mode`` names the settings in the report."""
+
+    mode: str = "full"
+    classifier_steps: int = 900
+    c2st_steps: int = 400
+    c2st_folds: int = 5
+    per_condition_cap: int | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+FULL = EvaluationSettings()
+QUICK = EvaluationSettings(mode="quick", classifier_steps=40, c2st_steps=30, c2st_folds=2, per_condition_cap=8)
+
+REAL_STAGES = 1  # stages of prepare_real
+SOURCE_STAGES = 6  # stages of evaluate_source
+
+
+class Stages:
+    """A progress bar over named stages that also records the seconds each took."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.bar = tqdm(total=total, unit="stage", dynamic_ncols=True, disable=not enabled)
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        self.bar.set_description(name)
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@dataclass
+class RealDomain:
+    """The real side, prepared once: the train split's inputs and condition classifier, and per test slice its
+    MC and LR, domain features, the classifier's logits and its distance to the nearest train slice."""
+
+    train: SliceSet
+    test: MeasuredSlices
+    count_scale: float
+    settings: EvaluationSettings
+    train_inputs: torch.Tensor
+    test_inputs: torch.Tensor
+    classifier: SliceClassifier
+    test_features: torch.Tensor
+    test_logits: dict[str, torch.Tensor]
+    test_to_train: np.ndarray
+    level_classifiers: dict[tuple[Level, ...], SliceClassifier] = field(default_factory=dict)
+
+    def classifier_at(self, levels: tuple[Level, ...]) -> SliceClassifier:
+        """The condition classifier trained on the real train split at ``levels`` only (made once per level set)."""
+        if levels == self.train.present_levels():
+            return self.classifier
+        if levels not in self.level_classifiers:
+            subset = np.isin(self.train.levels, [level.value for level in levels])
+            self.level_classifiers[levels] = train_classifier(
+                self.train_inputs[subset], class_indices(self.train.take(subset).conditions), CONDITION_HEADS,
+                self.settings.classifier_steps, self.settings.seed)
+        return self.level_classifiers[levels]
+
+
+def prepare_real(train: SliceSet, test: SliceSet, count_scale: float, settings: EvaluationSettings,
+                 stages: Stages) -> RealDomain:
+    """Cap both splits, train the condition classifier on train, and measure and describe every test slice."""
+    train, test = train.capped(settings.per_condition_cap), test.capped(settings.per_condition_cap)
+    if train.counts.shape[1:] != test.counts.shape[1:]:
+        raise SpectganError(f"train slices are {train.counts.shape[1:]} but test slices {test.counts.shape[1:]}")
+    with stages.stage("real: classifier, MC and LR, distances"):
+        train_inputs, test_inputs = to_inputs(train.counts, count_scale), to_inputs(test.counts, count_scale)
+        classifier = train_classifier(train_inputs, class_indices(train.conditions), CONDITION_HEADS,
+                                      settings.classifier_steps, settings.seed)
+        features, logits = classify(classifier, test_inputs)
+        return RealDomain(train, measure(test), count_scale, settings, train_inputs, test_inputs, classifier,
+                          features, logits, nearest_distances(test_inputs, train_inputs))
+
+
+@dataclass(frozen=True)
+class SourceEvaluation:
+    """One source's results: ``summary`` is its part of evaluation.json, the rest feeds the figures."""
+
+    name: str
+    summary: dict
+    real: MeasuredSlices
+    synthetic: MeasuredSlices
+    synthetic_distances: np.ndarray
+    reference_distances: np.ndarray
+
+
+def condition_seed(run_seed: int, condition) -> int:
+    return run_seed * SEEDS_PER_RUN + valid_conditions().index(condition)
+
+
+def synthesize(source: SyntheticSource, requested: SliceSet, run_seed: int) -> SliceSet:
+    """As many slices of each condition as ``requested`` holds, each condition from its own seed."""
+    arrays, conditions = [], []
+    for condition, count in requested.condition_counts().items():
+        arrays.append(np.asarray(source.generate(condition, count, condition_seed(run_seed, condition)),
+                                 dtype=np.float32))
+        conditions += [condition] * count
+    synthetic = SliceSet(np.concatenate(arrays), tuple(conditions))
+    if synthetic.counts.shape[1:] != requested.counts.shape[1:]:
+        raise SpectganError(f"{source.name} makes {synthetic.counts.shape[1]} x {synthetic.counts.shape[2]} slices "
+                            f"but the cohort's are {requested.counts.shape[1]} x {requested.counts.shape[2]}; "
+                            "evaluate a model on a cohort of its own matrix")
+    return synthetic
+
+
+def evaluate_source(source: SyntheticSource, real: RealDomain, settings: EvaluationSettings,
+                    stages: Stages) -> SourceEvaluation:
+    """Every metric of one source at the levels it shares with the test split."""
+    test_levels = real.test.slices.present_levels()
+    levels = tuple(level for level in test_levels if level in source.levels)
+    if not levels:
+        raise SpectganError(f"{source.name} makes levels {', '.join(lv.value for lv in source.levels)} but the "
+                            f"test split has only {', '.join(lv.value for lv in test_levels)}")
+    in_levels = np.isin(real.test.slices.levels, [level.value for level in levels])
+    real_test = real.test.take(in_levels)
+    real_inputs, real_features = real.test_inputs[in_levels], real.test_features[in_levels]
+    name = source.name
+    with stages.stage(f"{name}: sample"):
+        synthetic = synthesize(source, real_test.slices, settings.seed)
+        synthetic_inputs = to_inputs(synthetic.counts, real.count_scale)
+    with stages.stage(f"{name}: MC and LR"):
+        synthetic_measured = measure(synthetic)
+        table = paper_table(name, real_test, synthetic_measured)
+    with stages.stage(f"{name}: C2ST"):
+        c2st = two_sample_test(real_inputs, synthetic_inputs, settings.c2st_folds, settings.c2st_steps,
+                               settings.seed)
+    with stages.stage(f"{name}: FID, KID, precision, recall, conditions"):
+        features, logits = classify(real.classifier, synthetic_inputs)
+        kid, kid_sd = kernel_distance(real_features, features, settings.seed)
+        precision, recall = precision_recall(real_features, features)
+        conditional = condition_accuracy(logits, synthetic.conditions)
+        real_conditional = condition_accuracy({head: values[in_levels] for head, values in real.test_logits.items()},
+                                              real_test.slices.conditions)
+        fid = frechet_distance(real_features, features)
+    with stages.stage(f"{name}: TSTR and TRTR"):
+        synthetic_trained = train_classifier(synthetic_inputs, class_indices(synthetic.conditions), CONDITION_HEADS,
+                                             settings.classifier_steps, settings.seed)
+        tstr = condition_accuracy(classify(synthetic_trained, real_inputs)[1], real_test.slices.conditions)
+        trtr = condition_accuracy(classify(real.classifier_at(levels), real_inputs)[1], real_test.slices.conditions)
+    with stages.stage(f"{name}: memorization"):
+        synthetic_distances = nearest_distances(synthetic_inputs, real.train_inputs)
+        reference_distances = real.test_to_train[in_levels]
+        memorized = memorization(synthetic_distances, reference_distances)
+    summary = {
+        "levels": [level.value for level in levels], "n_real": len(real_test.slices), "n_synth": len(synthetic),
+        "paper_table": table,
+        "c2st_accuracy": c2st["accuracy"], "c2st": c2st,
+        "fid_domain": fid, "kid_domain": kid, "kid_domain_sd": kid_sd, "precision": precision, "recall": recall,
+        "conditional_accuracy": conditional["accuracy"], "conditional": conditional,
+        "classifier_accuracy_real_test": real_conditional["accuracy"],
+        "tstr": tstr["accuracy"]["pattern"], "trtr": trtr["accuracy"]["pattern"],
+        "tstr_heads": tstr["accuracy"], "trtr_heads": trtr["accuracy"],
+        "memorization_fraction": memorized["fraction"], "memorization": memorized,
+    }
+    return SourceEvaluation(name, summary, real_test, synthetic_measured, synthetic_distances, reference_distances)

@@ -1,0 +1,319 @@
+"""``spectgan evaluate``: synthetic slices of one or more model bundles against a cohort's held-out test split,
+written as ``report.md``, ``evaluation.json`` and ``figures/``; and ``spectgan bench evaluate``.
+
+The report judges every bundle against the fidelity targets of the shipped model A (PASS / FAIL, as measured) and
+shows the bundles side by side (the paper found B, trained on COR only, worse than A).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from spectgan.cohort_format import atomic_write_bytes, read_cohort_info
+from spectgan.conditions import Level
+from spectgan.errors import SpectganError
+from spectgan.evaluation.data import ArraySource, BundleSource, SyntheticSource, read_split
+from spectgan.evaluation.figures import write_figures
+from spectgan.evaluation.pipeline import (FULL, QUICK, REAL_STAGES, SOURCE_STAGES, EvaluationSettings, Stages,
+                                          evaluate_source, prepare_real)
+from spectgan.evaluation.statistics import SCOPES, comparison_groups, rank_biserial_null_sd
+
+FORMAT = "spectgan-evaluation"
+TIME_TARGET_S = 1200  # a full evaluation of both bundles on 2 CPU cores
+P_TARGET = 0.05  # every cell: P > P_TARGET ...
+EFFECT_TARGET = 0.1  # ... and |r| < EFFECT_TARGET
+C2ST_TARGET = 0.60
+CONDITION_TARGETS = {"level": 0.95, "pattern": 0.95, "side": 1.0}
+TSTR_GAP_TARGET = 0.05
+MEMORIZATION_TARGET = 0.02  # "near 1 %": at most twice what real test slices score
+DEFAULT_COHORT = Path("sample_data/cohorts/default")
+DEFAULT_BUNDLES = (Path("models/spect_fastgan_A"), Path("models/spect_fastgan_B"))
+SCOPE_TITLES = {"pattern": "Pooled per pattern (as in the paper)", "level": "Pooled per level",
+                "cell": "Per level x pattern cell"}
+
+
+def assess_targets(summary: dict) -> list[dict]:
+    """Each fidelity target with the measured value and whether it is met."""
+    cells = [row for row in summary["paper_table"] if row["scope"] == "cell"]
+    failing = [f"{row['level']}-{row['pattern']} {row['metric']}" for row in cells
+               if not (row["p_mannwhitney"] > P_TARGET and abs(row["effect_r"]) < EFFECT_TARGET)]
+    low, high = summary["c2st"]["ci95"]
+    accuracy = summary["conditional_accuracy"]
+    gap = summary["tstr"] - summary["trtr"]
+    memorized = summary["memorization_fraction"]
+    checks = [(f"MC and LR like real in every cell (P > {P_TARGET}, |r| < {EFFECT_TARGET})",
+               f"{len(cells) - len(failing)} of {len(cells)} cell tests met"
+               + (f"; not met: {', '.join(failing)}" if failing else ""), not failing),
+              (f"C2ST accuracy <= {C2ST_TARGET:.2f}",
+               f"{summary['c2st_accuracy']:.3f} (95 % CI {low:.3f}-{high:.3f})",
+               summary["c2st_accuracy"] <= C2ST_TARGET)]
+    for head, minimum in CONDITION_TARGETS.items():
+        checks.append((f"conditional accuracy, {head}{' of unilateral' if head == 'side' else ''} >= {minimum:.0%}",
+                       f"{accuracy[head]:.1%}", accuracy[head] >= minimum))
+    checks += [(f"TSTR within {TSTR_GAP_TARGET * 100:.0f} points of TRTR (pattern)",
+                f"TSTR {summary['tstr']:.1%}, TRTR {summary['trtr']:.1%} ({100 * gap:+.1f} points)",
+                abs(gap) <= TSTR_GAP_TARGET),
+               (f"memorization fraction near 1 % (<= {MEMORIZATION_TARGET:.0%})", f"{memorized:.1%}",
+                memorized <= MEMORIZATION_TARGET)]
+    return [{"target": target, "value": value, "passed": bool(passed)} for target, value, passed in checks]
+
+
+def _json_ready(value):
+    """NaN and infinities -> None (JSON has neither), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    return value
+
+
+def run_evaluation(sources: Sequence[SyntheticSource], cohort_dir: Path, out_dir: Path,
+                   settings: EvaluationSettings = FULL, progress: bool = True) -> dict:
+    """Evaluate every source against the cohort; writes report.md, evaluation.json and figures/ into ``out_dir``
+    and returns the evaluation (the content of evaluation.json)."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    cohort_dir, out_dir = Path(cohort_dir), Path(out_dir)
+    names = [source.name for source in sources]
+    if not names or len(set(names)) != len(names):
+        raise SpectganError(f"give one or more sources with distinct names, got {names}")
+    info = read_cohort_info(cohort_dir)
+    if "count_scale" not in info:
+        raise SpectganError(f"{cohort_dir}/cohort.json has no count_scale: the cohort is not complete")
+    stages = Stages(2 + REAL_STAGES + SOURCE_STAGES * len(sources), enabled=progress)
+    try:
+        with stages.stage("read cohort"):
+            train, test = read_split(cohort_dir, "train"), read_split(cohort_dir, "test")
+        real = prepare_real(train, test, info["count_scale"], settings, stages)
+        evaluations = [evaluate_source(source, real, settings, stages) for source in sources]
+        with stages.stage("figures"):
+            figures = {evaluation.name: write_figures(evaluation, out_dir / "figures", info["count_scale"])
+                       for evaluation in evaluations}
+    finally:
+        stages.close()
+    bundles = {evaluation.name: {**evaluation.summary, "targets": assess_targets(evaluation.summary),
+                                 "figures": {kind: str(path.relative_to(out_dir))
+                                             for kind, path in figures[evaluation.name].items()}}
+               for evaluation in evaluations}
+    result = _json_ready({
+        "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mode": settings.mode, "settings": settings.to_dict(),
+        "cohort": {"path": str(cohort_dir), "matrix": info.get("matrix"), "count_scale": info["count_scale"],
+                   "seed": info.get("seed"), "source": info.get("source")},
+        "real": {"split": "test", "n_test": len(real.test.slices), "n_train": len(real.train),
+                 "note": "real = the held-out test split; the train split only trains the real-data classifiers "
+                         "and is the memorization reference"},
+        "bundles": bundles,
+        "paper_table": [row for summary in bundles.values() for row in summary["paper_table"]],
+        "run_time_s": round(time.perf_counter() - started, 1),
+        "cpu_time_s": round(time.process_time() - cpu_started, 1), "timings_s": stages.seconds,
+        "time_target_s": TIME_TARGET_S,
+        "hardware": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+    })
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / "evaluation.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(out_dir / "report.md", render_report(result).encode())
+    return result
+
+
+def _p_value(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _mean_sd(mean: float | None, sd: float | None, digits: int) -> str:
+    return f"{_number(mean, digits)} ± {_number(sd, digits)}"
+
+
+def _paper_rows(result: dict, scope: str) -> list[list[str]]:
+    """One scope of the paper table; the bundles' rows of a group and measure side by side."""
+    digits = {"MC": 1, "LR": 3}
+    by_key = {(row["bundle"], row["level"], row["pattern"], row["metric"]): row
+              for row in result["paper_table"] if row["scope"] == scope}
+    rows = []
+    for _, level, pattern in [group for group in comparison_groups(tuple(Level)) if group[0] == scope]:
+        for metric, places in digits.items():
+            for name in result["bundles"]:
+                row = by_key.get((name, level, pattern, metric))
+                if row is not None:
+                    rows.append([name, level, pattern, metric, row["n_real"], row["n_synth"],
+                                 _mean_sd(row["mean_real"], row["sd_real"], places),
+                                 _mean_sd(row["mean_synth"], row["sd_synth"], places),
+                                 _p_value(row["p_mannwhitney"]), _number(row["effect_r"], 3),
+                                 _p_value(row["p_welch"]), _number(row["cohens_d"], 2), _p_value(row["p_ks"])])
+    return rows
+
+
+def _reading_note(result: dict) -> str:
+    """How much the per-cell targets can be met by chance, from this run's cell sizes."""
+    cells = [row for row in result["paper_table"] if row["scope"] == "cell"]
+    if not cells:
+        return ""
+    tests_per_bundle = len(cells) // len(result["bundles"])
+    chance = 1.0 - (1.0 - P_TARGET) ** tests_per_bundle
+    smallest = min(cells, key=lambda row: row["n_real"] + row["n_synth"])
+    null_sd = rank_biserial_null_sd(smallest["n_real"], smallest["n_synth"])
+    return (f"Reading the cell target: with {tests_per_bundle} cell tests per bundle at P > {P_TARGET}, a generator "
+            f"whose slices follow the real distribution exactly still fails at least one test with probability "
+            f"{chance:.0%}; and for the smallest cell ({smallest['level']}-{smallest['pattern']}, "
+            f"{smallest['n_real']} real vs {smallest['n_synth']} synthetic) the rank-biserial r of two samples of one "
+            f"distribution has a standard deviation of {null_sd:.2f}, so |r| < {EFFECT_TARGET} is partly luck there. "
+            "The table gives every P value and effect size, so the reader can weigh them.")
+
+
+def render_report(result: dict) -> str:
+    """report.md from the evaluation."""
+    names = list(result["bundles"])
+    bundles = result["bundles"]
+    cohort = result["cohort"]
+    lines = [f"# Evaluation of {', '.join(names)}", "",
+             f"Cohort `{cohort['path']}` ({cohort['matrix']} x {cohort['matrix']}, count scale "
+             f"{cohort['count_scale']:.1f}); real = the held-out **test** split ({result['real']['n_test']} slices), "
+             f"never the training split ({result['real']['n_train']} slices, used only to train the real-data "
+             f"classifiers and as the memorization reference). Mode **{result['mode']}**; run time "
+             f"**{result['run_time_s']:.0f} s** (CPU time {result['cpu_time_s']:.0f} s; "
+             f"{result['hardware']['cpu_count']} CPU cores, {result['hardware']['torch_threads']} torch threads; "
+             "target for a full run of two bundles: "
+             f"{result['time_target_s']} s). Created {result['created']}.", ""]
+    if result["mode"] != "full":
+        lines += [f"**This is a {result['mode']} run** (at most {result['settings']['per_condition_cap']} slices per "
+                  "condition, short classifier training): it checks that the evaluation works; its PASS / FAIL is not "
+                  "a verdict on a model.", ""]
+    lines += ["## Fidelity targets", "",
+              "The targets are those of the shipped model A; every bundle is measured against them, side by side.", ""]
+    verdicts = zip(*(bundles[name]["targets"] for name in names))  # the same targets in the same order
+    lines.append(_table(["target"] + names, [
+        [entries[0]["target"]] + [f"**{'PASS' if entry['passed'] else 'FAIL'}** {entry['value']}" for entry in entries]
+        for entries in verdicts]))
+    lines += ["", _reading_note(result), "", "## MC and LR, real versus synthetic (Werner et al. 2022)", "",
+              "Two-sided Mann-Whitney U (P, rank-biserial r = 2U / (n_synth n_real) - 1, positive when synthetic "
+              "values are larger); Welch's t (P, Cohen's d) and Kolmogorov-Smirnov (P) as secondary tests. As many "
+              "synthetic slices as real ones per condition, seeded. Mean ± SD.", ""]
+    header = ["bundle", "level", "pattern", "measure", "n real", "n synth", "real", "synthetic", "P (MWU)", "r",
+              "P (Welch)", "d", "P (KS)"]
+    for scope in SCOPES:
+        lines += [f"### {SCOPE_TITLES[scope]}", "", _table(header, _paper_rows(result, scope)), ""]
+    lines += ["## Distribution metrics", "",
+              "C2ST: a small CNN trained to tell real test slices from synthetic ones, cross-validated accuracy with "
+              "its exact 95 % interval (0.5 is ideal). FID and KID use the 64 features of a condition classifier "
+              "trained on the real training split (no downloaded network; values compare bundles, not papers). "
+              "Precision and recall: k-NN manifolds (k = 3) in the same features.", ""]
+    lines.append(_table(["bundle", "n real / synth", "C2ST accuracy", "95 % CI", "FID (domain)", "KID (domain)",
+                         "precision", "recall"], [
+        [name, f"{s['n_real']} / {s['n_synth']}", _number(s["c2st_accuracy"], 3),
+         f"{_number(s['c2st']['ci95'][0], 3)}-{_number(s['c2st']['ci95'][1], 3)}", _number(s["fid_domain"], 3),
+         f"{_number(s['kid_domain'], 4)} ± {_number(s['kid_domain_sd'], 4)}", _number(s["precision"], 3),
+         _number(s["recall"], 3)] for name, s in bundles.items()]))
+    lines += ["", "## Conditional accuracy, TSTR and TRTR", "",
+              "A condition classifier trained on real training slices predicts level, pattern and side (left or "
+              "right, on unilateral requests) of synthetic slices made for a requested condition. Its accuracy on "
+              "the real test slices is the ceiling. TSTR: the same classifier trained on the synthetic slices, "
+              "tested on real test slices; TRTR: trained on real training slices of the bundle's levels (pattern "
+              "accuracy).", ""]
+    lines.append(_table(["bundle", "level", "pattern", "side (unilateral)", "classifier on real test (level / "
+                         "pattern / side)", "TSTR", "TRTR"], [
+        [name, _percent(s["conditional_accuracy"]["level"]), _percent(s["conditional_accuracy"]["pattern"]),
+         _percent(s["conditional_accuracy"]["side"]),
+         " / ".join(_percent(s["classifier_accuracy_real_test"][head]) for head in ("level", "pattern", "side")),
+         _percent(s["tstr"]), _percent(s["trtr"])] for name, s in bundles.items()]))
+    lines += ["", "## Memorization", "",
+              "Root-mean-square pixel difference of each synthetic slice to its nearest training slice, against the "
+              "same distance of real test slices; the fraction of synthetic slices below the 1st percentile of the "
+              "real ones (about 1 % for a generator of new subjects, 100 % for copies).", ""]
+    lines.append(_table(["bundle", "fraction below threshold", "threshold", "median synthetic", "median real test"], [
+        [name, _percent(s["memorization_fraction"]), _number(s["memorization"]["threshold"], 4),
+         _number(s["memorization"]["median_synthetic"], 4), _number(s["memorization"]["median_reference"], 4)]
+        for name, s in bundles.items()]))
+    lines += ["", "## Figures", ""]
+    for name, summary in bundles.items():
+        lines += [f"### {name}", ""] + [f"![{kind}]({path})" for kind, path in summary["figures"].items()] + [""]
+    lines += ["## Run time", "", _table(["stage", "seconds"], [[stage, f"{seconds:.1f}"]
+                                                              for stage, seconds in result["timings_s"].items()]),
+              ""]
+    return "\n".join(lines)
+
+
+def add_evaluate_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="compare synthetic slices of model bundles with a cohort's held-out test split",
+        description="Paper table (MC and LR, Mann-Whitney U), C2ST, domain FID / KID, precision / recall, "
+                    "conditional accuracy, TSTR vs TRTR and memorization; writes report.md, evaluation.json and "
+                    "figures/.")
+    parser.add_argument("--bundle", action="append", required=True, metavar="DIR",
+                        help="model bundle folder (repeat: --bundle models/spect_fastgan_A --bundle "
+                             "models/spect_fastgan_B)")
+    parser.add_argument("--cohort", required=True, help="cohort folder with train and test splits")
+    parser.add_argument("--out", required=True, help="output folder for report.md, evaluation.json and figures/")
+    parser.add_argument("--quick", action="store_true",
+                        help="few slices per condition and short classifier training (checks the pipeline; not a "
+                             "verdict)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampling and classifiers (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    settings = replace(QUICK if args.quick else FULL, seed=args.seed)
+    sources = [BundleSource(path) for path in args.bundle]
+    result = run_evaluation(sources, Path(args.cohort), Path(args.out), settings, progress=not args.no_progress)
+    for name, summary in result["bundles"].items():
+        met = sum(target["passed"] for target in summary["targets"])
+        print(f"{name}: {met} of {len(summary['targets'])} targets met; C2ST {summary['c2st_accuracy']:.3f}, "
+              f"memorization {summary['memorization_fraction']:.1%}")
+    print(f"wrote {Path(args.out) / 'report.md'} and evaluation.json in {result['run_time_s']:.0f} s")
+    return 0
+
+
+def benchmark_sources(cohort_dir: Path) -> list[SyntheticSource]:
+    """The shipped bundles where they exist, else stand-ins (train slices at A's and B's levels; no sampling)."""
+    if all((bundle / "configs" / "metadata.json").is_file() for bundle in DEFAULT_BUNDLES):
+        return [BundleSource(bundle) for bundle in DEFAULT_BUNDLES]
+    train = read_split(cohort_dir, "train")
+    return [ArraySource("stand-in-A", train), ArraySource("stand-in-B", train.at_levels([Level.COR]))]
+
+
+def run_evaluate_benchmark(as_json: bool = False) -> int:
+    """Time a full evaluation of the shipped bundles (or stand-ins) on the default cohort against the 20-min target."""
+    if "count_scale" not in read_cohort_info(DEFAULT_COHORT):
+        raise SpectganError(f"{DEFAULT_COHORT} is not complete; make it with `spectgan cohort --out {DEFAULT_COHORT} "
+                            "--seed 0`")
+    sources = benchmark_sources(DEFAULT_COHORT)
+    with tempfile.TemporaryDirectory() as folder:
+        result = run_evaluation(sources, DEFAULT_COHORT, Path(folder), FULL, progress=False)
+    figures = {"sources": [source.name for source in sources],
+               "stand_ins": not isinstance(sources[0], BundleSource),
+               "test_slices": result["real"]["n_test"], "run_time_s": result["run_time_s"],
+               "cpu_time_s": result["cpu_time_s"],
+               "time_target_s": TIME_TARGET_S, "ratio_to_target": round(result["run_time_s"] / TIME_TARGET_S, 3),
+               **result["hardware"], "timings_s": result["timings_s"]}
+    if as_json:
+        print(json.dumps(figures, indent=2))
+    else:
+        for name, value in figures.items():
+            print(f"{name:18s} {value}")
+    return 0

@@ -1,0 +1,238 @@
+"""MONAI bundles of trained generators: ``export_bundle`` (from a run, atomic) and ``load_bundle`` (checked, cached).
+
+A bundle folder:
+
+- ``configs/metadata.json``: MONAI bundle metadata plus what sampling needs (``count_scale``, ``levels``,
+  ``pixel_spacing_mm``, ``network``) and ``weights_sha256``;
+- ``configs/inference.json``: ``network_def`` for ``monai.bundle.ConfigParser``;
+- ``models/model.pt``: the EMA generator's state dict (batch norm recalibrated), loaded with ``weights_only=True``;
+- ``docs/README.md`` with ``loss_curves.png`` and ``samples.png``.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from spectgan.conditions import LEVEL_Z_MM, Level, Pattern, describe_allowed, parse_levels, valid_conditions
+from spectgan.errors import SpectganError
+from spectgan.gan.checkpoint import ema_generator, load_checkpoint
+from spectgan.gan.figures import save_loss_curves
+from spectgan.gan.inference import sampling_copy, save_condition_grid
+from spectgan.gan.networks import SIDE_INDEX, Generator
+
+METADATA_FILE = "configs/metadata.json"
+INFERENCE_FILE = "configs/inference.json"
+WEIGHTS_FILE = "models/model.pt"
+README_FILE = "docs/README.md"
+BUNDLE_VERSION = "1.0.0"
+MAX_WEIGHTS_BYTES = 50 * 1024 * 1024
+MONAI_METADATA_SCHEMA = ("https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
+                         "meta_schema_20240725.json")
+INTENDED_USE = ("Research only. Every image is synthetic (made by a GAN); not for diagnosis, treatment or any "
+                "clinical decision.")
+
+
+class Bundle(NamedTuple):
+    """A loaded bundle: the eval-mode generator (CPU, channels-last, no gradients) and the metadata."""
+
+    generator: Generator
+    metadata: dict
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_bundle(bundle_dir: str | Path) -> Bundle:
+    """Load a bundle (cached per path and file modification times); a sha256 mismatch is a SpectganError."""
+    path = Path(bundle_dir).resolve()
+    metadata_path, weights_path = path / METADATA_FILE, path / WEIGHTS_FILE
+    for required in (metadata_path, weights_path):
+        if not required.is_file():
+            raise SpectganError(f"{bundle_dir} is not a spectgan model bundle: {required.relative_to(path)} is missing")
+    stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in (metadata_path, weights_path))
+    return _load_bundle(str(path), stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_bundle(path: str, stamp: tuple) -> Bundle:
+    metadata = json.loads((Path(path) / METADATA_FILE).read_text())
+    weights_path = Path(path) / WEIGHTS_FILE
+    actual = sha256_file(weights_path)
+    if actual != metadata.get("weights_sha256"):
+        raise SpectganError(f"{weights_path}: sha256 mismatch (metadata says {metadata.get('weights_sha256')}, the "
+                            f"file has {actual}); the weights were changed or damaged, re-export or re-download "
+                            "the bundle")
+    generator = Generator(**metadata["network"]["generator"])
+    generator.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    generator = generator.eval().requires_grad_(False).to(memory_format=torch.channels_last)  # faster convolutions
+    return Bundle(generator, metadata)
+
+
+def _network_data_format(generator: dict, count_scale: float) -> dict:
+    size = generator["image_size"]
+    return {
+        "inputs": {
+            "latent": {"type": "tensor", "format": "latent", "num_channels": generator["latent_dim"],
+                       "spatial_shape": [], "dtype": "float32", "value_range": [], "is_patch_data": False,
+                       "channel_def": {"0": "standard normal (times psi for truncation)"}},
+            "condition": {"type": "tensor", "format": "class indices", "num_channels": 3, "spatial_shape": [],
+                          "dtype": "int64", "value_range": [0, 2], "is_patch_data": False,
+                          "channel_def": {"0": "level: " + ", ".join(f"{i} {v.value}" for i, v in enumerate(Level)),
+                                          "1": "pattern: " + ", ".join(f"{i} {v.value}" for i, v in enumerate(Pattern)),
+                                          "2": "side: " + ", ".join(f"{i} {s.value if s else 'none'}"
+                                                                    for s, i in SIDE_INDEX.items())}}},
+        "outputs": {
+            "pred": {"type": "image", "format": "magnitude", "modality": "NM", "num_channels": 1,
+                     "spatial_shape": [size, size], "dtype": "float32", "value_range": [-1, 1],
+                     "is_patch_data": False,
+                     "channel_def": {"0": f"counts = (pred + 1) / 2 * {count_scale:g}; array [row, col], col toward "
+                                          "the patient's left, row toward posterior (canonical slice)"}}}}
+
+
+def _metadata(checkpoint: dict, name: str, version: str, weights_sha256: str) -> dict:
+    data, settings = checkpoint["data"], checkpoint["settings"]
+    levels = parse_levels(settings["levels"])
+    generator = checkpoint["network"]["generator"]
+    return {
+        "schema": MONAI_METADATA_SCHEMA, "name": name, "version": version,
+        "changelog": {version: "exported from a spectgan training run"},
+        "monai_version": package_version("monai"), "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": package_version("numpy"), "required_packages_version": {"spectgan": package_version("spectgan")},
+        "task": "Conditional synthesis of 2D 123I-IMP brain perfusion SPECT slices (level, defect pattern, side)",
+        "description": f"Conditional FastGAN generator (EMA weights) for levels {', '.join(lv.value for lv in levels)}",
+        "authors": "spectgan", "copyright": "Apache-2.0", "data_type": "nifti",
+        "data_source": f"{data['cohort'].get('source', 'simulated')} cohort ({settings['cohort']})",
+        "intended_use": INTENDED_USE, "synthetic": True,
+        "network_data_format": _network_data_format(generator, data["count_scale"]),
+        "count_scale": data["count_scale"], "pixel_spacing_mm": data["pixel_spacing_mm"],
+        "image_size": data["image_size"], "levels": [lv.value for lv in levels],
+        "level_planes_mm": {lv.value: LEVEL_Z_MM[lv] for lv in levels},
+        "valid_conditions": [condition.to_dict() for condition in valid_conditions(levels)],
+        "network": {"generator": generator},
+        "training": {"cohort_seed": data["cohort"].get("seed"), "cohort": data["cohort"],
+                     "slices_per_condition": data["slices_per_condition"], "iterations": checkpoint["step"],
+                     "batch_size": settings["batch_size"], "seed": settings["seed"],
+                     "processes": len(checkpoint["rng"]), "hardware": checkpoint["hardware"],
+                     "time_s": round(checkpoint["elapsed_s"], 1), "commands": checkpoint["commands"]},
+        "weights_file": WEIGHTS_FILE, "weights_sha256": weights_sha256,
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _readme(metadata: dict) -> str:
+    training = metadata["training"]
+    level, pattern, side = _example_condition(metadata)
+    side_arg = f", side={side!r}" if side else ""
+    side_flag = f" --side {side}" if side else ""
+    slices = "\n".join(f"| {label} | {count} |" for label, count in training["slices_per_condition"].items())
+    commands = "\n".join(training["commands"])
+    return f"""# {metadata['name']}
+
+{metadata['description']}, exported {metadata['exported']}.
+
+**{INTENDED_USE}**
+
+## What it makes
+Canonical {metadata['image_size']} x {metadata['image_size']} axial slices in counts
+({metadata['pixel_spacing_mm']:g} mm pixels; column toward the patient's left, row toward posterior), for these
+conditions: {describe_allowed(parse_levels(metadata['levels']))}.
+The generator's output x in [-1, 1] maps to counts as (x + 1) / 2 x {metadata['count_scale']:g} (one cohort-wide
+count scale, so mean counts compare across images).
+
+```python
+from spectgan.gan import sample
+counts, seed = sample("models/{metadata['name']}", {level!r}, {pattern!r}{side_arg}, seed=3, n=4)  # float32 [4, H, W]
+```
+```
+spectgan sample --bundle models/{metadata['name']} --level {level} --pattern {pattern}{side_flag} --seed 3 --n 4 --out out/
+```
+
+## Training
+```
+{commands}
+```
+{training['iterations']} iterations at batch {training['batch_size']} in {training['time_s'] / 3600:.1f} h
+({training['time_s']:.0f} s) on {training['hardware']}. Cohort seed {training['cohort_seed']}; training slices per condition:
+
+| condition | slices |
+|---|---|
+{slices}
+
+![loss curves](loss_curves.png)
+
+## Samples (EMA generator, the same six inputs in every row)
+![samples](samples.png)
+
+## Files
+`{WEIGHTS_FILE}` (sha256 `{metadata['weights_sha256']}`), `{METADATA_FILE}`, `{INFERENCE_FILE}`.
+"""
+
+
+def _example_condition(metadata: dict) -> tuple[str, str, str | None]:
+    conditions = metadata["valid_conditions"]
+    unilateral = [c for c in conditions if c["pattern"] == Pattern.UNILATERAL.value]
+    chosen = (unilateral or conditions)[0]
+    return chosen["level"], chosen["pattern"], chosen["side"]
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Move a finished staging folder onto ``target`` (renames only; an old bundle is removed afterwards)."""
+    if target.exists():
+        retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+        os.replace(target, retired / target.name)
+        os.replace(staging, target)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, target)
+
+
+def export_bundle(run_dir: str | Path, bundle_dir: str | Path, name: str | None = None,
+                  version: str = BUNDLE_VERSION) -> Path:
+    """Write the run's EMA generator as a MONAI bundle folder, atomically (staged beside it, then renamed)."""
+    checkpoint = load_checkpoint(Path(run_dir))
+    bundle_dir = Path(bundle_dir)
+    name = name or bundle_dir.name
+    data = checkpoint["data"]
+    generator = sampling_copy(ema_generator(checkpoint), data["slices_per_condition"])
+    buffer = io.BytesIO()
+    torch.save(generator.state_dict(), buffer)
+    if buffer.tell() > MAX_WEIGHTS_BYTES:
+        raise SpectganError(f"the generator's weights take {buffer.tell() / 2**20:.1f} MB, over the "
+                            f"{MAX_WEIGHTS_BYTES / 2**20:.0f} MB a bundle may hold; train a narrower model")
+    bundle_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=bundle_dir.parent, prefix=f".{bundle_dir.name}.staging."))
+    try:
+        staging.chmod(0o755)
+        for folder in ("configs", "models", "docs"):
+            (staging / folder).mkdir()
+        (staging / WEIGHTS_FILE).write_bytes(buffer.getvalue())
+        metadata = _metadata(checkpoint, name, version, sha256_file(staging / WEIGHTS_FILE))
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        inference = {"network_def": {"_target_": f"{Generator.__module__}.Generator",
+                                     **metadata["network"]["generator"]}}
+        (staging / INFERENCE_FILE).write_text(json.dumps(inference, indent=2) + "\n")
+        save_loss_curves(checkpoint["history"], staging / "docs" / "loss_curves.png")
+        save_condition_grid(generator, valid_conditions(parse_levels(metadata["levels"])), data["count_scale"],
+                            staging / "docs" / "samples.png", title=f"{name}: step {checkpoint['step']} (EMA)")
+        (staging / README_FILE).write_text(_readme(metadata))
+        _replace_folder(staging, bundle_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return bundle_dir

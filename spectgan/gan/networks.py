@@ -1,0 +1,304 @@
+"""Conditional FastGAN (Liu et al., ICLR 2021) for canonical SPECT slices, sized for a 2-core CPU.
+
+Intensity mapping (one place): a slice in counts ``c`` is fed to the networks as ``x = 2 c / count_scale - 1``
+(``count_scale`` is the cohort-wide constant, so background is -1 and the brightest train pixels are about 0.9).
+The generator ends in ``tanh``; ``to_counts`` maps its output back to ``(x + 1) / 2 * count_scale``, which is never
+negative.
+
+Conditions enter as a long tensor ``[B, 3]``: level index, pattern index and side index (0 none, 1 left, 2 right)
+in the order of ``spectgan.conditions``' enums; see ``encode_conditions``. The generator uses conditional batch
+norm (and the condition embedding next to the latent), the discriminator a projection term (Miyato & Koyama 2018).
+
+Channel widths per resolution are ``width * multiplier[resolution]``, fewest at full resolution. Sizing (profiled on
+2 CPU cores, batch 16 at 128 x 128): a step's cost grows with the generator's width (one-thread CPU seconds per
+step 0.9 at width 16, 1.5 at 24, 2.2 at 32: its 64 and 128 px layers dominate), much less with the discriminator's
+(1.1 at 24); the decoders, reconstructing at half the image size from 8 x 8 maps, add a few per cent. Defaults:
+width 16 for both, about 0.5 s per step on 2 idle cores.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from spectgan.conditions import Condition, Level, Pattern, Side
+
+IMAGE_SIZES = (32, 64, 128)
+SIDE_INDEX = {None: 0, Side.LEFT: 1, Side.RIGHT: 2}
+
+# Generator channels = width x multiplier at each resolution (FastGAN halves them towards full resolution).
+GENERATOR_MULTIPLIERS = {4: 16, 8: 8, 16: 4, 32: 2, 64: 1, 128: 1}
+# Discriminator channels at each resolution of its encoder; its stem works at half the image size.
+DISCRIMINATOR_MULTIPLIERS = {64: 1, 32: 2, 16: 4, 8: 8}
+# Decoder channels (self-supervised reconstruction) at each resolution it upsamples to.
+DECODER_MULTIPLIERS = {16: 2, 32: 1, 64: 1}
+
+
+def encode_conditions(conditions: Sequence[Condition]) -> torch.Tensor:
+    """Conditions -> long tensor [B, 3] (level, pattern, side indices)."""
+    levels, patterns = list(Level), list(Pattern)
+    return torch.tensor([[levels.index(c.level), patterns.index(c.pattern), SIDE_INDEX[c.side]] for c in conditions],
+                        dtype=torch.long).reshape(len(conditions), 3)
+
+
+def to_network_range(counts: torch.Tensor, count_scale: float) -> torch.Tensor:
+    """Counts -> network range [-1, 1] (clamped: the count scale is a robust maximum, a few pixels exceed it)."""
+    return (2.0 * counts / count_scale - 1.0).clamp(-1.0, 1.0)
+
+
+def to_counts(images: torch.Tensor, count_scale: float) -> torch.Tensor:
+    """Generator output in [-1, 1] -> non-negative counts."""
+    return (images.float() + 1.0) * (0.5 * count_scale)
+
+
+def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Module:
+    return spectral_norm(nn.Conv2d(in_channels, out_channels, kernel, stride, padding, bias=False))
+
+
+class ConditionEmbedding(nn.Module):
+    """Sum of learned level, pattern and side embeddings: [B, 3] long -> [B, dim]."""
+
+    def __init__(self, dim: int, normalize: bool = False):
+        super().__init__()
+        tables = [nn.Embedding(len(Level), dim), nn.Embedding(len(Pattern), dim), nn.Embedding(len(SIDE_INDEX), dim)]
+        self.tables = nn.ModuleList(spectral_norm(table) if normalize else table for table in tables)
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        return sum(table(condition[:, i]) for i, table in enumerate(self.tables))
+
+
+class ConditionalBatchNorm(nn.Module):
+    """Batch norm whose scale and shift are linear functions of the condition embedding (identity at init).
+
+    In eval mode the running statistics are folded into the per-image scale and shift: one pass over the map.
+    """
+
+    def __init__(self, channels: int, condition_dim: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.scale = nn.Linear(condition_dim, channels)
+        self.shift = nn.Linear(condition_dim, channels)
+        for layer in (self.scale, self.shift):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        scale = 1.0 + self.scale(embedding)
+        shift = self.shift(embedding)
+        if self.training:
+            return torch.addcmul(shift[:, :, None, None], self.norm(x), scale[:, :, None, None])
+        inverse_std = torch.rsqrt(self.norm.running_var + self.norm.eps)
+        scale = scale * inverse_std
+        shift = shift - self.norm.running_mean * scale
+        return torch.addcmul(shift[:, :, None, None].to(x.dtype), x, scale[:, :, None, None].to(x.dtype))
+
+
+class NoiseInjection(nn.Module):
+    """Adds, in place, a learned multiple (zero at init) of a one-channel noise map [B, 1, H, W] to a conv output."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return x.addcmul_(noise.to(x.dtype), self.weight.to(x.dtype))
+
+
+class UpBlock(nn.Module):
+    """FastGAN up-block: nearest x2, then one (plain) or two (with noise injection) conv -> norm -> GLU stages."""
+
+    def __init__(self, in_channels: int, out_channels: int, condition_dim: int, with_noise: bool):
+        super().__init__()
+        stages = 2 if with_noise else 1
+        self.convs = nn.ModuleList(_conv(in_channels if i == 0 else out_channels, 2 * out_channels, 3, padding=1)
+                                   for i in range(stages))
+        self.norms = nn.ModuleList(ConditionalBatchNorm(2 * out_channels, condition_dim) for _ in range(stages))
+        self.noises = nn.ModuleList(NoiseInjection() for _ in range(stages)) if with_noise else None
+
+    @property
+    def noise_maps(self) -> int:
+        return len(self.noises) if self.noises is not None else 0
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor, noise: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            x = conv(x)
+            if self.noises is not None:
+                x = self.noises[i](x, noise[i])
+            x = F.glu(norm(x, embedding), dim=1)
+        return x
+
+
+class SkipLayerExcitation(nn.Module):
+    """FastGAN SLE: channel gates for a high-resolution map computed from a low-resolution one."""
+
+    def __init__(self, source_channels: int, target_channels: int):
+        super().__init__()
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(4), _conv(source_channels, target_channels, 4), nn.SiLU(),
+                                  _conv(target_channels, target_channels, 1), nn.Sigmoid())
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return target * self.gate(source)
+
+
+def _check_image_size(image_size: int) -> None:
+    if image_size not in IMAGE_SIZES:
+        raise ValueError(f"image size must be one of {IMAGE_SIZES}, got {image_size}")
+
+
+def _resolutions(start: int, stop: int) -> list[int]:
+    """Powers of two from start to stop inclusive, increasing."""
+    return [2 ** k for k in range(int(math.log2(start)), int(math.log2(stop)) + 1)]
+
+
+class Generator(nn.Module):
+    """Conditional FastGAN generator: latent [B, latent_dim] + condition [B, 3] -> image [B, 1, S, S] in [-1, 1].
+
+    Up-blocks from 4 x 4 to the image size alternate with and without noise injection (with noise at 8, 32, 128);
+    skip-layer excitation gates every map of 32 pixels or more from the map 16 times (at least 4 px) smaller.
+    """
+
+    def __init__(self, image_size: int = 128, latent_dim: int = 128, width: int = 16, condition_dim: int = 32):
+        super().__init__()
+        _check_image_size(image_size)
+        self.image_size, self.latent_dim = image_size, latent_dim
+        channels = {r: width * GENERATOR_MULTIPLIERS[r] for r in _resolutions(4, image_size)}
+        self.embedding = ConditionEmbedding(condition_dim)
+        self.initial = spectral_norm(nn.ConvTranspose2d(latent_dim + condition_dim, 2 * channels[4], 4, bias=False))
+        self.initial_norm = ConditionalBatchNorm(2 * channels[4], condition_dim)
+        self.block_resolutions = _resolutions(8, image_size)
+        self.blocks = nn.ModuleList(UpBlock(channels[r // 2], channels[r], condition_dim, with_noise=(i % 2 == 0))
+                                    for i, r in enumerate(self.block_resolutions))
+        self.excitation_sources = {r: max(4, r // 16) for r in self.block_resolutions if r >= 32}
+        self.excitations = nn.ModuleDict({str(r): SkipLayerExcitation(channels[source], channels[r])
+                                          for r, source in self.excitation_sources.items()})
+        self.to_image = _conv(channels[image_size], 1, 3, padding=1)
+
+    def noise_shapes(self, batch: int) -> list[tuple[int, int, int, int]]:
+        """Shapes of the noise maps one forward pass consumes, in order."""
+        return [(batch, 1, r, r) for r, block in zip(self.block_resolutions, self.blocks)
+                for _ in range(block.noise_maps)]
+
+    def forward(self, latent: torch.Tensor, condition: torch.Tensor,
+                noise: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """``noise``: maps shaped as ``noise_shapes`` (drawn from the global RNG when None)."""
+        if noise is None:
+            noise = [torch.randn(shape, device=latent.device) for shape in self.noise_shapes(latent.shape[0])]
+        embedding = self.embedding(condition)
+        x = self.initial(torch.cat([latent, embedding], dim=1)[:, :, None, None])
+        x = F.glu(self.initial_norm(x, embedding), dim=1)
+        features, used = {4: x}, 0
+        for resolution, block in zip(self.block_resolutions, self.blocks):
+            x = block(x, embedding, noise[used:used + block.noise_maps])
+            used += block.noise_maps
+            if resolution in self.excitation_sources:
+                x = self.excitations[str(resolution)](features[self.excitation_sources[resolution]], x)
+            features[resolution] = x
+        return torch.tanh(self.to_image(x))
+
+
+def _lrelu() -> nn.Module:
+    return nn.LeakyReLU(0.2)
+
+
+class DownBlock(nn.Module):
+    """FastGAN down-block: (4x4 stride-2 conv, 3x3 conv) averaged with (avg-pool, 1x1 conv), batch norm, LeakyReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.main = nn.Sequential(_conv(in_channels, out_channels, 4, 2, 1), nn.BatchNorm2d(out_channels), _lrelu(),
+                                  _conv(out_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels),
+                                  _lrelu())
+        self.direct = nn.Sequential(nn.AvgPool2d(2), _conv(in_channels, out_channels, 1),
+                                    nn.BatchNorm2d(out_channels), _lrelu())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.main(x) + self.direct(x)) / 2
+
+
+class Decoder(nn.Module):
+    """Self-supervised decoder: an 8 x 8 feature map -> an image [B, 1, size, size] in [-1, 1]."""
+
+    def __init__(self, in_channels: int, width: int, output_size: int):
+        super().__init__()
+        layers, channels = [], in_channels
+        for resolution in _resolutions(16, output_size):
+            out_channels = width * DECODER_MULTIPLIERS[resolution]
+            layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), _conv(channels, 2 * out_channels, 3, padding=1),
+                       nn.BatchNorm2d(2 * out_channels), nn.GLU(dim=1)]
+            channels = out_channels
+        layers += [_conv(channels, 1, 3, padding=1), nn.Tanh()]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
+QUADRANTS = 4  # reconstruction crops: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right (array order)
+
+
+def crop_quadrant(images: torch.Tensor, quadrant: int) -> torch.Tensor:
+    """One quadrant [.., H/2, W/2] of maps [.., H, W] (array rows/columns, no change of orientation)."""
+    height, width = images.shape[-2] // 2, images.shape[-1] // 2
+    row, col = divmod(quadrant, 2)
+    return images[..., row * height:(row + 1) * height, col * width:(col + 1) * width]
+
+
+class Discriminator(nn.Module):
+    """Projection discriminator after FastGAN: image [B, 1, S, S] + condition [B, 3] -> logits [B, 25].
+
+    Encoder: a 4x4 stride-2 stem to S/2, down-blocks to 8 x 8, skip-layer excitation from the stem's map into the
+    last map, a 1x1 + 4x4 head (a 5 x 5 map of logits) plus the projection of the condition embedding on the pooled
+    last map. With ``quadrant`` given (training on real images) it also returns two reconstructions of size
+    ``reconstruction_size``: the whole image from the 8 x 8 map and one quadrant from the 16 x 16 map.
+    """
+
+    def __init__(self, image_size: int = 128, width: int = 16, reconstruction_size: int = 32):
+        super().__init__()
+        _check_image_size(image_size)
+        if reconstruction_size not in _resolutions(16, 64):
+            raise ValueError(f"reconstruction size must be 16, 32 or 64, got {reconstruction_size}")
+        channels = {r: width * DISCRIMINATOR_MULTIPLIERS[r] for r in _resolutions(8, image_size // 2)}
+        stem_size = image_size // 2
+        self.stem = nn.Sequential(_conv(1, channels[stem_size], 4, 2, 1), _lrelu())
+        self.down_resolutions = _resolutions(8, stem_size // 2)[::-1]
+        self.downs = nn.ModuleList(DownBlock(channels[2 * r], channels[r]) for r in self.down_resolutions)
+        self.excitation = SkipLayerExcitation(channels[stem_size], channels[8])
+        self.head = nn.Sequential(_conv(channels[8], channels[8] // 2, 1), nn.BatchNorm2d(channels[8] // 2), _lrelu(),
+                                  _conv(channels[8] // 2, 1, 4))
+        self.projection = ConditionEmbedding(channels[8], normalize=True)
+        self.decode_whole = Decoder(channels[8], width, reconstruction_size)
+        self.decode_quadrant = Decoder(channels[16], width, reconstruction_size)
+        self.reconstruction_size = reconstruction_size
+
+    def forward(self, image: torch.Tensor, condition: torch.Tensor, quadrant: int | None = None):
+        stem = self.stem(image)
+        x, features = stem, {stem.shape[-1]: stem}
+        for resolution, down in zip(self.down_resolutions, self.downs):
+            x = down(x)
+            features[resolution] = x
+        x = self.excitation(stem, x)
+        projection = (self.projection(condition) * x.mean(dim=(2, 3))).sum(dim=1, keepdim=True)
+        logits = self.head(x).flatten(1) + projection
+        if quadrant is None:
+            return logits
+        whole = self.decode_whole(x)
+        part = self.decode_quadrant(crop_quadrant(features[16], quadrant))
+        return logits, (whole, part)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed-precision dtype on CUDA (bfloat16 where supported, else float16); None on the CPU (full precision)."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device):
+    """The one mixed-precision context for training and sampling: active on CUDA, a no-op on the CPU."""
+    dtype = amp_dtype(device)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)

@@ -1,0 +1,440 @@
+"""``spectgan train``: the conditional FastGAN training loop, resumable, in one process or under torchrun (DDP).
+
+One code path: CUDA with mixed precision (bfloat16, or float16 with a gradient scaler) when available, the CPU in
+full precision otherwise. Under ``torchrun --nproc_per_node N`` every process draws its own share of the batch
+(``--batch`` is the global batch) and DistributedDataParallel averages gradients (NCCL on CUDA, gloo on the CPU);
+process 0 writes everything.
+
+Run folder: ``checkpoint.pt`` (see ``gan.checkpoint``; every ``--checkpoint-every`` steps and at the end),
+``tensorboard/`` (loss scalars), ``samples/step_XXXXXX.png`` (a row per valid condition, every ``--sample-every``
+steps). A run killed at any moment resumes from its last checkpoint with ``--resume`` and then follows exactly the
+trajectory of an uninterrupted run (RNG states of every process are part of the checkpoint).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from spectgan.cohort_format import load_split, read_cohort_info
+from spectgan.conditions import parse_levels, valid_conditions
+from spectgan.errors import SpectganError
+from spectgan.gan.augment import diff_augment
+from spectgan.gan.bundle import export_bundle
+from spectgan.gan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
+from spectgan.gan.inference import sampling_copy, save_condition_grid
+from spectgan.gan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
+                                   crop_quadrant, encode_conditions, to_network_range)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that defines a run. Only the schedule fields and the cohort's location may change on resume."""
+
+    cohort: str
+    levels: tuple[str, ...] = ("CER", "BG", "COR")
+    iterations: int = 20000
+    batch_size: int = 16  # global: split evenly over DDP processes
+    image_size: int | None = None  # None: the cohort's matrix (smaller sizes are area-averaged from it)
+    latent_dim: int = 128
+    condition_dim: int = 32
+    generator_width: int = 16
+    discriminator_width: int = 16
+    reconstruction_size: int | None = None  # None: image_size / 2
+    learning_rate: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    ema_decay: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 500
+    sample_every: int = 1000
+    log_every: int = 20
+
+    def network(self) -> dict:
+        """Keyword arguments of the generator and the discriminator."""
+        return {"generator": {"image_size": self.image_size, "latent_dim": self.latent_dim,
+                              "width": self.generator_width, "condition_dim": self.condition_dim},
+                "discriminator": {"image_size": self.image_size, "width": self.discriminator_width,
+                                  "reconstruction_size": self.reconstruction_size}}
+
+
+SCHEDULE_FIELDS = frozenset({"iterations", "checkpoint_every", "sample_every", "log_every"})
+# May differ when resuming: the schedule, and where the cohort lies (a run resumed in another checkout); the data
+# itself is checked against the checkpoint.
+CHANGEABLE_ON_RESUME = SCHEDULE_FIELDS | {"cohort"}
+
+
+@dataclass
+class TrainingData:
+    """The train split in memory: images [N, 1, S, S] in the network range and conditions [N, 3]."""
+
+    images: torch.Tensor
+    conditions: torch.Tensor
+    summary: dict  # count_scale, pixel_spacing_mm, image_size, slices_per_condition, cohort (its cohort.json)
+
+
+def load_training_data(cohort: str, levels: tuple[str, ...], image_size: int | None) -> TrainingData:
+    """Read the train split at ``levels``, area-average to ``image_size`` and divide by the cohort's count scale."""
+    info = read_cohort_info(cohort)
+    missing = [key for key in ("count_scale", "pixel_spacing_mm") if key not in info]
+    if missing:
+        raise SpectganError(f"{cohort}/cohort.json lacks {', '.join(missing)}")
+    parsed_levels = parse_levels(levels)
+    counts, records = load_split(Path(cohort), "train", parsed_levels)
+    matrix = counts.shape[-1]
+    image_size = image_size or matrix
+    if image_size not in IMAGE_SIZES or image_size > matrix or matrix % image_size:
+        raise SpectganError(f"image size {image_size} is not possible from a {matrix} x {matrix} cohort; "
+                            f"allowed: {', '.join(str(s) for s in IMAGE_SIZES if s <= matrix and matrix % s == 0)}")
+    images = torch.from_numpy(counts)[:, None]
+    if image_size != matrix:
+        images = F.avg_pool2d(images, matrix // image_size)
+    slices = {condition.label: 0 for condition in valid_conditions(parsed_levels)}
+    for record in records:
+        slices[record.condition.label] += 1
+    summary = {"count_scale": float(info["count_scale"]), "image_size": image_size,
+               "pixel_spacing_mm": float(info["pixel_spacing_mm"]) * matrix / image_size,
+               "slices_per_condition": slices, "cohort": info}
+    return TrainingData(to_network_range(images, summary["count_scale"]),
+                        encode_conditions([record.condition for record in records]), summary)
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in a (possibly one-process) training job."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def start(cls) -> "Processes":
+        """Join torchrun's process group when there is one (NCCL on CUDA, gloo on the CPU)."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available()
+        device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+        if world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+        return cls(dist.get_rank() if world_size > 1 else 0, world_size, device)
+
+    def stop(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def gather(self, value) -> list:
+        """``value`` from every process, in rank order."""
+        if self.world_size == 1:
+            return [value]
+        values = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
+    def hardware(self) -> str:
+        if self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+        else:
+            name = f"{_cpu_model()}, {torch.get_num_threads()} threads per process"
+        return f"{self.world_size} x {self.device.type}: {name}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
+class Trainer:
+    """Networks, optimisers and EMA generator of one process; ``step`` is one FastGAN iteration."""
+
+    def __init__(self, settings: TrainSettings, processes: Processes):
+        self.settings, self.device = settings, processes.device
+        torch.manual_seed(settings.seed)  # identical initial weights in every process
+        network = settings.network()
+        self.generator = Generator(**network["generator"]).to(self.device)
+        self.discriminator = Discriminator(**network["discriminator"]).to(self.device)
+        self.ema = copy.deepcopy(self.generator).requires_grad_(False)
+        adam = {"lr": settings.learning_rate, "betas": tuple(settings.betas)}
+        self.optimizer_generator = torch.optim.Adam(self.generator.parameters(), **adam)
+        self.optimizer_discriminator = torch.optim.Adam(self.discriminator.parameters(), **adam)
+        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype(self.device) == torch.float16)
+        if processes.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.generator_step = DistributedDataParallel(self.generator, device_ids=device_ids)
+            self.discriminator_step = DistributedDataParallel(self.discriminator, device_ids=device_ids)
+        else:
+            self.generator_step, self.discriminator_step = self.generator, self.discriminator
+
+    STATE = ("generator", "discriminator", "ema", "optimizer_generator", "optimizer_discriminator", "grad_scaler")
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name).state_dict() for name in self.STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.STATE:
+            getattr(self, name).load_state_dict(state[name])
+
+    def step(self, real: torch.Tensor, condition: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """Iteration ``step`` (from 1) on real images [B, 1, S, S] (network range) of ``condition`` [B, 3];
+        returns the losses."""
+        latent = torch.randn(real.shape[0], self.settings.latent_dim, device=self.device)
+        quadrant = int(torch.randint(QUADRANTS, ()))
+        with autocast(self.device):
+            fake = self.generator_step(latent, condition)
+        # Discriminator: hinge loss on real and generated images plus reconstruction of the real ones.
+        self.discriminator.requires_grad_(True)
+        with autocast(self.device):
+            real = diff_augment(real)
+            real_logits, reconstructions = self.discriminator_step(real, condition, quadrant)
+            fake_logits = self.discriminator_step(diff_augment(fake.detach()), condition)
+        losses = {"d_real": F.relu(1.0 - real_logits.float()).mean(),
+                  "d_fake": F.relu(1.0 + fake_logits.float()).mean(),
+                  "reconstruction": reconstruction_loss(reconstructions, real, quadrant)}
+        self.optimizer_discriminator.zero_grad(set_to_none=True)
+        self.grad_scaler.scale(losses["d_real"] + losses["d_fake"] + losses["reconstruction"]).backward()
+        self.grad_scaler.step(self.optimizer_discriminator)
+        # Generator: through the bare discriminator, whose gradients this step does not need.
+        self.discriminator.requires_grad_(False)
+        with autocast(self.device):
+            losses["g"] = -self.discriminator(diff_augment(fake), condition).float().mean()
+        self.optimizer_generator.zero_grad(set_to_none=True)
+        self.grad_scaler.scale(losses["g"]).backward()
+        self.grad_scaler.step(self.optimizer_generator)
+        self.grad_scaler.update()
+        self.update_ema(step)
+        return {name: loss.detach() for name, loss in losses.items()}
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        """EMA of the generator's weights, with a warm-up so that early averages are not dominated by the random
+        initial weights (decay min(ema_decay, (1 + step) / (10 + step))); buffers (batch and spectral norm) are
+        copied."""
+        decay = min(self.settings.ema_decay, (1 + step) / (10 + step))
+        for average, current in zip(self.ema.parameters(), self.generator.parameters()):
+            average.lerp_(current, 1.0 - decay)
+        for average, current in zip(self.ema.buffers(), self.generator.buffers()):
+            average.copy_(current)
+
+
+def reconstruction_loss(reconstructions: tuple[torch.Tensor, torch.Tensor], real: torch.Tensor,
+                        quadrant: int) -> torch.Tensor:
+    """L1 between the discriminator's decodings and the (augmented) real images / quadrant, area-resized."""
+    whole, part = (image.float() for image in reconstructions)
+    size = whole.shape[-1]
+    real = real.float()
+    return (F.l1_loss(whole, F.interpolate(real, size=size, mode="area"))
+            + F.l1_loss(part, F.interpolate(crop_quadrant(real, quadrant), size=size, mode="area")))
+
+
+def _rng_state(device: torch.device) -> dict:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _seed_streams(seed: int, step: int, processes: Processes) -> None:
+    """Each process's own random stream (batches, latents, augmentation) from the run seed, the step and the rank."""
+    torch.manual_seed((seed * 1_000_003 + step) * 1_009 + processes.rank + 1)
+
+
+def resolve_settings(checkpoint: dict | None, options: dict) -> TrainSettings:
+    """New run: settings from ``options``. Resumed run: the checkpoint's, with only the changeable fields replaced."""
+    options = {name: value for name, value in options.items() if value is not None}
+    if "levels" in options:
+        options["levels"] = tuple(level.value for level in parse_levels(options["levels"]))
+    if "cohort" in options:
+        options["cohort"] = str(Path(options["cohort"]).resolve())
+    if checkpoint is None:
+        if "cohort" not in options:
+            raise SpectganError("--cohort is required to start a run")
+        return TrainSettings(**options)
+    stored = TrainSettings(**checkpoint["settings"])
+    conflicts = [f"{name} {value!r} (the run has {getattr(stored, name)!r})" for name, value in options.items()
+                 if name not in CHANGEABLE_ON_RESUME and value != getattr(stored, name)]
+    if conflicts:
+        raise SpectganError("a resumed run keeps the settings it started with; these differ: " + "; ".join(conflicts))
+    return replace(stored, **{name: value for name, value in options.items() if name in CHANGEABLE_ON_RESUME})
+
+
+def _check_settings(settings: TrainSettings, world_size: int) -> None:
+    if settings.batch_size < 2 * world_size or settings.batch_size % world_size:
+        raise SpectganError(f"--batch {settings.batch_size} must be a multiple of the {world_size} process(es) "
+                            "with at least 2 images per process (batch norm)")
+    for name in SCHEDULE_FIELDS:
+        if getattr(settings, name) < 1:
+            raise SpectganError(f"{_flag(name)} must be positive, got {getattr(settings, name)}")
+
+
+def train(out: str | Path, resume: bool = False, progress: bool = True, export_bundle_dir: str | Path | None = None,
+          bundle_name: str | None = None, command: str | None = None, **options) -> Path:
+    """Train (or resume) the run in ``out``; ``options`` are ``TrainSettings`` fields. Returns the checkpoint path.
+
+    Under torchrun every process calls this; process 0 writes. With ``export_bundle_dir`` the finished run is
+    exported as a MONAI bundle (``gan.bundle.export_bundle``).
+    """
+    run_dir = Path(out)
+    processes = Processes.start()
+    try:
+        checkpoint = None
+        if checkpoint_path(run_dir).exists():
+            if not resume:
+                raise SpectganError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
+                                    "--out")
+            checkpoint = load_checkpoint(run_dir)
+        settings = resolve_settings(checkpoint, options)
+        data = load_training_data(settings.cohort, settings.levels, settings.image_size)
+        image_size = data.summary["image_size"]
+        settings = replace(settings, image_size=image_size,
+                           reconstruction_size=settings.reconstruction_size or image_size // 2)
+        _check_settings(settings, processes.world_size)
+        if checkpoint is not None and any(checkpoint["data"][key] != data.summary[key]
+                                          for key in ("slices_per_condition", "count_scale")):
+            raise SpectganError(f"the cohort {settings.cohort} is not the one the run started with (slices per "
+                                "condition or count scale differ); a resumed run must see the same data")
+        command = command or f"spectgan.gan.train.train({str(run_dir)!r}, resume={resume}, **{options!r})"
+        _run(run_dir, settings, data, checkpoint, processes, progress, command)
+        if export_bundle_dir is not None and processes.main:
+            export_bundle(run_dir, export_bundle_dir, name=bundle_name)
+        return checkpoint_path(run_dir)
+    finally:
+        processes.stop()
+
+
+def _run(run_dir: Path, settings: TrainSettings, data: TrainingData, checkpoint: dict | None, processes: Processes,
+         progress: bool, command: str) -> None:
+    device, main = processes.device, processes.main
+    trainer = Trainer(settings, processes)
+    step, history, elapsed, commands = 0, [], 0.0, []
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint)
+        step, history, elapsed, commands = (checkpoint["step"], checkpoint["history"], checkpoint["elapsed_s"],
+                                            checkpoint["commands"])
+        if len(checkpoint["rng"]) == processes.world_size:
+            _set_rng_state(checkpoint["rng"][processes.rank], device)
+        else:
+            _seed_streams(settings.seed, step, processes)
+            if main:
+                print(f"note: the run was saved by {len(checkpoint['rng'])} process(es), resumed by "
+                      f"{processes.world_size}: new random streams from step {step}", file=sys.stderr)
+    else:
+        _seed_streams(settings.seed, 0, processes)
+    commands = commands + [command]
+    empty = [label for label, count in data.summary["slices_per_condition"].items() if count == 0]
+    if empty and main:
+        print(f"warning: no training slices for {', '.join(empty)}", file=sys.stderr)
+
+    images, conditions = data.images.to(device), data.conditions.to(device)
+    per_process = settings.batch_size // processes.world_size
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step + 1 if step else None)
+    bar = tqdm(total=settings.iterations, initial=step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (progress and main))
+    session_start, interval_start, sums, count = time.perf_counter(), time.perf_counter(), {}, 0
+
+    def save(at_step: int) -> None:
+        rng = processes.gather(_rng_state(device))
+        if main:
+            save_checkpoint(run_dir, {
+                "format": CHECKPOINT_FORMAT, "step": at_step, "settings": asdict(settings),
+                "network": settings.network(), **trainer.state_dict(), "rng": rng, "history": history,
+                "elapsed_s": elapsed + time.perf_counter() - session_start, "commands": commands,
+                "data": data.summary, "hardware": processes.hardware()})
+
+    while step < settings.iterations:
+        step += 1
+        picks = torch.randint(len(images), (per_process,)).to(device)
+        losses = trainer.step(images[picks], conditions[picks], step)
+        sums = {name: sums.get(name, 0.0) + loss for name, loss in losses.items()}
+        count += 1
+        bar.update(1)
+        last = step == settings.iterations
+        if step % settings.log_every == 0 or last:
+            means = {name: float(total) / count for name, total in sums.items()}
+            seconds_per_step = (time.perf_counter() - interval_start) / count
+            history.append({"step": step, **means})
+            bar.set_postfix({name: f"{value:.3f}" for name, value in means.items()})
+            if writer is not None:
+                for name, value in means.items():
+                    writer.add_scalar(f"loss/{name}", value, step)
+                writer.add_scalar("time/seconds_per_step", seconds_per_step, step)
+            sums, count, interval_start = {}, 0, time.perf_counter()
+        if main and (step % settings.sample_every == 0 or last):
+            save_condition_grid(sampling_copy(trainer.ema, data.summary["slices_per_condition"]),
+                                valid_conditions(parse_levels(settings.levels)), data.summary["count_scale"],
+                                run_dir / "samples" / f"step_{step:06d}.png", title=f"step {step} (EMA)")
+        if step % settings.checkpoint_every == 0 or last:
+            save(step)
+    bar.close()
+    if writer is not None:
+        writer.close()
+
+
+def add_train_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train the conditional FastGAN on a cohort (resumable; torchrun --nproc_per_node N for DDP)")
+    parser.add_argument("--cohort", help="cohort folder (spectgan cohort / spectgan import); not needed with --resume")
+    parser.add_argument("--levels", help="comma-separated levels, e.g. CER,BG,COR (default: all)")
+    parser.add_argument("--out", required=True, help="run folder (checkpoint, tensorboard, sample grids)")
+    parser.add_argument("--iters", type=int, dest="iterations", help="total training steps (default 20000)")
+    parser.add_argument("--batch", type=int, dest="batch_size", help="global batch size (default 16)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--image-size", type=int, choices=IMAGE_SIZES, help="train at this size (default: cohort)")
+    parser.add_argument("--generator-width", type=int, help="generator width (default 16)")
+    parser.add_argument("--discriminator-width", type=int, help="discriminator width (default 16)")
+    parser.add_argument("--seed", type=int, help="run seed (default 0)")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
+    parser.add_argument("--sample-every", type=int, help="steps between sample grids (default 1000)")
+    parser.add_argument("--log-every", type=int, help="steps between logged losses (default 20)")
+    parser.add_argument("--export-bundle", dest="export_bundle_dir", metavar="DIR",
+                        help="export the finished run as a MONAI bundle folder")
+    parser.add_argument("--bundle-name", help="bundle name (default: the bundle folder's name)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run_train)
+
+
+FLAGS = {"iterations": "--iters", "batch_size": "--batch"}  # settings whose flag is not the field name
+
+
+def _flag(name: str) -> str:
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _run_train(args) -> int:
+    options = {field.name: getattr(args, field.name) for field in fields(TrainSettings) if hasattr(args, field.name)}
+    words = ["spectgan", "train", "--out", args.out] + [word for name, value in options.items() if value is not None
+                                                        for word in (_flag(name), str(value))]
+    words += (["--resume"] if args.resume else []) + (["--export-bundle", args.export_bundle_dir]
+                                                      if args.export_bundle_dir else [])
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = f"torchrun --nproc_per_node {world_size} -m spectgan.cli " if world_size > 1 else ""
+    train(args.out, resume=args.resume, progress=not args.no_progress, export_bundle_dir=args.export_bundle_dir,
+          bundle_name=args.bundle_name, command=launcher + shlex.join(words if not launcher else words[1:]), **options)
+    return 0

@@ -1,0 +1,63 @@
+import pytest
+import torch
+from gan_toy_cohort import single_thread  # noqa: F401 (fixture)
+
+from spectgan.conditions import Condition, Level, Pattern, Side, valid_conditions
+from spectgan.gan.networks import (Discriminator, Generator, encode_conditions, to_counts, to_network_range)
+
+CONDITIONS = encode_conditions(valid_conditions()[:4])
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_shapes_follow_the_image_size(size):
+    generator, discriminator = Generator(size, width=4), Discriminator(size, width=4, reconstruction_size=16)
+    images = generator(torch.randn(4, generator.latent_dim), CONDITIONS)
+    assert images.shape == (4, 1, size, size) and images.abs().max() <= 1
+    assert generator.block_resolutions[-1] == size and len(generator.blocks) == {32: 3, 64: 4, 128: 5}[size]
+    logits, (whole, part) = discriminator(images, CONDITIONS, quadrant=3)
+    assert logits.shape == (4, 25) and whole.shape == part.shape == (4, 1, 16, 16)
+    assert discriminator(images, CONDITIONS).shape == (4, 25)
+
+
+def test_unsupported_size_is_refused():
+    with pytest.raises(ValueError, match="32, 64, 128"):
+        Generator(96)
+
+
+def test_condition_encoding():
+    codes = encode_conditions([Condition(Level.CER, Pattern.NORMAL), Condition(Level.COR, Pattern.UNILATERAL, Side.RIGHT)])
+    assert codes.tolist() == [[0, 0, 0], [2, 1, 2]]
+
+
+def test_conditions_and_noise_change_the_image_and_the_logits():
+    torch.manual_seed(0)
+    generator, discriminator = Generator(32, width=4).eval(), Discriminator(32, width=4, reconstruction_size=16)
+    for module in (generator, discriminator):  # move the condition paths away from their zero initialisation
+        for name, parameter in module.named_parameters():
+            if "scale" in name or "shift" in name or "noises" in name:
+                torch.nn.init.normal_(parameter, std=0.5)
+    latent = torch.randn(1, generator.latent_dim)
+    noise = [torch.randn(shape) for shape in generator.noise_shapes(1)]
+    left, right = (encode_conditions([Condition(Level.BG, Pattern.UNILATERAL, side)]) for side in Side)
+    with torch.no_grad():
+        assert torch.equal(generator(latent, left, noise), generator(latent, left, noise))
+        assert not torch.allclose(generator(latent, left, noise), generator(latent, right, noise))
+        other_noise = [torch.randn(shape) for shape in generator.noise_shapes(1)]
+        assert not torch.allclose(generator(latent, left, noise), generator(latent, left, other_noise))
+        image = generator(latent, left, noise)
+        discriminator.eval()
+        assert not torch.allclose(discriminator(image, left), discriminator(image, right))
+
+
+def test_count_mapping_round_trip_and_non_negative():
+    counts = torch.tensor([0.0, 50.0, 100.0, 250.0])
+    images = to_network_range(counts, count_scale=200.0)
+    assert images.tolist() == [-1.0, -0.5, 0.0, 1.0]  # above the scale clamps
+    assert torch.allclose(to_counts(images, 200.0), torch.tensor([0.0, 50.0, 100.0, 200.0]))
+    assert to_counts(torch.tensor([-1.0]), 200.0).item() == 0.0
+
+
+def test_default_generator_weights_fit_a_bundle():
+    generator = Generator()
+    megabytes = sum(t.numel() * t.element_size() for t in generator.state_dict().values()) / 2 ** 20
+    assert megabytes < 50

@@ -1,0 +1,126 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from gan_toy_cohort import TINY_NETWORK, single_thread, toy_cohort  # noqa: F401 (fixtures)
+
+from spectgan.cli import main
+from spectgan.errors import SpectganError
+from spectgan.gan.checkpoint import load_checkpoint
+from spectgan.gan.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_FLAGS = ["--image-size", "32", "--batch", "4", "--generator-width", "4", "--discriminator-width", "4",
+              "--sample-every", "1000", "--no-progress"]
+STATE = ("generator", "discriminator", "ema", "optimizer_generator", "optimizer_discriminator", "rng")
+
+
+def spectgan_command(*arguments) -> list[str]:
+    return [sys.executable, "-m", "spectgan.cli", *arguments]
+
+
+def run_spectgan(*arguments, timeout=240):
+    result = subprocess.run(spectgan_command(*arguments), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def assert_same_state(first: dict, second: dict) -> None:
+    def compare(a, b, where):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), where
+        elif isinstance(a, dict):
+            assert a.keys() == b.keys(), where
+            for key in a:
+                compare(a[key], b[key], f"{where}/{key}")
+        elif isinstance(a, (list, tuple)):
+            assert len(a) == len(b), where
+            for index, (x, y) in enumerate(zip(a, b)):
+                compare(x, y, f"{where}[{index}]")
+        else:
+            assert a == b, where
+
+    assert first["step"] == second["step"]
+    for name in STATE:
+        compare(first[name], second[name], name)
+
+
+def test_tiny_training_run_writes_checkpoint_logs_and_grids(toy_cohort, tmp_path):
+    run = tmp_path / "run"
+    train(run, progress=False, cohort=str(toy_cohort), levels="BG,COR", iterations=6, batch_size=4, image_size=32,
+          sample_every=3, checkpoint_every=4, log_every=2, **TINY_NETWORK)
+    checkpoint = load_checkpoint(run)
+    assert checkpoint["step"] == 6 and checkpoint["settings"]["levels"] == ("BG", "COR")
+    assert [entry["step"] for entry in checkpoint["history"]] == [2, 4, 6]
+    assert all(torch.isfinite(torch.tensor(value)) for entry in checkpoint["history"] for value in entry.values())
+    assert set(checkpoint["history"][0]) == {"step", "d_real", "d_fake", "reconstruction", "g"}
+    assert checkpoint["data"]["image_size"] == 32 and checkpoint["data"]["pixel_spacing_mm"] == 7.0
+    assert set(checkpoint["data"]["slices_per_condition"]) == {
+        "BG-normal", "BG-unilateral-left", "BG-unilateral-right", "BG-bilateral",
+        "COR-normal", "COR-unilateral-left", "COR-unilateral-right", "COR-bilateral"}
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000003.png", "step_000006.png"]
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    generator_moved = any(not torch.equal(a, b) for a, b in zip(checkpoint["generator"].values(),
+                                                                 checkpoint["ema"].values()))
+    assert generator_moved  # the EMA lags the generator
+
+
+def test_existing_run_needs_resume_and_keeps_its_settings(toy_cohort, tmp_path):
+    run = tmp_path / "run"
+    common = dict(progress=False, cohort=str(toy_cohort), image_size=32, batch_size=4, **TINY_NETWORK)
+    train(run, iterations=2, **common)
+    with pytest.raises(SpectganError, match="--resume"):
+        train(run, iterations=3, **common)
+    with pytest.raises(SpectganError, match="batch_size 8"):
+        train(run, resume=True, iterations=3, **{**common, "batch_size": 8})
+    train(run, resume=True, iterations=3, **common)
+    assert load_checkpoint(run)["step"] == 3
+
+
+def test_cli_errors_are_messages(toy_cohort, tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "run")]) == 2
+    assert "--cohort is required" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "run"), "--cohort", str(tmp_path)]) == 2
+    assert "not a spectgan cohort" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "other"), "--cohort", str(toy_cohort), "--batch", "1"]) == 2
+    assert "at least 2 images per process" in capsys.readouterr().err
+
+
+def test_run_killed_with_sigkill_resumes_to_identical_state(toy_cohort, tmp_path):
+    flags = ["--cohort", str(toy_cohort), *TINY_FLAGS, "--checkpoint-every", "2"]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(spectgan_command("train", "--out", str(killed), "--iters", "100000", *flags), cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not (killed / "checkpoint.pt").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "training did not checkpoint"
+            time.sleep(0.05)
+        time.sleep(0.3)  # mid-run: past the checkpoint
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    total = load_checkpoint(killed)["step"] + 3
+    run_spectgan("train", "--out", str(killed), "--resume", "--iters", str(total), *flags)
+    uninterrupted = tmp_path / "uninterrupted"  # in this process, through the same command line
+    assert main(["train", "--out", str(uninterrupted), "--iters", str(total), *flags]) == 0
+    assert_same_state(load_checkpoint(killed), load_checkpoint(uninterrupted))
+
+
+def test_torchrun_ddp_on_two_cpu_processes(toy_cohort, tmp_path):
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "spectgan.cli", "train", "--out", str(run),
+                             "--cohort", str(toy_cohort), "--iters", "3", "--checkpoint-every", "2", *TINY_FLAGS],
+                            cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = load_checkpoint(run)
+    assert checkpoint["step"] == 3 and len(checkpoint["rng"]) == 2
+    assert not torch.equal(checkpoint["rng"][0]["cpu"], checkpoint["rng"][1]["cpu"])  # own streams per process
+    assert checkpoint["hardware"].startswith("2 x cpu")
+    assert checkpoint["commands"][0].startswith("torchrun --nproc_per_node 2 -m spectgan.cli train")

@@ -1,0 +1,406 @@
+"""The MONAI Label app: a real `monailabel start_server` process on a free port of 127.0.0.1 (started once for the
+module), and its ASGI app in-process (starlette TestClient) where that is simpler: /info, every valid condition,
+output geometry against the reference, the statistics' side, 4xx errors, a fuzz test, /info under load, training.
+
+The bundles are tiny (width 4, one iteration, 64 px, trained on the toy cohort), so generated content means nothing;
+the side of the statistics is checked through a known left-low slice put in place of the generator, and against the
+shipped weights when models/spect_fastgan_A exists.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import requests
+import SimpleITK as sitk
+import torch
+from gan_toy_cohort import toy_cohort  # noqa: F401 (a fixture)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from requests_toolbelt.multipart.decoder import MultipartDecoder
+
+from spectgan.conditions import LEVEL_Z_MM, Level, valid_conditions
+from spectgan.gan import export_bundle
+from spectgan.gan.train import train
+from spectgan.geometry import pose_from_sidecar
+from spectgan.roi import hemisphere_stats
+from spectgan.service import (DEFAULT_MODELS_DIR, INFER_PARAMS, MODELS, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR,
+                              GenerationService, ServerProcess)
+from spectgan.template import SLICE_CENTRE_MM, canonical_image
+
+APP_DIR = REPOSITORY_ROOT / "monai_app"
+STUDY_IDS = sorted(path.name[:-len(".nii.gz")] for path in SAMPLE_STUDIES_DIR.glob("*.nii.gz"))
+OBLIQUE_STUDY = "study_unilateral_left_oblique"
+CACHED_STUDY = "study_normal_axial"  # the fuzz test's one valid image (registered once)
+POSITION_TOLERANCE_MM = 4.0  # registration error allowed on the slice centre (2 voxels of the 3.5 mm studies)
+ANGLE_TOLERANCE_DEG = 4.0
+INFO_LATENCY_LIMIT_S = 1.0  # /info/ answers in milliseconds on an idle machine; this allows for a loaded one
+TRAIN_TIMEOUT_S = 300.0
+
+
+# --------------------------------------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory, toy_cohort) -> Path:  # noqa: F811
+    """Bundles spect_fastgan_A (all levels) and spect_fastgan_B (COR) after one training step each."""
+    models = tmp_path_factory.mktemp("models")
+    for name, spec in MODELS.items():
+        run = tmp_path_factory.mktemp(f"run_{name}")
+        train(run, progress=False, cohort=str(toy_cohort), levels=[level.value for level in spec.levels],
+              iterations=1, batch_size=4, generator_width=4, discriminator_width=4)
+        export_bundle(run, models / name, name=name)
+    return models
+
+
+def _studies_copy(tmp_path_factory) -> Path:
+    """The sample studies in a folder of their own (MONAI Label's datastore writes its index beside them)."""
+    folder = tmp_path_factory.mktemp("studies") / "studies"
+    shutil.copytree(SAMPLE_STUDIES_DIR, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_models, toy_cohort):  # noqa: F811
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with ServerProcess(_studies_copy(tmp_path_factory), tiny_models, log_path, cohort_dir=toy_cohort) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory, tiny_models, toy_cohort):  # noqa: F811
+    """The ASGI app in-process, configured as start_server would: ``client`` (a TestClient), ``service`` (the
+    app's GenerationService) and ``studies`` (its datastore folder)."""
+    from monailabel.config import settings as monailabel_settings
+    from monailabel.interfaces.utils.app import app_instance, clear_cache
+    from starlette.testclient import TestClient
+
+    saved = {key: getattr(monailabel_settings, key)
+             for key in ("MONAI_LABEL_APP_DIR", "MONAI_LABEL_STUDIES", "MONAI_LABEL_APP_CONF")}
+    torch_threads = torch.get_num_threads()  # importing the ASGI app sets the server's
+    monailabel_settings.MONAI_LABEL_APP_DIR = str(APP_DIR)
+    studies = _studies_copy(tmp_path_factory)
+    monailabel_settings.MONAI_LABEL_STUDIES = str(studies)
+    monailabel_settings.MONAI_LABEL_APP_CONF = {"models": "all", "models_dir": str(tiny_models),
+                                                "cohort": str(toy_cohort)}
+    sys.path.insert(0, str(APP_DIR))  # start_server puts the app folder on the path (its `lib` package)
+    try:
+        from monai_app.asgi import app
+
+        with TestClient(app) as client:
+            yield SimpleNamespace(client=client, service=app_instance().service, studies=studies)
+    finally:
+        clear_cache()
+        torch.set_num_threads(torch_threads)
+        sys.path.remove(str(APP_DIR))
+        for key, value in saved.items():
+            setattr(monailabel_settings, key, value)
+
+
+def _infer(base, model: str, image: str, params, output: str | None = "all", session=None) -> requests.Response:
+    """POST /infer the way MONAI Label clients do (form field ``params``); ``base`` is a URL or a TestClient."""
+    query = {"image": image, **({"output": output} if output else {})}
+    form = {"params": params if isinstance(params, str) else json.dumps(params)}
+    if isinstance(base, str):
+        return (session or requests).post(f"{base}/infer/{model}", params=query, data=form, timeout=300)
+    return base.post(f"/infer/{model}", params=query, data=form)
+
+
+def _parts(response, tmp_path: Path) -> tuple[dict, sitk.Image]:
+    """The multipart answer of output=all: the result JSON and the image."""
+    assert response.status_code == 200, response.text
+    parts = {}
+    for part in MultipartDecoder(response.content, response.headers["content-type"]).parts:
+        disposition = part.headers[b"Content-Disposition"].decode()
+        parts[disposition.split('name="')[1].split('"')[0]] = part.content
+    path = tmp_path / f"result_{time.perf_counter_ns()}.nii.gz"
+    path.write_bytes(parts["image"])
+    return json.loads(parts["params"]), sitk.ReadImage(str(path))
+
+
+def _geometry(image: sitk.Image) -> dict:
+    return {"size": list(image.GetSize()), "origin": list(image.GetOrigin()), "spacing": list(image.GetSpacing()),
+            "direction": list(image.GetDirection())}
+
+
+def _assert_same_geometry(actual: dict, expected: dict) -> None:
+    assert actual["size"] == expected["size"]
+    for key in ("origin", "spacing", "direction"):
+        np.testing.assert_allclose(actual[key], expected[key], atol=1e-4, err_msg=key)
+
+
+# ------------------------------------------------------------------------------------------------------------- info
+
+def test_info_lists_one_infer_and_train_task_per_bundle(server):
+    info = requests.get(f"{server.url}/info/", timeout=30).json()
+    assert set(info["models"]) == set(MODELS) and set(info["trainers"]) == set(MODELS)
+    for name, spec in MODELS.items():
+        model = info["models"][name]
+        levels = [level.value for level in spec.levels]
+        assert model["params"]["level"]["allowed"] == levels
+        assert model["params"]["pattern"]["allowed"] == ["normal", "unilateral", "bilateral"]
+        assert model["params"]["side"]["allowed"] == ["left", "right"]
+        assert model["params"]["output_space"]["allowed"] == ["slice", "reference"]
+        assert {"seed", "psi"} <= set(model["params"]) and set(model["params"]) == set(INFER_PARAMS)
+        assert model["conditions"] == [condition.label for condition in valid_conditions(spec.levels)]
+        assert model["config"]["level"] == levels and model["config"]["output_space"] == ["slice", "reference"]
+        assert model["bundle"]["name"] == name and len(model["bundle"]["sha256"]) == 64
+        assert info["trainers"][name]["config"]["levels"] == ",".join(levels)
+    assert "CER-bilateral" not in info["models"]["spect_fastgan_A"]["conditions"]
+
+
+# ------------------------------------------------------------------------------------------------------- inference
+
+def test_every_valid_condition_of_both_bundles(server, tmp_path):
+    info = requests.get(f"{server.url}/info/", timeout=30).json()
+    with requests.Session() as session:
+        for name, spec in MODELS.items():
+            for seed, condition in enumerate(valid_conditions(spec.levels)):
+                params = {**condition.to_dict(), "seed": seed, "psi": 0.7}
+                result, image = _parts(_infer(server.url, name, OBLIQUE_STUDY, params, session=session), tmp_path)
+                assert result["condition"] == {**condition.to_dict(), "label": condition.label}
+                assert (result["seed"], result["psi"], result["output_space"]) == (seed, 0.7, "slice")
+                bundle = info["models"][name]["bundle"]
+                assert (result["model"], result["version"], result["sha256"]) == (name, bundle["version"],
+                                                                                 bundle["sha256"])
+                assert image.GetPixelID() == sitk.sitkFloat32 and image.GetSize()[2] == 1
+                _assert_same_geometry(result["geometry"], _geometry(image))
+                assert set(result["stats"]) >= {"mc", "left", "right", "lr", "ai"}
+                assert set(result["timings_s"]) >= {"registration", "generation", "placement", "total"}
+
+
+def test_output_geometry_against_the_reference_and_its_true_pose(server, tmp_path):
+    reference = sitk.ReadImage(str(server.studies / f"{OBLIQUE_STUDY}.nii.gz"))
+    true_pose = pose_from_sidecar(server.studies / f"{OBLIQUE_STUDY}.json")
+    params = {"level": "BG", "pattern": "unilateral", "side": "left", "seed": 5}
+    result, resampled = _parts(_infer(server.url, "spect_fastgan_A", OBLIQUE_STUDY,
+                                      {**params, "output_space": "reference"}), tmp_path)
+    _assert_same_geometry(_geometry(resampled), _geometry(reference))
+    assert result["output_space"] == "reference" and np.count_nonzero(sitk.GetArrayViewFromImage(resampled)) > 0
+
+    result, placed = _parts(_infer(server.url, "spect_fastgan_A", OBLIQUE_STUDY, params), tmp_path)
+    width, height, _ = placed.GetSize()
+    centre = np.asarray(placed.TransformContinuousIndexToPhysicalPoint(((width - 1) / 2, (height - 1) / 2, 0.0)))
+    expected_centre = np.asarray(true_pose.TransformPoint((*SLICE_CENTRE_MM, LEVEL_Z_MM[Level.BG])))
+    assert np.linalg.norm(centre - expected_centre) < POSITION_TOLERANCE_MM
+    normal = np.asarray(placed.GetDirection()).reshape(3, 3)[:, 2]
+    expected_normal = np.asarray(true_pose.GetMatrix()).reshape(3, 3)[:, 2]
+    expected_normal /= np.linalg.norm(expected_normal)
+    assert np.degrees(np.arccos(np.clip(normal @ expected_normal, -1, 1))) < ANGLE_TOLERANCE_DEG
+    np.testing.assert_allclose(result["geometry"]["level_plane"]["point"], centre, atol=1e-3)
+
+
+def test_same_seed_same_image_and_a_drawn_seed_is_echoed(server, tmp_path):
+    params = {"level": "COR", "pattern": "bilateral"}
+    first, first_image = _parts(_infer(server.url, "spect_fastgan_B", OBLIQUE_STUDY, params), tmp_path)
+    assert isinstance(first["seed"], int)
+    again, again_image = _parts(_infer(server.url, "spect_fastgan_B", OBLIQUE_STUDY,
+                                       {**params, "seed": first["seed"]}), tmp_path)
+    assert again["seed"] == first["seed"]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again_image), sitk.GetArrayFromImage(first_image))
+
+
+ERROR_CASES = {
+    "bilateral at CER": ("spect_fastgan_A", OBLIQUE_STUDY, {"level": "CER", "pattern": "bilateral"}, 422,
+                         "allowed patterns at CER: normal, unilateral"),
+    "non-COR level for B": ("spect_fastgan_B", OBLIQUE_STUDY, {"level": "BG", "pattern": "normal"}, 422,
+                            "allowed levels: COR"),
+    "unknown level": ("spect_fastgan_A", OBLIQUE_STUDY, {"level": "PONS", "pattern": "normal"}, 422,
+                      "allowed: CER, BG, COR"),
+    "unknown pattern": ("spect_fastgan_A", OBLIQUE_STUDY, {"level": "BG", "pattern": "diffuse"}, 422,
+                        "allowed: normal, unilateral, bilateral"),
+    "unilateral without side": ("spect_fastgan_A", OBLIQUE_STUDY, {"level": "BG", "pattern": "unilateral"}, 422,
+                                "allowed: left, right"),
+    "bad side": ("spect_fastgan_A", OBLIQUE_STUDY, {"level": "BG", "pattern": "unilateral", "side": "up"}, 422,
+                 "allowed: left, right"),
+    "side with normal": ("spect_fastgan_A", OBLIQUE_STUDY, {"level": "BG", "pattern": "normal", "side": "left"},
+                         422, "only allowed with the unilateral pattern"),
+    "negative seed": ("spect_fastgan_A", OBLIQUE_STUDY, {"level": "BG", "pattern": "normal", "seed": -3}, 422,
+                      "seed must be an integer in [0, "),
+    "psi above one": ("spect_fastgan_A", OBLIQUE_STUDY, {"level": "BG", "pattern": "normal", "psi": 1.5}, 422,
+                      "psi must be a number in [0, 1]"),
+    "bad output space": ("spect_fastgan_A", OBLIQUE_STUDY, {"level": "BG", "pattern": "normal",
+                                                            "output_space": "template"}, 422,
+                         "allowed: slice, reference"),
+    "malformed JSON": ("spect_fastgan_A", OBLIQUE_STUDY, '{"level": "BG",', 400, "params is not valid JSON"),
+    "JSON that is not an object": ("spect_fastgan_A", OBLIQUE_STUDY, '["BG"]', 400, "must be a JSON object"),
+    "unknown image": ("spect_fastgan_A", "no_such_study", {"level": "BG", "pattern": "normal"}, 404,
+                      f"available: {', '.join(STUDY_IDS)}"),
+    "unknown model": ("spect_fastgan_C", OBLIQUE_STUDY, {"level": "BG", "pattern": "normal"}, 404,
+                      "spect_fastgan_A, spect_fastgan_B"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_bad_requests_get_a_4xx_naming_what_is_allowed(server, case):
+    model, image, params, status, allowed = ERROR_CASES[case]
+    response = _infer(server.url, model, image, params)
+    assert response.status_code == status, response.text
+    assert allowed in response.json()["detail"]
+
+
+# ------------------------------------------------------------------------------------------------ statistics side
+
+def _left_low_slice(bundle, request):
+    """A canonical slice whose patient-LEFT half (higher column index) has 60 % of the right half's counts."""
+    size = bundle.metadata["image_size"]
+    rows, cols = np.mgrid[0:size, 0:size] - (size - 1) / 2
+    brain = (rows / (0.38 * size)) ** 2 + (cols / (0.32 * size)) ** 2 <= 1.0
+    counts = np.where(brain, np.where(cols > 0, 60.0, 100.0), 0.0)
+    return canonical_image(counts, request.condition.level), 11
+
+
+@pytest.mark.parametrize("output_space", ["slice", "reference"])
+def test_statistics_split_by_the_registered_midline_put_left_low_on_the_left(in_process, monkeypatch, tmp_path,
+                                                                             output_space):
+    monkeypatch.setattr(in_process.service, "canonical_slice", _left_low_slice)
+    params = {"level": "BG", "pattern": "unilateral", "side": "left", "output_space": output_space}
+    for study in STUDY_IDS:  # identity, flipped, RAS-like and oblique storage
+        result, _ = _parts(_infer(in_process.client, "spect_fastgan_A", study, params), tmp_path)
+        assert result["stats"]["left"] < result["stats"]["right"] and result["stats"]["ai"] < 0, (study, result)
+
+        path = in_process.studies / f"{study}.nii.gz"
+        outcome = in_process.service.generate("spect_fastgan_A", path, params)
+        midline = in_process.service.registrations.get(path)[0].registration.midline()
+        assert outcome.result["midline"] == {"point": list(midline.point), "normal": list(midline.normal)}
+        assert outcome.result["stats"] == hemisphere_stats(outcome.image, midline).to_dict()
+
+
+@pytest.mark.skipif(not (DEFAULT_MODELS_DIR / "spect_fastgan_A").is_dir(),
+                    reason="models/spect_fastgan_A has no trained weights yet (train it, then this test runs)")
+def test_shipped_model_a_gives_left_low_statistics_for_unilateral_left(in_process):
+    shipped = GenerationService(DEFAULT_MODELS_DIR, ["spect_fastgan_A"])
+    shipped.registrations = in_process.service.registrations  # each study is registered once
+    for study in STUDY_IDS:
+        for level in ("CER", "BG", "COR"):
+            result = shipped.generate("spect_fastgan_A", in_process.studies / f"{study}.nii.gz",
+                                      {"level": level, "pattern": "unilateral", "side": "left", "seed": 1}).result
+            assert result["stats"]["left"] < result["stats"]["right"], (study, level, result["stats"])
+
+
+# ------------------------------------------------------------------------------------------------------------- fuzz
+
+JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12))
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+VALID_VALUES = {"level": ["CER", "BG", "COR", "bg"], "pattern": ["normal", "unilateral", "bilateral"],
+                "side": ["left", "right", "", None], "seed": [0, 7, 2 ** 63 - 1, "42"], "psi": [0, 0.5, 1, "0.8"],
+                "output_space": ["slice", "reference"]}
+PARAMS = st.fixed_dictionaries({}, optional={name: st.one_of(st.sampled_from(values), JSON_VALUES)
+                                             for name, values in VALID_VALUES.items()})
+PARAMS_TEXT = st.one_of(PARAMS.map(json.dumps), PARAMS.map(json.dumps), JSON_VALUES.map(json.dumps),
+                        st.text(max_size=40))
+
+
+@settings(max_examples=500, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(model=st.sampled_from(["spect_fastgan_A", "spect_fastgan_B", "spect_fastgan_C"]),
+       image=st.sampled_from([CACHED_STUDY, CACHED_STUDY, "unknown_study", ""]),
+       params=PARAMS_TEXT, output=st.sampled_from(["all", "json", "image", "dicom_seg", "html", None]))
+def test_no_request_gets_a_500(in_process, model, image, params, output):
+    response = _infer(in_process.client, model, image, params, output)
+    assert response.status_code < 500, (response.status_code, response.text)
+    if response.status_code >= 400:
+        assert response.json()["detail"], response.text
+
+
+# ---------------------------------------------------------------------------------------------------- concurrency
+
+def test_info_answers_while_four_inferences_run_in_parallel(server):
+    studies = STUDY_IDS[:4]
+    for study in studies:  # a new modification time: each inference registers its study again (seconds of work)
+        path = server.studies / f"{study}.nii.gz"
+        os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns + 1_000_000))
+    info_latencies, running = [], threading.Event()
+    running.set()
+
+    def poll_info():
+        with requests.Session() as session:
+            while running.is_set():
+                started = time.perf_counter()
+                assert session.get(f"{server.url}/info/", timeout=30).status_code == 200
+                info_latencies.append(time.perf_counter() - started)
+                time.sleep(0.05)
+
+    def timed_inference(study):
+        started = time.perf_counter()
+        response = _infer(server.url, "spect_fastgan_A", study, {"level": "BG", "pattern": "normal"}, "json")
+        assert response.status_code == 200, response.text
+        return time.perf_counter() - started, response.json()["timings_s"]
+
+    poller = threading.Thread(target=poll_info)
+    poller.start()
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            outcomes = list(pool.map(timed_inference, studies))
+    finally:
+        running.clear()
+        poller.join()
+    assert all(timings["registration"] > 0 for _, timings in outcomes), "the studies were not registered again"
+    assert len(info_latencies) >= 5 and max(info_latencies) < INFO_LATENCY_LIMIT_S, info_latencies
+    # Served one after another, the last client would wait for all four; in parallel it waits for less.
+    slowest_client = max(latency for latency, _ in outcomes)
+    assert slowest_client < 0.9 * sum(timings["total"] for _, timings in outcomes), outcomes
+
+
+# --------------------------------------------------------------------------------------------------------- training
+
+def _train_status(server) -> dict:
+    return requests.get(f"{server.url}/train/", timeout=30).json()
+
+
+def _wait_for_train(server, done, what: str) -> dict:
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = _train_status(server)
+        if done(status):
+            return status
+        time.sleep(1.0)
+    pytest.fail(f"the train task did not {what} in {TRAIN_TIMEOUT_S:.0f} s: {status}\n{server.log_tail()}")
+
+
+def _bundle_of(server, name: str) -> dict:
+    return requests.get(f"{server.url}/info/", timeout=30).json()["models"][name]["bundle"]
+
+
+def test_train_rejects_bad_params_before_starting(server):
+    response = requests.post(f"{server.url}/train/spect_fastgan_B", json={"levels": "CER"}, timeout=30)
+    assert response.status_code == 422 and "must be among COR" in response.json()["detail"]
+    response = requests.post(f"{server.url}/train/spect_fastgan_A", json={"iterations": 0}, timeout=30)
+    assert response.status_code == 422 and "iterations must be an integer in [1, " in response.json()["detail"]
+
+
+def test_train_status_reports_progress_and_a_stopped_task_keeps_the_previous_bundle(server, tmp_path):
+    before = _bundle_of(server, "spect_fastgan_B")
+    started = requests.post(f"{server.url}/train/spect_fastgan_B", json={"iterations": 100000, "batch": 4},
+                            timeout=30)
+    assert started.status_code == 200, started.text
+    status = _wait_for_train(server, lambda status: any("train:" in line for line in status.get("details", [])),
+                             "report training progress")
+    assert any("spect_fastgan_B: training version 1.0.1 for 100000 iterations" in line for line in status["details"])
+    assert requests.delete(f"{server.url}/train/", timeout=30).json()["status"] == "STOPPED"
+    assert _bundle_of(server, "spect_fastgan_B") == before
+    result, _ = _parts(_infer(server.url, "spect_fastgan_B", OBLIQUE_STUDY, {"level": "COR", "pattern": "normal"}),
+                       tmp_path)
+    assert (result["version"], result["sha256"]) == (before["version"], before["sha256"])
+
+
+def test_a_finished_train_task_publishes_a_new_version_that_infer_uses_without_restart(in_process):
+    client = in_process.client
+    before = client.get("/info/").json()["models"]["spect_fastgan_B"]["bundle"]
+    response = client.post("/train/spect_fastgan_B", params={"run_sync": True},
+                           json={"iterations": 1, "batch": 4, "levels": "COR"})
+    assert response.status_code == 200, response.text
+    assert response.json()["version"] == "1.0.1"
+    after = client.get("/info/").json()["models"]["spect_fastgan_B"]["bundle"]
+    assert after["version"] == "1.0.1" and after["sha256"] != before["sha256"]
+    result = _infer(client, "spect_fastgan_B", CACHED_STUDY, {"level": "COR", "pattern": "normal"}, "json").json()
+    assert (result["version"], result["sha256"]) == ("1.0.1", after["sha256"])
