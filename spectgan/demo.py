@@ -6,8 +6,9 @@
    the reference, every valid condition of each model generated over it, the overview pictures, DICOM exported to
    Orthanc (model A by STOW-RS, model B by C-STORE); both servers are stopped at the end.
 
-The trained bundles (models/spect_fastgan_A and _B) are checked first: a missing one stops the demo with the commands
-that make it.
+The trained bundles (models/spect_fastgan_A and _B) are checked first. Where a bundle is not shipped yet but its
+training run is committed (models/training/<name>, resumable), the demo exports that run's current checkpoint into
+its own output folder and says so; with neither, it stops with the commands that make the bundle.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 STUDIES = REPOSITORY / "sample_data" / "studies"
 DEMO_STUDY = "study_unilateral_left_oblique"
 TRAINING_COHORT = "sample_data/cohorts/default"
+TRAINING_RUNS = REPOSITORY / "models" / "training"
 
 
 def add_demo_command(subparsers) -> None:
@@ -53,12 +55,32 @@ def require_bundles(models_dir: Path) -> None:
                             "models/model.pt). Make them, from the repository root, with:\n  " + "\n  ".join(steps))
 
 
+def bundles_for_demo(models_dir: Path, out: Path) -> Path:
+    """``models_dir`` when it holds every served bundle; else snapshots of the committed training runs exported to
+    ``out/models`` (not the shipped weights: the run's current step); else SpectganError (see require_bundles)."""
+    from spectgan.gan import export_bundle
+    from spectgan.gan.checkpoint import checkpoint_path
+    from spectgan.service import MODELS, GenerationService
+
+    service = GenerationService(models_dir)
+    if all(service.has_bundle(name) for name in MODELS):
+        return models_dir
+    runs = {name: TRAINING_RUNS / name for name in MODELS}
+    if not all(checkpoint_path(run).is_file() for run in runs.values()):
+        require_bundles(models_dir)
+    snapshots = out / "models"
+    for name, run in runs.items():
+        print(f"0. {name}: no shipped bundle in {models_dir} yet; exporting the committed training run {run} "
+              "at its current step (training is still in progress)")
+        export_bundle(run, snapshots / name, name=name)
+    return snapshots
+
+
 def run_demo(args) -> int:
     from spectgan.service import models_dir_from
 
     out = args.out.resolve()
-    models_dir = args.models_dir.resolve() if args.models_dir else models_dir_from()
-    require_bundles(models_dir)
+    models_dir = bundles_for_demo(args.models_dir.resolve() if args.models_dir else models_dir_from(), out)
     if not (STUDIES / f"{args.study}.nii.gz").is_file():
         raise SpectganError(f"no sample study {args.study!r} in {STUDIES}; available: "
                             f"{', '.join(sorted(path.name[:-7] for path in STUDIES.glob('*.nii.gz')))}")
