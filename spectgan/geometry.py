@@ -54,7 +54,7 @@ _MAX_ITERATIONS = 200
 
 def _head_grid(brain_mask: sitk.Image, spacing_mm: float) -> sitk.Image:
     """Empty float32 grid (identity direction) over the brain mask's bounding box plus ``HEAD_MARGIN_MM``."""
-    indices = np.argwhere(sitk.GetArrayViewFromImage(brain_mask) > 0.5)[:, ::-1]  # (N, 3) as (x, y, z) indices
+    indices = np.argwhere(sitk.GetArrayViewFromImage(brain_mask) > 0.5)[:, [2, 1, 0]]  # (N, 3) ITK (x, y, z)
     corners = [brain_mask.TransformIndexToPhysicalPoint([int(i) for i in corner])
                for corner in itertools.product(*zip(indices.min(axis=0), indices.max(axis=0)))]
     low = np.min(corners, axis=0) - HEAD_MARGIN_MM
