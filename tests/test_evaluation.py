@@ -137,9 +137,13 @@ def test_report_files_and_structure(array_evaluation):
         assert all((out / path).stat().st_size > 1000 for path in summary["figures"].values())
         assert all(PAPER_ROW_KEYS <= set(row) and row["bundle"] == name for row in summary["paper_table"])
     assert len(result["paper_table"]) == sum(len(s["paper_table"]) for s in result["bundles"].values())
+    reference = result["real_reference"]
+    assert {row["bundle"] for row in reference["paper_table"]} == {reference["name"]}
+    assert isinstance(reference["cell_target"]["passed"], bool)
     report = (out / "report.md").read_text()
     for text in ("Fidelity targets", "PASS", "FAIL", "held-out **test** split", "Pooled per pattern", "C2ST",
-                 "TSTR", "Memorization", "Run time", "quick run", "figures/measures_copy_of_test.png"):
+                 "TSTR", "Memorization", "Run time", "quick run", "figures/measures_copy_of_test.png",
+                 "train split (reference)"):
         assert text in report
 
 

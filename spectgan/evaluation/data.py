@@ -123,17 +123,13 @@ class ArraySource:
         return self.slices.counts[picks] * np.float32(self.gain)
 
 
-def side_index(condition: Condition) -> int:
-    """0 for no side, 1 left, 2 right (the classifiers' side classes)."""
-    return 0 if condition.side is None else 1 + list(Side).index(condition.side)
-
-
 def class_indices(conditions: Sequence[Condition]) -> dict[str, np.ndarray]:
-    """Level, pattern and side class of each condition, in the order of the enums in ``spectgan.conditions``."""
-    levels, patterns = list(Level), list(Pattern)
+    """Level, pattern and side class of each condition, in the order of the enums in ``spectgan.conditions``
+    (side: 0 none, 1 left, 2 right)."""
+    levels, patterns, sides = list(Level), list(Pattern), [None] + list(Side)
     return {"level": np.array([levels.index(c.level) for c in conditions], dtype=np.int64),
             "pattern": np.array([patterns.index(c.pattern) for c in conditions], dtype=np.int64),
-            "side": np.array([side_index(c) for c in conditions], dtype=np.int64)}
+            "side": np.array([sides.index(c.side) for c in conditions], dtype=np.int64)}
 
 
 CLASS_NAMES: dict[str, tuple[str, ...]] = {

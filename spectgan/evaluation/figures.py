@@ -86,7 +86,7 @@ def save_sample_grid(evaluation: SourceEvaluation, path: Path, count_scale: floa
 def plot_confusions(evaluation: SourceEvaluation, path: Path) -> None:
     """Confusion matrices of the real-data condition classifier on synthetic slices (rows: requested)."""
     plt = _pyplot()
-    confusion = evaluation.summary["conditional"]["confusion"]
+    confusion = evaluation.summary["confusion_matrices"]
     figure, axes = plt.subplots(1, len(confusion), figsize=(4.4 * len(confusion), 3.8), constrained_layout=True)
     for axis, (head, matrix) in zip(axes, confusion.items()):
         names = CLASS_NAMES[head][1:] if head == "side" else CLASS_NAMES[head]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from spectgan.conditions import Level, valid_conditions
+from spectgan.conditions import Condition, Level, valid_conditions
 from spectgan.errors import SpectganError
 from spectgan.evaluation.data import SliceSet, SyntheticSource, class_indices
 from spectgan.evaluation.features import CONDITION_HEADS, SliceClassifier, classify, to_inputs, train_classifier
@@ -24,6 +24,7 @@ from spectgan.evaluation.metrics import (condition_accuracy, frechet_distance, k
 from spectgan.evaluation.statistics import MeasuredSlices, measure, paper_table
 
 SEEDS_PER_RUN = 100  # condition i of run seed s is generated from seed s * SEEDS_PER_RUN + i
+REFERENCE_NAME = "train split (reference)"  # the train split compared with the test split like a source
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,9 @@ class Stages:
 
 @dataclass
 class RealDomain:
-    """The real side, prepared once: the train split's inputs and condition classifier, and per test slice its
-    MC and LR, domain features, the classifier's logits and its distance to the nearest train slice."""
+    """The real side, prepared once: the train split's inputs and condition classifier, per test slice its MC and
+    LR, domain features, the classifier's logits and its distance to the nearest train slice, and the paper table
+    of the train split against the test split (what two real samples of the cohort score)."""
 
     train: SliceSet
     test: MeasuredSlices
@@ -84,6 +86,7 @@ class RealDomain:
     test_features: torch.Tensor
     test_logits: dict[str, torch.Tensor]
     test_to_train: np.ndarray
+    reference_table: list[dict]
     level_classifiers: dict[tuple[Level, ...], SliceClassifier] = field(default_factory=dict)
 
     def classifier_at(self, levels: tuple[Level, ...]) -> SliceClassifier:
@@ -109,8 +112,10 @@ def prepare_real(train: SliceSet, test: SliceSet, count_scale: float, settings: 
         classifier = train_classifier(train_inputs, class_indices(train.conditions), CONDITION_HEADS,
                                       settings.classifier_steps, settings.seed)
         features, logits = classify(classifier, test_inputs)
-        return RealDomain(train, measure(test), count_scale, settings, train_inputs, test_inputs, classifier,
-                          features, logits, nearest_distances(test_inputs, train_inputs))
+        test_measured = measure(test)
+        return RealDomain(train, test_measured, count_scale, settings, train_inputs, test_inputs, classifier,
+                          features, logits, nearest_distances(test_inputs, train_inputs),
+                          paper_table(REFERENCE_NAME, test_measured, measure(train)))
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,8 @@ class SourceEvaluation:
     reference_distances: np.ndarray
 
 
-def condition_seed(run_seed: int, condition) -> int:
+def condition_seed(run_seed: int, condition: Condition) -> int:
+    """The sampling seed of one condition in a run: the same for every bundle, different for every condition."""
     return run_seed * SEEDS_PER_RUN + valid_conditions().index(condition)
 
 
@@ -187,7 +193,8 @@ def evaluate_source(source: SyntheticSource, real: RealDomain, settings: Evaluat
         "paper_table": table,
         "c2st_accuracy": c2st["accuracy"], "c2st": c2st,
         "fid_domain": fid, "kid_domain": kid, "kid_domain_sd": kid_sd, "precision": precision, "recall": recall,
-        "conditional_accuracy": conditional["accuracy"], "conditional": conditional,
+        "conditional_accuracy": conditional["accuracy"], "conditional_n": conditional["n"],
+        "confusion_matrices": conditional["confusion"],
         "classifier_accuracy_real_test": real_conditional["accuracy"],
         "tstr": tstr["accuracy"]["pattern"], "trtr": trtr["accuracy"]["pattern"],
         "tstr_heads": tstr["accuracy"], "trtr_heads": trtr["accuracy"],
