@@ -238,6 +238,21 @@ class Decoder(nn.Module):
         return self.layers(features)
 
 
+MINIBATCH_GROUP = 4  # images per group of the minibatch standard deviation
+
+
+def minibatch_std(features: torch.Tensor) -> torch.Tensor:
+    """Mean standard deviation over groups of consecutive images [B, C, H, W] -> one map [B, 1, H, W] per image.
+
+    Groups have the largest size up to ``MINIBATCH_GROUP`` that divides the batch.
+    """
+    batch, channels, height, width = features.shape
+    group = max(size for size in range(1, MINIBATCH_GROUP + 1) if batch % size == 0)
+    grouped = features.float().reshape(batch // group, group, channels, height, width)
+    spread = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))
+    return spread.repeat_interleave(group)[:, None, None, None].expand(batch, 1, height, width).to(features.dtype)
+
+
 QUADRANTS = 4  # reconstruction crops: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right (array order)
 
 
@@ -253,8 +268,10 @@ class Discriminator(nn.Module):
 
     Encoder: a 4x4 stride-2 stem to S/2, down-blocks to 8 x 8, skip-layer excitation from the stem's map into the
     last map, a 1x1 + 4x4 head (a 5 x 5 map of logits) plus the projection of the condition embedding on the pooled
-    last map. With ``quadrant`` given (training on real images) it also returns two reconstructions of size
-    ``reconstruction_size``: the whole image from the 8 x 8 map and one quadrant from the 16 x 16 map.
+    last map. The head also sees the minibatch standard deviation (Karras et al. 2018), so that a generator whose
+    images within a batch are all alike is caught. With ``quadrant`` given (training on real images) it also returns
+    two reconstructions of size ``reconstruction_size``: the whole image from the 8 x 8 map and one quadrant from
+    the 16 x 16 map.
     """
 
     def __init__(self, image_size: int = 128, width: int = 16, reconstruction_size: int = 32):
@@ -268,8 +285,8 @@ class Discriminator(nn.Module):
         self.down_resolutions = _resolutions(8, stem_size // 2)[::-1]
         self.downs = nn.ModuleList(DownBlock(channels[2 * r], channels[r]) for r in self.down_resolutions)
         self.excitation = SkipLayerExcitation(channels[stem_size], channels[8])
-        self.head = nn.Sequential(_conv(channels[8], channels[8] // 2, 1), nn.BatchNorm2d(channels[8] // 2), _lrelu(),
-                                  _conv(channels[8] // 2, 1, 4))
+        self.head = nn.Sequential(_conv(channels[8] + 1, channels[8] // 2, 1), nn.BatchNorm2d(channels[8] // 2),
+                                  _lrelu(), _conv(channels[8] // 2, 1, 4))
         self.projection = ConditionEmbedding(channels[8], normalize=True)
         self.decode_whole = Decoder(channels[8], width, reconstruction_size)
         self.decode_quadrant = Decoder(channels[16], width, reconstruction_size)
@@ -283,7 +300,7 @@ class Discriminator(nn.Module):
             features[resolution] = x
         x = self.excitation(stem, x)
         projection = (self.projection(condition) * x.mean(dim=(2, 3))).sum(dim=1, keepdim=True)
-        logits = self.head(x).flatten(1) + projection
+        logits = self.head(torch.cat([x, minibatch_std(x)], dim=1)).flatten(1) + projection
         if quadrant is None:
             return logits
         whole = self.decode_whole(x)

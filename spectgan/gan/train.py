@@ -196,7 +196,8 @@ class Trainer:
 
     def step(self, real: torch.Tensor, condition: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         """Iteration ``step`` (from 1) on real images [B, 1, S, S] (network range) of ``condition`` [B, 3];
-        returns the losses."""
+        returns the losses. Real and generated images go through the discriminator as separate batches (its batch
+        norm and minibatch standard deviation then describe one kind of image each)."""
         latent = torch.randn(real.shape[0], self.settings.latent_dim, device=self.device)
         quadrant = int(torch.randint(QUADRANTS, ()))
         with autocast(self.device):
