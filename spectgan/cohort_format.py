@@ -130,15 +130,29 @@ def read_manifest(cohort_dir: Path) -> list[CohortRecord]:
     return records
 
 
-def load_split(cohort_dir: Path, split: str, levels: Sequence[Level] = ALL_LEVELS
+def load_split(cohort_dir: Path, split: str, levels: Sequence[Level] = ALL_LEVELS, image_size: int | None = None
                ) -> tuple[np.ndarray, list[CohortRecord]]:
-    """All slices of one split at the given levels: float32 counts [N, H, W] and their manifest records."""
+    """All slices of one split at the given levels: float32 counts [N, H, W] and their manifest records.
+
+    With ``image_size`` the slices are area-averaged to ``image_size`` x ``image_size`` (see ``area_average``)."""
     cohort_dir = Path(cohort_dir)
     records = [r for r in read_manifest(cohort_dir) if r.split == split and r.condition.level in levels]
     if not records:
         raise SpectganError(f"{cohort_dir} has no {split} slices at levels {', '.join(lv.value for lv in levels)}")
-    arrays = [canonical_array(sitk.ReadImage(str(cohort_dir / record.file))) for record in records]
-    return np.stack(arrays).astype(np.float32), records
+    arrays = np.stack([canonical_array(sitk.ReadImage(str(cohort_dir / record.file))) for record in records])
+    return area_average(arrays.astype(np.float32), image_size or arrays.shape[-1]), records
+
+
+def area_average(counts: np.ndarray, image_size: int) -> np.ndarray:
+    """Slices in counts [N, M, M] -> [N, S, S] with S = ``image_size`` dividing M: each pixel the mean of its
+    (M / S)^2 block, so mean counts are kept and the pixel spacing grows by M / S over the same field of view."""
+    matrix = counts.shape[-1]
+    if image_size > matrix or matrix % image_size:
+        raise SpectganError(f"{matrix} x {matrix} slices cannot be area-averaged to {image_size} x {image_size}; "
+                            f"allowed sizes divide {matrix}")
+    factor = matrix // image_size
+    return counts.reshape(len(counts), image_size, factor, image_size, factor).mean(axis=(2, 4), dtype=np.float64
+                                                                                    ).astype(np.float32)
 
 
 def compute_count_scale(train_arrays: np.ndarray) -> float:

@@ -17,11 +17,11 @@ from spectgan.conditions import LEVEL_Z_MM, Level
 FIELD_OF_VIEW_MM = 224.0  # canonical in-plane field of view (square)
 SLICE_CENTRE_MM = (0.0, 18.0)  # (x, y) LPS of the slice centre: MNI (0, -18), the middle of the brain
 SLAB_THICKNESS_MM = 4.0  # axial thickness every canonical slice represents (simulated and imported alike)
-MATRICES = (128, 64)
+MATRICES = (128, 64, 32)  # canonical matrices; 32 (7 mm pixels) only for small models and tests
 
 
 def pixel_spacing(matrix: int) -> float:
-    """In-plane pixel spacing in mm for a canonical matrix (1.75 mm at 128, 3.5 mm at 64)."""
+    """In-plane pixel spacing in mm for a canonical matrix (1.75 mm at 128, 3.5 mm at 64, 7 mm at 32)."""
     if matrix not in MATRICES:
         raise ValueError(f"matrix must be one of {MATRICES}, got {matrix}")
     return FIELD_OF_VIEW_MM / matrix

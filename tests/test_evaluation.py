@@ -10,6 +10,7 @@ import torch
 from spectgan import cli
 from spectgan.cohort_format import read_cohort_info
 from spectgan.conditions import Condition, Level, Pattern, Side
+from spectgan.errors import SpectganError
 from spectgan.evaluation.data import ArraySource, read_split
 from spectgan.evaluation.features import to_inputs
 from spectgan.evaluation.metrics import (condition_accuracy, frechet_distance, kernel_distance, memorization,
@@ -178,19 +179,29 @@ def test_copies_of_training_slices_are_memorized(array_evaluation):
     assert not summary["targets"][-1]["passed"]
 
 
+def test_sources_of_different_sizes_are_refused(small_cohort, tmp_path):
+    test = read_split(small_cohort, "test").capped(2)
+    halved = read_split(small_cohort, "test", image_size=32).capped(2)
+    with pytest.raises(SpectganError, match="one image size"):
+        run_evaluation([ArraySource("full", test), ArraySource("halved", halved)], small_cohort, tmp_path, QUICK,
+                       progress=False)
+    assert not (tmp_path / "evaluation.json").exists()
+
+
 # --- the command, end to end ---------------------------------------------------------------------------------------
 
 def test_evaluate_command_quick_with_a_tiny_trained_bundle(small_cohort, tmp_path):
     train_module = pytest.importorskip("spectgan.gan.train", reason="the GAN training package is not available")
     bundle = tmp_path / "tiny_A"
     train_module.train(tmp_path / "run", progress=False, cohort=str(small_cohort), iterations=2, batch_size=4,
-                       generator_width=4, discriminator_width=4, latent_dim=16, condition_dim=8, sample_every=1000,
-                       checkpoint_every=1000, log_every=1, export_bundle_dir=bundle)
+                       image_size=32, generator_width=4, discriminator_width=4, latent_dim=16, condition_dim=8,
+                       sample_every=1000, checkpoint_every=1000, log_every=1, export_bundle_dir=bundle)
     out = tmp_path / "report"
     assert cli.main(["evaluate", "--bundle", str(bundle), "--cohort", str(small_cohort), "--out", str(out),
                      "--quick", "--no-progress"]) == 0
     result = json.loads((out / "evaluation.json").read_text())
     assert list(result["bundles"]) == ["tiny_A"] and result["mode"] == "quick"
+    assert (result["cohort"]["matrix"], result["cohort"]["image_size"]) == (64, 32)  # the real slices area-averaged
     summary = result["bundles"]["tiny_A"]
     assert summary["levels"] == ["CER", "BG", "COR"] and summary["n_synth"] == summary["n_real"]
     assert 0.0 <= summary["c2st_accuracy"] <= 1.0

@@ -147,3 +147,16 @@ def test_interrupted_cohort_continues_and_finished_cohort_is_reused(small_cohort
     assert "reusing" in capsys.readouterr().out
     with pytest.raises(SpectganError, match="another cohort"):
         build_cohort(out, seed=8, matrix=64, scale=0.02, progress=False)
+
+
+def test_area_averaged_split_keeps_mean_counts_and_hemisphere_ratios(small_cohort):
+    full, records = load_split(small_cohort, "test", [Level.BG])
+    halved, halved_records = load_split(small_cohort, "test", [Level.BG], image_size=32)
+    assert halved.shape == (len(full), 32, 32) and halved_records == records
+    assert halved.mean(axis=(1, 2)) == pytest.approx(full.mean(axis=(1, 2)), rel=1e-5)
+    for slice_full, slice_half in zip(full[:5], halved[:5]):
+        lr_full = hemisphere_stats(canonical_image(slice_full, Level.BG), TEMPLATE_MIDLINE).lr
+        lr_half = hemisphere_stats(canonical_image(slice_half, Level.BG), TEMPLATE_MIDLINE).lr
+        assert lr_half == pytest.approx(lr_full, abs=0.01)
+    with pytest.raises(SpectganError, match="allowed sizes divide 64"):
+        load_split(small_cohort, "test", [Level.BG], image_size=48)

@@ -67,9 +67,10 @@ class SliceSet:
         return tuple(level for level in ALL_LEVELS if level.value in self.levels)
 
 
-def read_split(cohort_dir: Path, split: str, levels: Sequence[Level] = ALL_LEVELS) -> SliceSet:
-    """One split of a cohort as a slice set."""
-    counts, records = load_split(Path(cohort_dir), split, levels)
+def read_split(cohort_dir: Path, split: str, levels: Sequence[Level] = ALL_LEVELS,
+               image_size: int | None = None) -> SliceSet:
+    """One split of a cohort as a slice set, area-averaged to ``image_size`` when given."""
+    counts, records = load_split(Path(cohort_dir), split, levels, image_size)
     return SliceSet(counts, tuple(record.condition for record in records))
 
 
@@ -78,6 +79,7 @@ class SyntheticSource(Protocol):
 
     name: str
     levels: tuple[Level, ...]
+    image_size: int  # slices are image_size x image_size
 
     def generate(self, condition: Condition, n: int, seed: int) -> np.ndarray:
         """``n`` slices of ``condition`` in counts [n, H, W], reproducible from ``seed``."""
@@ -92,6 +94,7 @@ class BundleSource:
         self.bundle = load_bundle(bundle_dir)
         self.name = self.bundle.metadata.get("name") or Path(bundle_dir).name
         self.levels = parse_levels(self.bundle.metadata["levels"])
+        self.image_size = int(self.bundle.metadata["image_size"])
 
     def generate(self, condition: Condition, n: int, seed: int) -> np.ndarray:
         from spectgan.gan import sample
@@ -113,6 +116,7 @@ class ArraySource:
         self.slices = slices
         self.gain = gain
         self.levels = slices.present_levels()
+        self.image_size = slices.counts.shape[-1]
 
     def generate(self, condition: Condition, n: int, seed: int) -> np.ndarray:
         candidates = [i for i, c in enumerate(self.slices.conditions) if c == condition]

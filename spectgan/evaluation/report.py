@@ -98,10 +98,15 @@ def run_evaluation(sources: Sequence[SyntheticSource], cohort_dir: Path, out_dir
     info = read_cohort_info(cohort_dir)
     if "count_scale" not in info:
         raise SpectganError(f"{cohort_dir}/cohort.json has no count_scale: the cohort is not complete")
+    sizes = {source.image_size for source in sources}
+    if len(sizes) != 1:
+        raise SpectganError("evaluate sources of one image size together; got "
+                            + ", ".join(f"{source.name} {source.image_size} px" for source in sources))
+    image_size = sizes.pop()
     stages = Stages(2 + REAL_STAGES + SOURCE_STAGES * len(sources), enabled=progress)
     try:
         with stages.stage("read cohort"):
-            train, test = read_split(cohort_dir, "train"), read_split(cohort_dir, "test")
+            train, test = (read_split(cohort_dir, split, image_size=image_size) for split in ("train", "test"))
         real = prepare_real(train, test, info["count_scale"], settings, stages)
         evaluations = [evaluate_source(source, real, settings, stages) for source in sources]
         with stages.stage("figures"):
@@ -116,7 +121,8 @@ def run_evaluation(sources: Sequence[SyntheticSource], cohort_dir: Path, out_dir
     result = _json_ready({
         "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mode": settings.mode, "settings": settings.to_dict(),
-        "cohort": {"path": str(cohort_dir), "matrix": info.get("matrix"), "count_scale": info["count_scale"],
+        "cohort": {"path": str(cohort_dir), "matrix": info.get("matrix"), "image_size": image_size,
+                   "count_scale": info["count_scale"],
                    "seed": info.get("seed"), "source": info.get("source")},
         "real": {"split": "test", "n_test": len(real.test.slices), "n_train": len(real.train),
                  "note": "real = the held-out test split; the train split only trains the real-data classifiers "
@@ -200,8 +206,10 @@ def render_report(result: dict) -> str:
     bundles = result["bundles"]
     cohort = result["cohort"]
     lines = [f"# Evaluation of {', '.join(names)}", "",
-             f"Cohort `{cohort['path']}` ({cohort['matrix']} x {cohort['matrix']}, count scale "
-             f"{cohort['count_scale']:.1f}); real = the held-out **test** split ({result['real']['n_test']} slices), "
+             f"Cohort `{cohort['path']}` ({cohort['matrix']} x {cohort['matrix']}"
+             + (f", area-averaged to the models' {cohort['image_size']} x {cohort['image_size']}"
+                if cohort.get("image_size") not in (None, cohort["matrix"]) else "")
+             + f", count scale {cohort['count_scale']:.1f}); real = the held-out **test** split ({result['real']['n_test']} slices), "
              f"never the training split ({result['real']['n_train']} slices, used only to train the real-data "
              f"classifiers and as the memorization reference). Mode **{result['mode']}**; run time "
              f"**{result['run_time_s']:.0f} s** (CPU time {result['cpu_time_s']:.0f} s; "

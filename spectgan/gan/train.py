@@ -86,19 +86,17 @@ class TrainingData:
 def load_training_data(cohort: str, levels: tuple[str, ...], image_size: int | None) -> TrainingData:
     """Read the train split at ``levels``, area-average to ``image_size`` and divide by the cohort's count scale."""
     info = read_cohort_info(cohort)
-    missing = [key for key in ("count_scale", "pixel_spacing_mm") if key not in info]
+    missing = [key for key in ("count_scale", "pixel_spacing_mm", "matrix") if key not in info]
     if missing:
         raise SpectganError(f"{cohort}/cohort.json lacks {', '.join(missing)}")
     parsed_levels = parse_levels(levels)
-    counts, records = load_split(Path(cohort), "train", parsed_levels)
-    matrix = counts.shape[-1]
+    matrix = int(info["matrix"])
     image_size = image_size or matrix
     if image_size not in IMAGE_SIZES or image_size > matrix or matrix % image_size:
         raise SpectganError(f"image size {image_size} is not possible from a {matrix} x {matrix} cohort; "
                             f"allowed: {', '.join(str(s) for s in IMAGE_SIZES if s <= matrix and matrix % s == 0)}")
+    counts, records = load_split(Path(cohort), "train", parsed_levels, image_size)
     images = torch.from_numpy(counts)[:, None]
-    if image_size != matrix:
-        images = F.avg_pool2d(images, matrix // image_size)
     slices = {condition.label: 0 for condition in valid_conditions(parsed_levels)}
     for record in records:
         slices[record.condition.label] += 1
