@@ -12,7 +12,8 @@ from gan_toy_cohort import TINY_NETWORK, single_thread, toy_cohort  # noqa: F401
 from spectgan.cli import main
 from spectgan.errors import SpectganError
 from spectgan.gan.checkpoint import load_checkpoint
-from spectgan.gan.train import train
+from spectgan.gan.networks import minibatch_group
+from spectgan.gan.train import diversity_shortfall, draw_batch, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--image-size", "32", "--batch", "4", "--generator-width", "4", "--discriminator-width", "4",
@@ -58,7 +59,8 @@ def test_tiny_training_run_writes_checkpoint_logs_and_grids(toy_cohort, tmp_path
     assert checkpoint["step"] == 6 and checkpoint["settings"]["levels"] == ("BG", "COR")
     assert [entry["step"] for entry in checkpoint["history"]] == [2, 4, 6]
     assert all(torch.isfinite(torch.tensor(value)) for entry in checkpoint["history"] for value in entry.values())
-    assert set(checkpoint["history"][0]) == {"step", "d_real", "d_fake", "reconstruction", "g"}
+    assert set(checkpoint["history"][0]) == {"step", "d_real", "d_fake", "reconstruction", "g", "diversity"}
+    assert 0.0 < checkpoint["data"]["pair_spread"] < 2.0
     assert checkpoint["data"]["image_size"] == 32 and checkpoint["data"]["pixel_spacing_mm"] == 7.0
     assert set(checkpoint["data"]["slices_per_condition"]) == {
         "BG-normal", "BG-unilateral-left", "BG-unilateral-right", "BG-bilateral",
@@ -68,6 +70,30 @@ def test_tiny_training_run_writes_checkpoint_logs_and_grids(toy_cohort, tmp_path
     generator_moved = any(not torch.equal(a, b) for a, b in zip(checkpoint["generator"].values(),
                                                                  checkpoint["ema"].values()))
     assert generator_moved  # the EMA lags the generator
+
+
+def test_batches_are_groups_of_one_condition_in_the_cohort_frequencies():
+    condition_ids = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
+    torch.manual_seed(0)
+    batches = torch.stack([condition_ids[draw_batch(condition_ids, 16)] for _ in range(500)])
+    groups = batches.reshape(500, 16 // minibatch_group(16), minibatch_group(16))
+    assert (groups == groups[:, :, :1]).all()  # every group one condition
+    frequencies = torch.bincount(groups[:, :, 0].flatten(), minlength=3) / groups[:, :, 0].numel()
+    assert torch.allclose(frequencies, torch.tensor([0.6, 0.3, 0.1]), atol=0.04)
+    assert minibatch_group(6) == 3 and minibatch_group(2) == 2 and minibatch_group(7) == 1
+
+
+def test_diversity_shortfall_is_zero_at_the_real_spread_and_one_for_alike_pairs():
+    torch.manual_seed(0)
+    alike = (torch.rand(1, 1, 8, 8).repeat(8, 1, 1, 1) + 1e-4 * torch.randn(8, 1, 8, 8)).requires_grad_(True)
+    shortfall = diversity_shortfall(alike, pair_spread=0.1)
+    assert shortfall.item() == pytest.approx(1.0, abs=0.01)
+    shortfall.backward()  # pushes the images of a pair apart
+    assert (alike.grad[0::2] * (alike[0::2] - alike[1::2]).detach() < 0).all()
+    spread = torch.zeros(8, 1, 8, 8)
+    spread[1::2] = 0.3
+    assert diversity_shortfall(spread, pair_spread=0.1).item() == 0.0
+    assert diversity_shortfall(spread[:6], pair_spread=0.0).item() == 0.0
 
 
 def test_existing_run_needs_resume_and_keeps_its_settings(toy_cohort, tmp_path):

@@ -241,13 +241,19 @@ class Decoder(nn.Module):
 MINIBATCH_GROUP = 4  # images per group of the minibatch standard deviation
 
 
+def minibatch_group(batch: int) -> int:
+    """Images per group in a batch of ``batch``: the largest size up to ``MINIBATCH_GROUP`` that divides it.
+    Training batches are drawn so that each group shares one condition (``gan.train.draw_batch``)."""
+    return max(size for size in range(1, MINIBATCH_GROUP + 1) if batch % size == 0)
+
+
 def minibatch_std(features: torch.Tensor) -> torch.Tensor:
     """Mean standard deviation over groups of consecutive images [B, C, H, W] -> one map [B, 1, H, W] per image.
 
-    Groups have the largest size up to ``MINIBATCH_GROUP`` that divides the batch.
-    """
+    A group shares one condition, so the map measures the spread within a condition, which a collapsed
+    generator lacks."""
     batch, channels, height, width = features.shape
-    group = max(size for size in range(1, MINIBATCH_GROUP + 1) if batch % size == 0)
+    group = minibatch_group(batch)
     grouped = features.float().reshape(batch // group, group, channels, height, width)
     spread = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))
     return spread.repeat_interleave(group)[:, None, None, None].expand(batch, 1, height, width).to(features.dtype)
@@ -268,8 +274,8 @@ class Discriminator(nn.Module):
 
     Encoder: a 4x4 stride-2 stem to S/2, down-blocks to 8 x 8, skip-layer excitation from the stem's map into the
     last map, a 1x1 + 4x4 head (a 5 x 5 map of logits) plus the projection of the condition embedding on the pooled
-    last map. The head also sees the minibatch standard deviation (Karras et al. 2018), so that a generator whose
-    images within a batch are all alike is caught. With ``quadrant`` given (training on real images) it also returns
+    last map. The head also sees the minibatch standard deviation over groups of one condition (Karras et al.
+    2018), so that a generator whose images of a condition are all alike is caught. With ``quadrant`` given (training on real images) it also returns
     two reconstructions of size ``reconstruction_size``: the whole image from the 8 x 8 map and one quadrant from
     the 16 x 16 map.
     """

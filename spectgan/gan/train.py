@@ -35,7 +35,7 @@ from spectgan.gan.bundle import export_bundle
 from spectgan.gan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
 from spectgan.gan.inference import sampling_copy, save_condition_grid
 from spectgan.gan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
-                                   crop_quadrant, encode_conditions, to_network_range)
+                                   crop_quadrant, encode_conditions, minibatch_group, to_network_range)
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class TrainSettings:
     learning_rate: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     ema_decay: float = 0.999
+    diversity_weight: float = 1.0  # weight of the diversity hinge in the generator loss (0: adversarial loss only)
     seed: int = 0
     checkpoint_every: int = 500
     sample_every: int = 1000
@@ -76,11 +77,14 @@ CHANGEABLE_ON_RESUME = SCHEDULE_FIELDS | {"cohort"}
 
 @dataclass
 class TrainingData:
-    """The train split in memory: images [N, 1, S, S] in the network range and conditions [N, 3]."""
+    """The train split in memory: images [N, 1, S, S] in the network range, conditions [N, 3] and the index of each
+    image's condition [N] (for batches grouped by condition)."""
 
     images: torch.Tensor
     conditions: torch.Tensor
-    summary: dict  # count_scale, pixel_spacing_mm, image_size, slices_per_condition, cohort (its cohort.json)
+    condition_ids: torch.Tensor
+    summary: dict  # count_scale, pixel_spacing_mm, image_size, slices_per_condition, cohort (its cohort.json),
+    # pair_spread (mean L1 between two train images of one condition, network range)
 
 
 def load_training_data(cohort: str, levels: tuple[str, ...], image_size: int | None) -> TrainingData:
@@ -103,8 +107,36 @@ def load_training_data(cohort: str, levels: tuple[str, ...], image_size: int | N
     summary = {"count_scale": float(info["count_scale"]), "image_size": image_size,
                "pixel_spacing_mm": float(info["pixel_spacing_mm"]) * matrix / image_size,
                "slices_per_condition": slices, "cohort": info}
-    return TrainingData(to_network_range(images, summary["count_scale"]),
-                        encode_conditions([record.condition for record in records]), summary)
+    images = to_network_range(images, summary["count_scale"])
+    conditions = encode_conditions([record.condition for record in records])
+    condition_ids = torch.unique(conditions, dim=0, return_inverse=True)[1]
+    summary["pair_spread"] = pair_spread(images, condition_ids)
+    return TrainingData(images, conditions, condition_ids, summary)
+
+
+def pair_spread(images: torch.Tensor, condition_ids: torch.Tensor, pairs: int = 256) -> float:
+    """Mean L1 distance between two images [N, 1, S, S] of one condition (``pairs`` seeded random pairs of every
+    condition with two or more images): how different two real slices of a condition are."""
+    generator = torch.Generator().manual_seed(0)
+    distances = []
+    for condition in condition_ids.unique():
+        members = torch.nonzero(condition_ids == condition).flatten()
+        if len(members) > 1:
+            first, second = (members[torch.randint(len(members), (pairs,), generator=generator)] for _ in range(2))
+            keep = first != second
+            distances.append((images[first[keep]] - images[second[keep]]).abs().mean(dim=(1, 2, 3)))
+    return float(torch.cat(distances).mean()) if distances else 0.0
+
+
+def draw_batch(condition_ids: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices [size] of a training batch: consecutive groups of ``minibatch_group(size)`` images share a condition
+    (that of a uniformly drawn image, so conditions keep the cohort's frequencies)."""
+    group = minibatch_group(size)
+    picks = []
+    for anchor in torch.randint(len(condition_ids), (size // group,)).tolist():
+        members = torch.nonzero(condition_ids == condition_ids[anchor]).flatten()
+        picks.append(members[torch.randint(len(members), (group,))])
+    return torch.cat(picks)
 
 
 @dataclass(frozen=True)
@@ -192,10 +224,13 @@ class Trainer:
         for name in self.STATE:
             getattr(self, name).load_state_dict(state[name])
 
-    def step(self, real: torch.Tensor, condition: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        """Iteration ``step`` (from 1) on real images [B, 1, S, S] (network range) of ``condition`` [B, 3];
-        returns the losses. Real and generated images go through the discriminator as separate batches (its batch
-        norm and minibatch standard deviation then describe one kind of image each)."""
+    def step(self, real: torch.Tensor, condition: torch.Tensor, step: int, pair_spread: float = 0.0
+             ) -> dict[str, torch.Tensor]:
+        """Iteration ``step`` (from 1) on real images [B, 1, S, S] (network range) of ``condition`` [B, 3], grouped
+        by condition (``draw_batch``); returns the losses. Real and generated images go through the discriminator
+        as separate batches (its batch norm and minibatch standard deviation then describe one kind of image
+        each). ``pair_spread`` is the real images' (``gan.train.pair_spread``), the target of the diversity
+        hinge."""
         latent = torch.randn(real.shape[0], self.settings.latent_dim, device=self.device)
         quadrant = int(torch.randint(QUADRANTS, ()))
         with autocast(self.device):
@@ -216,8 +251,9 @@ class Trainer:
         self.discriminator.requires_grad_(False)
         with autocast(self.device):
             losses["g"] = -self.discriminator(diff_augment(fake), condition).float().mean()
+        losses["diversity"] = diversity_shortfall(fake, pair_spread)
         self.optimizer_generator.zero_grad(set_to_none=True)
-        self.grad_scaler.scale(losses["g"]).backward()
+        self.grad_scaler.scale(losses["g"] + self.settings.diversity_weight * losses["diversity"]).backward()
         self.grad_scaler.step(self.optimizer_generator)
         self.grad_scaler.update()
         self.update_ema(step)
@@ -233,6 +269,16 @@ class Trainer:
             average.lerp_(current, 1.0 - decay)
         for average, current in zip(self.ema.buffers(), self.generator.buffers()):
             average.copy_(current)
+
+
+def diversity_shortfall(fake: torch.Tensor, pair_spread: float) -> torch.Tensor:
+    """How far generated pairs of one condition fall short of the real pair spread, as a fraction of it:
+    relu(1 - mean L1(fake[2i], fake[2i+1]) / pair_spread); images [B, 1, S, S] grouped by condition in groups of
+    an even size (zero otherwise, and when ``pair_spread`` is 0)."""
+    if pair_spread <= 0 or minibatch_group(fake.shape[0]) % 2:
+        return fake.new_zeros((), dtype=torch.float32)
+    spread = (fake[0::2].float() - fake[1::2].float()).abs().mean()
+    return F.relu(1.0 - spread / pair_spread)
 
 
 def reconstruction_loss(reconstructions: tuple[torch.Tensor, torch.Tensor], real: torch.Tensor,
@@ -369,8 +415,8 @@ def _run(run_dir: Path, settings: TrainSettings, data: TrainingData, checkpoint:
 
     while step < settings.iterations:
         step += 1
-        picks = torch.randint(len(images), (per_process,)).to(device)
-        losses = trainer.step(images[picks], conditions[picks], step)
+        picks = draw_batch(data.condition_ids, per_process).to(device)
+        losses = trainer.step(images[picks], conditions[picks], step, data.summary["pair_spread"])
         sums = {name: sums.get(name, 0.0) + loss for name, loss in losses.items()}
         count += 1
         bar.update(1)
@@ -408,6 +454,9 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--image-size", type=int, choices=IMAGE_SIZES, help="train at this size (default: cohort)")
     parser.add_argument("--generator-width", type=int, help="generator width (default 16)")
     parser.add_argument("--discriminator-width", type=int, help="discriminator width (default 16)")
+    parser.add_argument("--diversity-weight", type=float,
+                        help="weight of the diversity hinge: generated pairs of a condition pushed to differ as much "
+                             "as real pairs (default 1.0; 0 turns it off)")
     parser.add_argument("--seed", type=int, help="run seed (default 0)")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
     parser.add_argument("--sample-every", type=int, help="steps between sample grids (default 1000)")
