@@ -14,9 +14,10 @@ def test_shapes_follow_the_image_size(size):
     images = generator(torch.randn(4, generator.latent_dim), CONDITIONS)
     assert images.shape == (4, 1, size, size) and images.abs().max() <= 1
     assert generator.block_resolutions[-1] == size and len(generator.blocks) == {32: 3, 64: 4, 128: 5}[size]
-    logits, (whole, part) = discriminator(images, CONDITIONS, quadrant=3)
+    logits, classes, (whole, part) = discriminator(images, CONDITIONS, quadrant=3)
+    assert classes.shape == (4, 9)
     assert logits.shape == (4, 25) and whole.shape == part.shape == (4, 1, 16, 16)
-    assert discriminator(images, CONDITIONS).shape == (4, 25)
+    assert discriminator(images, CONDITIONS)[0].shape == (4, 25)
 
 
 def test_unsupported_size_is_refused():
@@ -46,7 +47,7 @@ def test_conditions_and_noise_change_the_image_and_the_logits():
         assert not torch.allclose(generator(latent, left, noise), generator(latent, left, other_noise))
         image = generator(latent, left, noise)
         discriminator.eval()
-        assert not torch.allclose(discriminator(image, left), discriminator(image, right))
+        assert not torch.allclose(discriminator(image, left)[0], discriminator(image, right)[0])
 
 
 def test_count_mapping_round_trip_and_non_negative():

@@ -59,7 +59,8 @@ def test_tiny_training_run_writes_checkpoint_logs_and_grids(toy_cohort, tmp_path
     assert checkpoint["step"] == 6 and checkpoint["settings"]["levels"] == ("BG", "COR")
     assert [entry["step"] for entry in checkpoint["history"]] == [2, 4, 6]
     assert all(torch.isfinite(torch.tensor(value)) for entry in checkpoint["history"] for value in entry.values())
-    assert set(checkpoint["history"][0]) == {"step", "d_real", "d_fake", "reconstruction", "g", "diversity"}
+    assert set(checkpoint["history"][0]) == {"step", "d_real", "d_fake", "reconstruction", "d_classes", "g", "g_classes",
+                                               "diversity"}
     assert 0.0 < checkpoint["data"]["pair_spread"] < 2.0
     assert checkpoint["data"]["image_size"] == 32 and checkpoint["data"]["pixel_spacing_mm"] == 7.0
     assert set(checkpoint["data"]["slices_per_condition"]) == {

@@ -29,6 +29,7 @@ from spectgan.conditions import Condition, Level, Pattern, Side
 
 IMAGE_SIZES = (32, 64, 128)
 SIDE_INDEX = {None: 0, Side.LEFT: 1, Side.RIGHT: 2}
+CONDITION_CLASSES = (len(Level), len(Pattern), len(SIDE_INDEX))  # classes of each column of an encoded condition
 
 # Generator channels = width x multiplier at each resolution (FastGAN halves them towards full resolution).
 GENERATOR_MULTIPLIERS = {4: 16, 8: 8, 16: 4, 32: 2, 64: 1, 128: 1}
@@ -275,7 +276,10 @@ class Discriminator(nn.Module):
     Encoder: a 4x4 stride-2 stem to S/2, down-blocks to 8 x 8, skip-layer excitation from the stem's map into the
     last map, a 1x1 + 4x4 head (a 5 x 5 map of logits) plus the projection of the condition embedding on the pooled
     last map. The head also sees the minibatch standard deviation over groups of one condition (Karras et al.
-    2018), so that a generator whose images of a condition are all alike is caught. With ``quadrant`` given (training on real images) it also returns
+    2018), so that a generator whose images of a condition are all alike is caught. An auxiliary classifier on the
+    pooled last map predicts level, pattern and side (logits [B, sum(CONDITION_CLASSES)], see
+    ``condition_classification_loss``): trained on real images, it makes the generator draw the requested defect
+    on the requested side (AC-GAN, Odena et al. 2017). With ``quadrant`` given (training on real images) it also returns
     two reconstructions of size ``reconstruction_size``: the whole image from the 8 x 8 map and one quadrant from
     the 16 x 16 map.
     """
@@ -294,24 +298,36 @@ class Discriminator(nn.Module):
         self.head = nn.Sequential(_conv(channels[8] + 1, channels[8] // 2, 1), nn.BatchNorm2d(channels[8] // 2),
                                   _lrelu(), _conv(channels[8] // 2, 1, 4))
         self.projection = ConditionEmbedding(channels[8], normalize=True)
+        self.classifier = nn.Linear(channels[8], sum(CONDITION_CLASSES))
         self.decode_whole = Decoder(channels[8], width, reconstruction_size)
         self.decode_quadrant = Decoder(channels[16], width, reconstruction_size)
         self.reconstruction_size = reconstruction_size
 
     def forward(self, image: torch.Tensor, condition: torch.Tensor, quadrant: int | None = None):
+        """Images [B, 1, S, S] and conditions [B, 3] -> (logits [B, 25], class logits [B, 9]), and with ``quadrant``
+        also the two reconstructions [B, 1, R, R]."""
         stem = self.stem(image)
         x, features = stem, {stem.shape[-1]: stem}
         for resolution, down in zip(self.down_resolutions, self.downs):
             x = down(x)
             features[resolution] = x
         x = self.excitation(stem, x)
-        projection = (self.projection(condition) * x.mean(dim=(2, 3))).sum(dim=1, keepdim=True)
+        pooled = x.mean(dim=(2, 3))
+        projection = (self.projection(condition) * pooled).sum(dim=1, keepdim=True)
         logits = self.head(torch.cat([x, minibatch_std(x)], dim=1)).flatten(1) + projection
+        class_logits = self.classifier(pooled)
         if quadrant is None:
-            return logits
+            return logits, class_logits
         whole = self.decode_whole(x)
         part = self.decode_quadrant(crop_quadrant(features[16], quadrant))
-        return logits, (whole, part)
+        return logits, class_logits, (whole, part)
+
+
+def condition_classification_loss(class_logits: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of the level, pattern and side predictions [B, sum(CONDITION_CLASSES)] against the
+    encoded conditions [B, 3]."""
+    heads = torch.split(class_logits.float(), CONDITION_CLASSES, dim=1)
+    return sum(F.cross_entropy(head, condition[:, column]) for column, head in enumerate(heads))
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:

@@ -35,7 +35,8 @@ from spectgan.gan.bundle import export_bundle
 from spectgan.gan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
 from spectgan.gan.inference import sampling_copy, save_condition_grid
 from spectgan.gan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
-                                   crop_quadrant, encode_conditions, minibatch_group, to_network_range)
+                                   condition_classification_loss, crop_quadrant, encode_conditions,
+                                   minibatch_group, to_network_range)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class TrainSettings:
     betas: tuple[float, float] = (0.5, 0.999)
     ema_decay: float = 0.999
     diversity_weight: float = 1.0  # weight of the diversity hinge in the generator loss (0: adversarial loss only)
+    classification_weight: float = 1.0  # weight of the auxiliary condition classifier in both losses (0: off)
     seed: int = 0
     checkpoint_every: int = 500
     sample_every: int = 1000
@@ -239,21 +241,27 @@ class Trainer:
         self.discriminator.requires_grad_(True)
         with autocast(self.device):
             real = diff_augment(real)
-            real_logits, reconstructions = self.discriminator_step(real, condition, quadrant)
-            fake_logits = self.discriminator_step(diff_augment(fake.detach()), condition)
+            real_logits, real_classes, reconstructions = self.discriminator_step(real, condition, quadrant)
+            fake_logits, _ = self.discriminator_step(diff_augment(fake.detach()), condition)
         losses = {"d_real": F.relu(1.0 - real_logits.float()).mean(),
                   "d_fake": F.relu(1.0 + fake_logits.float()).mean(),
-                  "reconstruction": reconstruction_loss(reconstructions, real, quadrant)}
+                  "reconstruction": reconstruction_loss(reconstructions, real, quadrant),
+                  "d_classes": condition_classification_loss(real_classes, condition)}
+        weight = self.settings.classification_weight
         self.optimizer_discriminator.zero_grad(set_to_none=True)
-        self.grad_scaler.scale(losses["d_real"] + losses["d_fake"] + losses["reconstruction"]).backward()
+        self.grad_scaler.scale(losses["d_real"] + losses["d_fake"] + losses["reconstruction"]
+                               + weight * losses["d_classes"]).backward()
         self.grad_scaler.step(self.optimizer_discriminator)
         # Generator: through the bare discriminator, whose gradients this step does not need.
         self.discriminator.requires_grad_(False)
         with autocast(self.device):
-            losses["g"] = -self.discriminator(diff_augment(fake), condition).float().mean()
+            fake_logits, fake_classes = self.discriminator(diff_augment(fake), condition)
+        losses["g"] = -fake_logits.float().mean()
+        losses["g_classes"] = condition_classification_loss(fake_classes, condition)
         losses["diversity"] = diversity_shortfall(fake, pair_spread)
         self.optimizer_generator.zero_grad(set_to_none=True)
-        self.grad_scaler.scale(losses["g"] + self.settings.diversity_weight * losses["diversity"]).backward()
+        self.grad_scaler.scale(losses["g"] + weight * losses["g_classes"]
+                               + self.settings.diversity_weight * losses["diversity"]).backward()
         self.grad_scaler.step(self.optimizer_generator)
         self.grad_scaler.update()
         self.update_ema(step)
@@ -457,6 +465,9 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--diversity-weight", type=float,
                         help="weight of the diversity hinge: generated pairs of a condition pushed to differ as much "
                              "as real pairs (default 1.0; 0 turns it off)")
+    parser.add_argument("--classification-weight", type=float,
+                        help="weight of the discriminator's auxiliary level/pattern/side classifier (default 1.0; "
+                             "0 turns it off)")
     parser.add_argument("--seed", type=int, help="run seed (default 0)")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
     parser.add_argument("--sample-every", type=int, help="steps between sample grids (default 1000)")
