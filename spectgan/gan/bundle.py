@@ -179,6 +179,11 @@ spectgan sample --bundle models/{metadata['name']} --level {level} --pattern {pa
 ## Samples (EMA generator, the same six inputs in every row)
 ![samples](samples.png)
 
+## Evaluation
+`evaluation/report.md` beside this file, when present: the fidelity report against the cohort's held-out test
+split, written by `spectgan evaluate --bundle models/{metadata['name']} --cohort COHORT --out
+models/{metadata['name']}/docs/evaluation` (exporting new weights replaces this folder, report included).
+
 ## Files
 `{WEIGHTS_FILE}` (sha256 `{metadata['weights_sha256']}`), `{METADATA_FILE}`, `{INFERENCE_FILE}`.
 """
