@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 
 BENCHMARKS: dict[str, str] = {
     "cohort": "spectgan.cohort:run_cohort_benchmark",
@@ -22,3 +23,13 @@ def _run(args) -> int:
     module_name, function_name = BENCHMARKS[args.name].split(":")
     benchmark = getattr(importlib.import_module(module_name), function_name)
     return benchmark(as_json=args.json) or 0
+
+
+def print_figures(figures: dict, as_json: bool) -> None:
+    """A benchmark's figures as JSON, or one aligned ``name value`` line each."""
+    if as_json:
+        print(json.dumps(figures, indent=2))
+        return
+    width = max(len(name) for name in figures)
+    for name, value in figures.items():
+        print(f"{name:{width}s}  {value}")

@@ -40,6 +40,7 @@ import SimpleITK as sitk
 from spectgan.cohort_format import atomic_write_bytes, atomic_write_image
 from spectgan.conditions import Condition, Pattern, Side, parse_member, parse_condition, parse_levels
 from spectgan.errors import SpectganError
+from spectgan.figures import pyplot, save_figure
 from spectgan.geometry import OUTPUT_SPACES
 from spectgan.roi import MidlinePlane, hemisphere_masks, read_image
 
@@ -625,11 +626,7 @@ def _overview_grid(results: Sequence[GenerationResult]) -> list[list[GenerationR
 def draw_overview(results: Sequence[GenerationResult], path: str | Path, title: str = "") -> Path:
     """A PNG of every scan with its hemisphere ROI outlines (patient left orange, right blue), the registered midline
     (dashed yellow) and its MC / LR / AI, displayed radiologically (the patient's left on the right, anterior up)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = pyplot()
     if not results:
         raise ValueError("no scans to draw")
     for result in results:
@@ -650,11 +647,7 @@ def draw_overview(results: Sequence[GenerationResult], path: str | Path, title: 
             _draw_panel(axis, result, peak)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - title_inches / height))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110, tight=False)
 
 
 # -------------------------------------------------------------------------------------------------------- CLI

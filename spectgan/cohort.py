@@ -19,10 +19,12 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from spectgan.acquisition import acquire, axial_profile, protocol_for, system_fwhm_mm
+from spectgan.bench import print_figures
 from spectgan.cohort_format import (CohortRecord, atomic_write_bytes, atomic_write_image, compute_count_scale,
                                     load_split, read_cohort_info, write_cohort_info, write_manifest)
 from spectgan.conditions import PAPER_COUNTS, Condition, Level, Pattern, Side
 from spectgan.errors import SpectganError
+from spectgan.figures import pyplot, save_figure
 from spectgan.geometry import BRAIN_CENTRE_MM, pose_to_dict, similarity_pose
 from spectgan.phantom import Defect, perfusion_phantom, random_subject
 from spectgan.roi import TEMPLATE_MIDLINE, hemisphere_stats
@@ -268,11 +270,7 @@ PREVIEW_COLUMNS = ((Pattern.NORMAL, None), (Pattern.UNILATERAL, Side.LEFT), (Pat
 def draw_preview(cohort_dir: Path, png: Path, split: str = "train", per_cell: int = 2) -> Path:
     """A grid of examples: rows are levels, columns normal / unilateral left / unilateral right / bilateral.
     Radiological display: the patient's right on the image's left (marked R and L), anterior at the top."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     arrays, records = load_split(cohort_dir, split)
     figure, axes = plt.subplots(len(Level), len(PREVIEW_COLUMNS) * per_cell,
                                 figsize=(1.9 * len(PREVIEW_COLUMNS) * per_cell, 2.1 * len(Level)), squeeze=False)
@@ -296,11 +294,7 @@ def draw_preview(cohort_dir: Path, png: Path, split: str = "train", per_cell: in
     figure.suptitle(f"{Path(cohort_dir).name}: {split} split (one count window per level; R = patient right)",
                     fontsize=9)
     figure.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png, dpi=90)
-    plt.close(figure)
-    return png
+    return save_figure(figure, png, dpi=90, tight=False)
 
 
 def add_cohort_command(subparsers) -> None:
@@ -354,9 +348,5 @@ def run_cohort_benchmark(as_json: bool = False) -> int:
     figures["targets"] = {"default_cohort_seconds": 1800, "test_cohort_seconds": 60}
     figures["ratio_to_target_default"] = round(figures["default_cohort_projected_seconds"] / 1800, 3)
     figures["ratio_to_target_test"] = round(figures["test_cohort_projected_seconds"] / 60, 3)
-    if as_json:
-        print(json.dumps(figures, indent=2))
-    else:
-        for name, value in figures.items():
-            print(f"{name:36s} {value}")
+    print_figures(figures, as_json)
     return 0

@@ -47,6 +47,7 @@ from spectgan.cohort_format import (SPLITS, CohortRecord, atomic_write_bytes, at
                                     load_split, read_cohort_info, write_cohort_info, write_manifest)
 from spectgan.conditions import Condition, Level, Pattern, Side, parse_condition, parse_levels
 from spectgan.errors import InvalidImageError, SpectganError
+from spectgan.figures import pyplot, save_figure
 from spectgan.geometry import TEMPLATE_BRAIN_FRACTION, Registration, perfusion_template, register_to_template
 from spectgan.roi import TEMPLATE_MIDLINE, HemisphereStats, hemisphere_masks, hemisphere_stats
 from spectgan.template import (MATRICES, SLAB_THICKNESS_MM, canonical_array, canonical_grid, canonical_image,
@@ -655,11 +656,7 @@ def draw_qc(png: Path, title: str, planes: dict[Level, np.ndarray], captions: di
     """One study's QC picture: the three extracted planes (radiological display: the patient's right on the
     image's left, anterior at the top) with the template brain outline (cyan), the midline (dashed) and the
     hemisphere ROIs (green: left, orange: right), their MC and LR."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     vmax = max(float(np.percentile(plane, 99.5)) for plane in planes.values()) or 1.0
     midline_column = (TEMPLATE_MIDLINE.point[0] - canonical_origin(Level.BG, matrix)[0]) / pixel_spacing(matrix)
     figure, axes = plt.subplots(1, len(planes), figsize=(3.1 * len(planes), 3.7), squeeze=False)
@@ -683,10 +680,7 @@ def draw_qc(png: Path, title: str, planes: dict[Level, np.ndarray], captions: di
     figure.text(0.5, 0.01, "dotted cyan: template brain outline   dashed: template midline   green / orange: left / "
                 "right hemisphere ROI", ha="center", fontsize=6)
     figure.tight_layout(rect=(0, 0.03, 1, 1))
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    atomic_write_bytes(png, buffer.getvalue())
+    save_figure(figure, png, dpi=90, tight=False)
 
 
 def _skipped(study: PlannedStudy, reason: str, registration: Registration | None = None, stats: dict | None = None

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from spectgan.evaluation.data import CLASS_NAMES
+from spectgan.figures import pyplot, save_figure
 from spectgan.evaluation.pipeline import SourceEvaluation
 from spectgan.evaluation.statistics import MEASURES
 
@@ -15,23 +16,9 @@ REAL_COLOUR, SYNTHETIC_COLOUR = "tab:blue", "tab:orange"
 GRID_COLUMNS = 5
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(figure, path: Path) -> None:
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    _pyplot().close(figure)
-
-
 def plot_measures(evaluation: SourceEvaluation, path: Path) -> None:
     """Box plots of MC and LR per level x pattern cell, real beside synthetic, with the Mann-Whitney P of each."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = [row for row in evaluation.summary["paper_table"] if row["scope"] == "cell"]
     cells = list(dict.fromkeys((row["level"], row["pattern"]) for row in rows))
     figure, axes = plt.subplots(len(MEASURES), 1, figsize=(max(6.0, 1.4 * len(cells)), 3.6 * len(MEASURES)),
@@ -53,13 +40,13 @@ def plot_measures(evaluation: SourceEvaluation, path: Path) -> None:
     figure.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in (REAL_COLOUR, SYNTHETIC_COLOUR)],
                   ["real (test split)", evaluation.name], fontsize=8, loc="outside upper right")
     figure.suptitle(f"{evaluation.name}: MC and LR per cell (two-sided Mann-Whitney P)", fontsize=10)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def save_sample_grid(evaluation: SourceEvaluation, path: Path, count_scale: float) -> None:
     """One row per condition: real test slices on the left, synthetic slices of that condition on the right, in
     counts on one scale (as stored: the patient's right on the viewer's left, radiological display)."""
-    plt = _pyplot()
+    plt = pyplot()
     conditions = list(evaluation.real.slices.condition_counts())
     size = evaluation.real.slices.counts.shape[-1]
     gap = size // 4
@@ -80,12 +67,12 @@ def save_sample_grid(evaluation: SourceEvaluation, path: Path, count_scale: floa
     axis.tick_params(length=0)
     figure.colorbar(shown, ax=axis, fraction=0.03, label="counts")
     axis.set_title(f"{evaluation.name}: real and synthetic slices per condition", fontsize=10)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_confusions(evaluation: SourceEvaluation, path: Path) -> None:
     """Confusion matrices of the real-data condition classifier on synthetic slices (rows: requested)."""
-    plt = _pyplot()
+    plt = pyplot()
     confusion = evaluation.summary["confusion_matrices"]
     figure, axes = plt.subplots(1, len(confusion), figsize=(4.4 * len(confusion), 3.8), constrained_layout=True)
     for axis, (head, matrix) in zip(axes, confusion.items()):
@@ -103,12 +90,12 @@ def plot_confusions(evaluation: SourceEvaluation, path: Path) -> None:
         axis.set_title(f"{head}: accuracy {accuracy:.1%}" + (" (unilateral)" if head == "side" else ""), fontsize=9)
     figure.suptitle(f"{evaluation.name}: conditions of synthetic slices, as a classifier trained on real slices "
                     "sees them", fontsize=10)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_memorization(evaluation: SourceEvaluation, path: Path) -> None:
     """Histograms of the nearest-train-slice distance of synthetic and of real test slices, with the threshold."""
-    plt = _pyplot()
+    plt = pyplot()
     memorization = evaluation.summary["memorization"]
     figure, axis = plt.subplots(figsize=(7, 3.5))
     distances = np.concatenate([evaluation.synthetic_distances, evaluation.reference_distances])
@@ -124,7 +111,7 @@ def plot_memorization(evaluation: SourceEvaluation, path: Path) -> None:
     axis.set_title(f"{evaluation.name}: {memorization['fraction']:.1%} of synthetic slices below the threshold",
                    fontsize=10)
     axis.legend(fontsize=8)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def write_figures(evaluation: SourceEvaluation, folder: Path, count_scale: float) -> dict[str, Path]:

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import torch
 
+from spectgan.bench import print_figures
 from spectgan.cohort_format import atomic_write_bytes, read_cohort_info
 from spectgan.conditions import Level
 from spectgan.errors import SpectganError
@@ -329,9 +330,5 @@ def run_evaluate_benchmark(as_json: bool = False) -> int:
                "cpu_time_s": result["cpu_time_s"],
                "time_target_s": TIME_TARGET_S, "ratio_to_target": round(result["run_time_s"] / TIME_TARGET_S, 3),
                **result["hardware"], "timings_s": result["timings_s"]}
-    if as_json:
-        print(json.dumps(figures, indent=2))
-    else:
-        for name, value in figures.items():
-            print(f"{name:18s} {value}")
+    print_figures(figures, as_json)
     return 0

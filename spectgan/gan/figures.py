@@ -6,18 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from spectgan.cohort_format import atomic_write_bytes
-
-
-def _figure_bytes(figure) -> bytes:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
-    return buffer.getvalue()
+from spectgan.figures import pyplot, save_figure
 
 
 def save_image_grid(rows: Sequence[tuple[str, np.ndarray]], path: Path, count_scale: float, title: str = "") -> None:
@@ -28,9 +17,7 @@ def save_image_grid(rows: Sequence[tuple[str, np.ndarray]], path: Path, count_sc
     """
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     height, width = rows[0][1].shape[-2:]
     columns, gap = max(images.shape[0] for _, images in rows), max(1, width // 16)
     mosaic = np.full((len(rows) * (height + gap) - gap, columns * (width + gap) - gap), np.nan, dtype=np.float32)
@@ -50,17 +37,12 @@ def save_image_grid(rows: Sequence[tuple[str, np.ndarray]], path: Path, count_sc
     figure.colorbar(shown, ax=axis, fraction=0.03, label="counts")
     if title:
         axis.set_title(title, fontsize=9)
-    atomic_write_bytes(Path(path), _figure_bytes(figure))
+    save_figure(figure, path)
 
 
 def save_loss_curves(history: Sequence[dict], path: Path) -> None:
     """Loss curves from the training history (dicts with ``step`` and one value per loss), written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 3.5))
+    figure, axis = pyplot().subplots(figsize=(7, 3.5))
     steps = [entry["step"] for entry in history]
     for name in [key for key in (history[0] if history else {}) if key != "step"]:
         axis.plot(steps, [entry[name] for entry in history], label=name, linewidth=1)
@@ -68,4 +50,4 @@ def save_loss_curves(history: Sequence[dict], path: Path) -> None:
     axis.set_ylabel("loss")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    atomic_write_bytes(Path(path), _figure_bytes(figure))
+    save_figure(figure, path)
