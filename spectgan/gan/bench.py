@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from spectgan.conditions import Condition, Level, Pattern, Side
 from spectgan.gan.bundle import load_bundle
-from spectgan.gan.inference import generate
+from spectgan.gan.inference import generate, prepare_for_sampling
 from spectgan.gan.networks import Generator, amp_dtype, encode_conditions
 
 BATCHES = (1, 16, 64)
@@ -64,8 +64,7 @@ def generator_gflop_per_image(generator: Generator) -> float:
 def _benchmark_generator() -> tuple[Generator, str]:
     if SHIPPED_BUNDLE.is_dir():
         return load_bundle(SHIPPED_BUNDLE).generator, str(SHIPPED_BUNDLE.name)
-    generator = Generator().eval().requires_grad_(False).to(memory_format=torch.channels_last)
-    return generator, "default architecture, random weights"
+    return prepare_for_sampling(Generator()), "default architecture, random weights"
 
 
 def measure(generator: Generator, batches=BATCHES) -> dict:

@@ -28,7 +28,7 @@ from spectgan.conditions import LEVEL_Z_MM, Level, Pattern, describe_allowed, pa
 from spectgan.errors import SpectganError
 from spectgan.gan.checkpoint import ema_generator, load_checkpoint
 from spectgan.gan.figures import save_loss_curves
-from spectgan.gan.inference import sampling_copy, save_condition_grid
+from spectgan.gan.inference import prepare_for_sampling, sampling_copy, save_condition_grid
 from spectgan.gan.networks import SIDE_INDEX, Generator
 
 METADATA_FILE = "configs/metadata.json"
@@ -44,7 +44,7 @@ INTENDED_USE = ("Research only. Every image is synthetic (made by a GAN); not fo
 
 
 class Bundle(NamedTuple):
-    """A loaded bundle: the eval-mode generator (CPU, channels-last, no gradients) and the metadata."""
+    """A loaded bundle: the generator prepared for sampling (``prepare_for_sampling``, CPU) and the metadata."""
 
     generator: Generator
     metadata: dict
@@ -80,8 +80,7 @@ def _load_bundle(path: str, stamp: tuple) -> Bundle:
                             "the bundle")
     generator = Generator(**metadata["network"]["generator"])
     generator.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    generator = generator.eval().requires_grad_(False).to(memory_format=torch.channels_last)  # faster convolutions
-    return Bundle(generator, metadata)
+    return Bundle(prepare_for_sampling(generator), metadata)
 
 
 def _network_data_format(generator: dict, count_scale: float) -> dict:
