@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from spectgan.errors import InvalidImageError
 
@@ -172,11 +173,18 @@ def _brain_mask_array(values: np.ndarray, threshold_fraction: float) -> tuple[np
         raise InvalidImageError("the image has no positive counts: no brain to measure")
     threshold = threshold_fraction * float(np.percentile(positive, ROBUST_MAX_PERCENTILE))
     # Topology on the image's own dimension: a one-slice volume is filled as a 2D slice (every voxel of a
-    # one-slice 3D volume touches its z border, so a 3D hole filling would fill nothing).
-    above = sitk.GetImageFromArray(np.squeeze(values >= threshold).astype(np.uint8))
-    filled = sitk.BinaryFillhole(above, fullyConnected=False, foregroundValue=1)
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(filled), sortByObjectSize=True)
-    return (sitk.GetArrayViewFromImage(components) == 1).reshape(values.shape), threshold
+    # one-slice 3D volume touches its z border, so a 3D hole filling would fill nothing). Face connectivity.
+    above = np.squeeze(values >= threshold)
+    # ... and on the bounding box of the voxels above threshold, one background voxel wider on each side (where the
+    # image has one): outside that box all is background connected to the border, so holes and components are
+    # the same as on the whole grid, at the cost of the box (a slice placed in a volume fills a few planes of it).
+    box = tuple(slice(max(int(indices.min()) - 1, 0), int(indices.max()) + 2) for indices in np.nonzero(above))
+    components, _ = ndimage.label(ndimage.binary_fill_holes(above[box]))
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0  # background
+    brain = np.zeros(above.shape, dtype=bool)
+    brain[box] = components == sizes.argmax()
+    return brain.reshape(values.shape), threshold
 
 
 def _split(image: sitk.Image, midline: MidlinePlane | None, threshold_fraction: float) -> _Split:
