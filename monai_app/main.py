@@ -2,7 +2,8 @@
 
 Thin: ``spectgan.service`` does the work. App conf: ``models`` (``all`` or comma-separated names), ``models_dir``
 (default $SPECTGAN_MODELS_DIR, else <repository>/models), ``cohort`` (training cohort; default $SPECTGAN_COHORT,
-else sample_data/cohorts/default).
+else sample_data/cohorts/default), ``generation_workers`` (processes that generate; default
+$SPECTGAN_GENERATION_WORKERS, else one per core; 0: in the server's request threads).
 """
 import importlib
 import logging
@@ -17,8 +18,10 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.class_utils import get_class_names
 
 import spectgan
+from spectgan.generation_pool import GenerationPool
 from spectgan.service import (NOT_FOUND, UNPROCESSABLE, GenerationService, ServiceError, check_cohort,
-                              models_dir_from, parse_params_json, parse_train_params, select_models)
+                              generation_workers_from, models_dir_from, parse_params_json, parse_train_params,
+                              select_models)
 
 logger = logging.getLogger(__name__)
 LISTED_IMAGE_IDS = 20  # image ids an unknown-image message lists
@@ -39,16 +42,26 @@ class SpectganApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         names = select_models(conf.get("models"))
         self.service = GenerationService(models_dir_from(conf), names)
+        workers = generation_workers_from(conf)
+        self.generator = GenerationPool(self.service.models_dir, names, workers) if workers else self.service
         configs = _model_configs()
         self.models: Dict[str, SpectganModelConfig] = {}
         for name in names:
             self.models[name] = configs[name]()
-            self.models[name].init(name, str(self.service.models_dir), conf, None, service=self.service)
-        logger.info(f"spectgan models {', '.join(names)} from {self.service.models_dir}")
+            self.models[name].init(name, str(self.service.models_dir), conf, None, service=self.service,
+                                   generator=self.generator)
+        logger.info(f"spectgan models {', '.join(names)} from {self.service.models_dir}; generation in "
+                    f"{f'{workers} worker processes' if workers else 'the request threads'}")
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="spectgan",
                          description="Synthetic 123I-IMP brain perfusion SPECT slices (conditional FastGAN), placed "
                                      "on a reference study with hemisphere statistics. Research use only.",
                          version=spectgan.__version__)
+
+    def on_init_complete(self):
+        """Serving starts: start the generation workers too (a train task's process never serves, so never does)."""
+        super().on_init_complete()
+        if isinstance(self.generator, GenerationPool):
+            self.generator.start()
 
     def init_infers(self) -> Dict[str, InferTask]:
         return {name: config.infer() for name, config in self.models.items()}
@@ -67,13 +80,16 @@ class SpectganApp(MONAILabelApp):
                                               f"{', '.join(OUTPUTS)}")
         if uploaded:
             return
-        available = self.datastore().list_images()
-        listed = ", ".join(sorted(available)[:LISTED_IMAGE_IDS]) + (" ..." if len(available) > LISTED_IMAGE_IDS else "")
         if not image:
             raise ServiceError(UNPROCESSABLE, f"image is required: pass ?image=<id> of a reference study; available: "
-                                              f"{listed}")
+                                              f"{self._listed_images()}")
         if not self.datastore().get_image_uri(image) and not os.path.isfile(image):
-            raise ServiceError(NOT_FOUND, f"unknown image {image!r}; available: {listed}")
+            raise ServiceError(NOT_FOUND, f"unknown image {image!r}; available: {self._listed_images()}")
+
+    def _listed_images(self) -> str:
+        """The first image ids of the datastore, for error messages."""
+        available = sorted(self.datastore().list_images())
+        return ", ".join(available[:LISTED_IMAGE_IDS]) + (" ..." if len(available) > LISTED_IMAGE_IDS else "")
 
     def check_train_request(self, model: str, params: dict) -> None:
         """ServiceError (4xx) for an unknown model, bad train params or a missing cohort."""

@@ -55,6 +55,7 @@ DEFAULT_COHORT_DIR = REPOSITORY_ROOT / "sample_data" / "cohorts" / "default"
 SAMPLE_STUDIES_DIR = REPOSITORY_ROOT / "sample_data" / "studies"
 MODELS_DIR_ENV = "SPECTGAN_MODELS_DIR"  # app conf key: models_dir
 COHORT_ENV = "SPECTGAN_COHORT"  # app conf key: cohort
+GENERATION_WORKERS_ENV = "SPECTGAN_GENERATION_WORKERS"  # app conf key: generation_workers
 RUNS_FOLDER = "runs"  # <models_dir>/runs/<model>: the training run behind the latest retrained bundle
 
 INFER_PARAMS = ("level", "pattern", "side", "seed", "psi", "output_space")
@@ -66,9 +67,10 @@ DEFAULT_TRAIN_BATCH = TrainSettings.batch_size
 REGISTRATION_CACHE_SIZE = 32
 RESULT_SUFFIX = ".nii.gz"
 SERVER_THREADS_ENV = "SPECTGAN_SERVER_TORCH_THREADS"
-# Torch intra-op threads while serving: requests run in parallel threads instead. Measured on the shared 2-core
-# machine under load: one 64 px generation took 17 ms (median) with 1 thread and 750 ms with 2, whose OpenMP
-# barriers wait for a thread the scheduler has parked.
+# Torch intra-op (and SimpleITK filter) threads while serving: requests run in parallel threads instead. Measured on
+# the shared 2-core machine under load: one 64 px generation took 17 ms (median) with 1 thread and 750 ms with 2,
+# whose OpenMP barriers wait for a thread the scheduler has parked; SimpleITK's filters on the few planes a placed
+# slice fills run faster on one thread than on two (thread start-up dominates).
 SERVER_TORCH_THREADS = 1
 
 BAD_REQUEST, NOT_FOUND, UNPROCESSABLE, SERVICE_UNAVAILABLE = 400, 404, 422, 503
@@ -80,6 +82,9 @@ class ServiceError(SpectganError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+    def __reduce__(self):  # keeps the status when raised in a generation worker process
+        return type(self), (self.status, str(self))
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,19 @@ def models_dir_from(conf: Mapping[str, str] | None = None) -> Path:
 def cohort_dir_from(conf: Mapping[str, str] | None = None) -> Path:
     """The training cohort: conf ``cohort``, else $SPECTGAN_COHORT, else sample_data/cohorts/default."""
     return configured_path(conf, "cohort", COHORT_ENV, DEFAULT_COHORT_DIR)
+
+
+def generation_workers_from(conf: Mapping[str, str] | None = None) -> int:
+    """Worker processes for generation: app conf ``generation_workers``, else $SPECTGAN_GENERATION_WORKERS, else
+    the number of cores; 0 generates in the server's own request threads. ValueError for anything else."""
+    value = (conf or {}).get("generation_workers") or os.environ.get(GENERATION_WORKERS_ENV)
+    if value is None or not str(value).strip():
+        return os.cpu_count() or 1
+    text = str(value).strip()
+    if not text.isdecimal():
+        raise ValueError(f"generation_workers must be a whole number of processes (0: generate in the server's "
+                         f"threads), got {value!r}")
+    return int(text)
 
 
 # ------------------------------------------------------------------------------------------------------- params
@@ -378,6 +396,7 @@ class GenerationService:
         self.model_names = tuple(model_spec(name).name for name in model_names)
         self.registrations = RegistrationCache()
         self._last_loaded: dict[str, Bundle] = {}
+        self._descriptions: dict[str, tuple[Bundle | None, dict]] = {}  # by model: (bundle it describes, description)
         self._lock = threading.Lock()
 
     # ---- bundles
@@ -417,12 +436,27 @@ class GenerationService:
         return bundle
 
     def describe(self, name: str) -> dict:
-        """What ``/info/`` shows for a model: its bundle (or None), the params a client may send, the conditions."""
-        spec = self._served_spec(name)
+        """What ``/info/`` shows for a model: its bundle (or None), the params a client may send, the conditions.
+
+        Made once per loaded bundle (MONAI Label asks for it on every request); do not modify the answer.
+        """
         try:
-            metadata = self.bundle(name).metadata
-        except ServiceError:
-            metadata = None
+            bundle = self.bundle(name)
+        except ServiceError as error:
+            if error.status == NOT_FOUND:
+                raise
+            bundle = None
+        with self._lock:
+            made_for, description = self._descriptions.get(name, (None, None))
+        if description is None or made_for is not bundle:
+            description = self._description(name, bundle)
+            with self._lock:
+                self._descriptions[name] = (bundle, description)
+        return description
+
+    def _description(self, name: str, bundle: Bundle | None) -> dict:
+        spec = self._served_spec(name)
+        metadata = bundle.metadata if bundle else None
         levels = parse_levels(metadata["levels"]) if metadata else spec.levels
         bundle = None if metadata is None else {
             "name": metadata["name"], "version": metadata["version"], "sha256": metadata["weights_sha256"],
@@ -496,11 +530,18 @@ class GenerationService:
         }
         return GenerationResult(placed, result)
 
+    def generate_file(self, name: str, image_path: str | Path, params: Mapping[str, Any]) -> tuple[Path, dict]:
+        """``generate``, with the image written by ``write_result_image``: (its path, the JSON result)."""
+        outcome = self.generate(name, image_path, params)
+        return write_result_image(outcome.image), outcome.result
+
 
 def use_server_threads() -> int:
-    """Set torch's intra-op threads for serving ($SPECTGAN_SERVER_TORCH_THREADS, default 1); returns the number."""
+    """Set torch's intra-op and SimpleITK's filter threads for serving ($SPECTGAN_SERVER_TORCH_THREADS, default 1);
+    returns the number."""
     threads = int(os.environ.get(SERVER_THREADS_ENV, SERVER_TORCH_THREADS))
     torch.set_num_threads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return threads
 
 
@@ -649,6 +690,7 @@ BENCH_LATENCY_REQUESTS = 40
 BENCH_THROUGHPUT_REQUESTS = 32
 BENCH_CLIENTS = (1, 2, 4)
 BENCH_ROUNDS = 3
+BENCH_WARM_UP_REQUESTS = 16
 TARGET_RATIO = 1.15
 TARGET_SPEEDUP_4 = 1.7
 
@@ -707,12 +749,12 @@ def measure_server(models_dir: Path, work: Path) -> dict:
     studies = work / "studies"
     shutil.copytree(SAMPLE_STUDIES_DIR, studies)
     use_server_threads()  # the server's setting, so that both sides do the same work
+    generation_workers = generation_workers_from()  # the server's (it gets this environment)
     service = GenerationService(models_dir, [BENCH_MODEL])
     study_path = studies / f"{BENCH_STUDY}.nii.gz"
 
     def in_process(seed: int) -> None:
-        outcome = service.generate(BENCH_MODEL, study_path, {**BENCH_PARAMS, "seed": seed})
-        path = write_result_image(outcome.image)
+        path, _ = service.generate_file(BENCH_MODEL, study_path, {**BENCH_PARAMS, "seed": seed})
         path.read_bytes()
         path.unlink()
 
@@ -721,8 +763,10 @@ def measure_server(models_dir: Path, work: Path) -> dict:
         def over_http(seed: int) -> None:
             _infer_over_http(session, server.url, seed)
 
-        in_process(0)  # registration and bundle loading are not part of the measured requests
-        over_http(0)
+        # Registration and bundle loading are not part of the measured requests: concurrent warm-up requests reach
+        # every generation worker of the server (each registers the study once).
+        in_process(0)
+        _throughput(server.url, max(BENCH_CLIENTS), BENCH_WARM_UP_REQUESTS)
         local, remote = [], []
         for seed in range(BENCH_LATENCY_REQUESTS):
             local.append(_seconds(in_process, seed))
@@ -740,8 +784,9 @@ def measure_server(models_dir: Path, work: Path) -> dict:
         "server_ms": {"p50": _percentile_ms(remote, 50), "p95": _percentile_ms(remote, 95)},
         "in_process_ms": {"p50": _percentile_ms(local, 50), "p95": _percentile_ms(local, 95)},
         "throughput_rps": {str(clients): rate for clients, rate in throughput.items()},
-        "throughput_rounds": BENCH_ROUNDS, "cores": os.cpu_count(),
+        "throughput_rounds": BENCH_ROUNDS, "cores": os.cpu_count(), "generation_workers": generation_workers,
     }
+    figures["overhead_ms_p50"] = figures["server_ms"]["p50"] - figures["in_process_ms"]["p50"]
     figures["ratio_p50"] = figures["server_ms"]["p50"] / figures["in_process_ms"]["p50"]
     figures["ratio_p95"] = figures["server_ms"]["p95"] / figures["in_process_ms"]["p95"]
     figures["speedup_4_clients"] = throughput[4] / throughput[1]
@@ -755,11 +800,13 @@ def format_server_figures(figures: dict) -> str:
     bundle = figures["bundle"]
     lines = [f"server benchmark: {bundle['name']} {bundle['version']} ({bundle['image_size']} px, "
              f"{bundle['trained_iterations']} iterations), {figures['requests']} requests "
-             f"{json.dumps(figures['request'])}, {figures['cores']} cores",
+             f"{json.dumps(figures['request'])}, {figures['cores']} cores, server with "
+             f"{figures['generation_workers']} generation worker process(es)",
              f"{'':<22}{'p50 ms':>10}{'p95 ms':>10}",
              f"{'end-to-end (HTTP)':<22}{figures['server_ms']['p50']:>10.1f}{figures['server_ms']['p95']:>10.1f}",
              f"{'in-process':<22}{figures['in_process_ms']['p50']:>10.1f}{figures['in_process_ms']['p95']:>10.1f}",
-             f"ratio p50 {figures['ratio_p50']:.3f} (target <= {TARGET_RATIO}), p95 {figures['ratio_p95']:.3f}",
+             f"ratio p50 {figures['ratio_p50']:.3f} (target <= {TARGET_RATIO}), p95 {figures['ratio_p95']:.3f}; "
+             f"HTTP, MONAI Label and the worker hop add {figures['overhead_ms_p50']:.1f} ms (p50)",
              f"throughput (median of {figures['throughput_rounds']} rounds): "
              + ", ".join(f"{clients} client(s) {rate:.2f} req/s"
                          for clients, rate in figures["throughput_rps"].items()),

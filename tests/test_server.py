@@ -78,7 +78,9 @@ def server(tmp_path_factory, tiny_models, toy_cohort):  # noqa: F811
 @pytest.fixture(scope="module")
 def in_process(tmp_path_factory, tiny_models, toy_cohort):  # noqa: F811
     """The ASGI app in-process, configured as start_server would: ``client`` (a TestClient), ``service`` (the
-    app's GenerationService) and ``studies`` (its datastore folder)."""
+    app's GenerationService) and ``studies`` (its datastore folder). It generates in its request threads
+    (``generation_workers`` 0), so that a test can put a known slice in place of the generator; the real server
+    process generates in worker processes."""
     from monailabel.config import settings as monailabel_settings
     from monailabel.interfaces.utils.app import app_instance, clear_cache
     from starlette.testclient import TestClient
@@ -90,7 +92,7 @@ def in_process(tmp_path_factory, tiny_models, toy_cohort):  # noqa: F811
     studies = _studies_copy(tmp_path_factory)
     monailabel_settings.MONAI_LABEL_STUDIES = str(studies)
     monailabel_settings.MONAI_LABEL_APP_CONF = {"models": "all", "models_dir": str(tiny_models),
-                                                "cohort": str(toy_cohort)}
+                                                "cohort": str(toy_cohort), "generation_workers": "0"}
     sys.path.insert(0, str(APP_DIR))  # start_server puts the app folder on the path (its `lib` package)
     try:
         from monai_app.asgi import app

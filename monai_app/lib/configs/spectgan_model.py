@@ -12,7 +12,8 @@ from spectgan.service import cohort_dir_from
 class SpectganModelConfig(TaskConfig):
     """Config of one bundle in the models folder; a subclass names it with ``model_name``.
 
-    ``init`` takes the app's ``service`` (a ``spectgan.service.GenerationService``) as a keyword argument.
+    ``init`` takes the app's ``service`` (a ``spectgan.service.GenerationService``) and ``generator`` (what runs
+    the generation: a ``spectgan.generation_pool.GenerationPool`` or the service) as keyword arguments.
     """
 
     @property
@@ -22,11 +23,11 @@ class SpectganModelConfig(TaskConfig):
 
     def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)
-        self.service = kwargs["service"]
+        self.service, self.generator = kwargs["service"], kwargs["generator"]
         self.cohort_dir = cohort_dir_from(conf)
 
     def infer(self) -> SpectganInfer:
-        return SpectganInfer(self.model_name, self.service)
+        return SpectganInfer(self.model_name, self.service, self.generator)
 
     def trainer(self) -> SpectganTrain:
         return SpectganTrain(self.model_name, self.service, self.cohort_dir)

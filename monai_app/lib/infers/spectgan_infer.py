@@ -1,10 +1,11 @@
 """Infer task of one bundle: a synthetic slice on the reference study's level plane (``GenerationService.generate``)."""
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Tuple, Union
 
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from spectgan.service import INFER_PARAMS, MODELS, GenerationService, ServiceError, write_result_image
+from spectgan.generation_pool import GenerationPool
+from spectgan.service import INFER_PARAMS, MODELS, GenerationService, ServiceError
 
 
 class SpectganInfer(InferTask):
@@ -12,12 +13,13 @@ class SpectganInfer(InferTask):
     JSON result: condition, seed, bundle version and sha256, hemisphere statistics, geometry, timings.
 
     ``/info/`` shows the bundle, the params with their allowed values and the valid conditions; ``config`` holds the
-    client defaults in MONAI Label's convention (a list offers choices, the first is the default).
+    client defaults in MONAI Label's convention (a list offers choices, the first is the default). ``generator``
+    does the work: the app's ``GenerationPool`` of worker processes, or the ``service`` itself (in this thread).
     """
 
-    def __init__(self, name: str, service: GenerationService):
+    def __init__(self, name: str, service: GenerationService, generator: Union[GenerationPool, GenerationService]):
         super().__init__(type=InferType.OTHERS, labels=None, dimension=3, description=MODELS[name].description)
-        self.name, self.service = name, service
+        self.name, self.service, self.generator = name, service, generator
 
     def config(self) -> Dict[str, Any]:
         return self.service.describe(self.name)["config"]
@@ -33,7 +35,7 @@ class SpectganInfer(InferTask):
     def __call__(self, request) -> Tuple[str, Dict]:
         params = {key: request[key] for key in INFER_PARAMS if key in request}
         try:
-            outcome = self.service.generate(self.name, request.get("image"), params)
+            path, result = self.generator.generate_file(self.name, request.get("image"), params)
         except ServiceError as error:
             raise HTTPException(status_code=error.status, detail=str(error)) from None
-        return str(write_result_image(outcome.image)), outcome.result
+        return str(path), result
