@@ -122,9 +122,10 @@ class GenerationPool:
                 self._all.remove(worker)
             worker.stop()
             self.start()
-            raise ServiceError(SERVICE_UNAVAILABLE, "the generation worker process serving this request ended "
-                                                    "(killed or out of memory) and was replaced: send the request "
-                                                    "again") from None
+            raise ServiceError(SERVICE_UNAVAILABLE, f"the generation worker process serving this request ended (exit "
+                                                    f"code {worker.process.exitcode}: killed, out of memory, or it "
+                                                    "could not start; the server log says more) and was replaced: "
+                                                    "send the request again") from None
         self._idle.put(worker)
         if not succeeded:
             raise payload

@@ -686,7 +686,7 @@ class ServerProcess:
 BENCH_MODEL = "spect_fastgan_A"
 BENCH_STUDY = "study_unilateral_left_oblique"
 BENCH_PARAMS = {"level": "BG", "pattern": "unilateral", "side": "left", "output_space": "reference"}
-BENCH_LATENCY_REQUESTS = 40
+BENCH_LATENCY_REQUESTS = 100
 BENCH_THROUGHPUT_REQUESTS = 32
 BENCH_CLIENTS = (1, 2, 4)
 BENCH_ROUNDS = 3

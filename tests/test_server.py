@@ -34,7 +34,8 @@ from spectgan.gan.train import train
 from spectgan.geometry import pose_from_sidecar
 from spectgan.roi import hemisphere_stats
 from spectgan.service import (DEFAULT_MODELS_DIR, INFER_PARAMS, MODELS, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR,
-                              GenerationService, ServerProcess)
+                              GenerationService, ServerProcess, format_server_figures, generation_workers_from,
+                              measure_server)
 from spectgan.template import SLICE_CENTRE_MM, canonical_image
 
 APP_DIR = REPOSITORY_ROOT / "monai_app"
@@ -351,6 +352,17 @@ def test_info_answers_while_four_inferences_run_in_parallel(server):
     # Served one after another, the last client would wait for all four; in parallel it waits for less.
     slowest_client = max(latency for latency, _ in outcomes)
     assert slowest_client < 0.9 * sum(timings["total"] for _, timings in outcomes), outcomes
+
+
+def test_server_benchmark_measures_a_real_server_with_its_generation_workers(tiny_models, tmp_path):
+    """``spectgan bench server`` end to end on the tiny bundle: the figures it reports, no speed asserted."""
+    figures = measure_server(tiny_models, tmp_path)
+    assert figures["generation_workers"] == generation_workers_from() >= 1
+    assert figures["server_ms"]["p50"] > 0 and figures["in_process_ms"]["p50"] > 0
+    assert figures["ratio_p50"] == pytest.approx(figures["server_ms"]["p50"] / figures["in_process_ms"]["p50"])
+    assert set(figures["throughput_rps"]) == {"1", "2", "4"} and min(figures["throughput_rps"].values()) > 0
+    text = format_server_figures(figures)
+    assert "4 clients / 1 client" in text and f"{figures['generation_workers']} generation worker" in text
 
 
 # --------------------------------------------------------------------------------------------------------- training
