@@ -67,10 +67,11 @@ DEFAULT_TRAIN_BATCH = TrainSettings.batch_size
 REGISTRATION_CACHE_SIZE = 32
 RESULT_SUFFIX = ".nii.gz"
 SERVER_THREADS_ENV = "SPECTGAN_SERVER_TORCH_THREADS"
-# Torch intra-op (and SimpleITK filter) threads while serving: requests run in parallel threads instead. Measured on
-# the shared 2-core machine under load: one 64 px generation took 17 ms (median) with 1 thread and 750 ms with 2,
-# whose OpenMP barriers wait for a thread the scheduler has parked; SimpleITK's filters on the few planes a placed
-# slice fills run faster on one thread than on two (thread start-up dominates).
+# Torch intra-op (and SimpleITK filter) threads while serving: requests run in parallel instead (worker processes or
+# threads). Measured on the shared 2-core machine under load: one 64 px generation took 17 ms (median) with 1 thread
+# and 750 ms with 2, whose OpenMP barriers wait for a thread the scheduler has parked. SimpleITK's filters on the few
+# planes a placed slice fills gain nothing from a second thread; the price is a registration (once per study and
+# process) of 1.7 s instead of 0.75 s.
 SERVER_TORCH_THREADS = 1
 
 BAD_REQUEST, NOT_FOUND, UNPROCESSABLE, SERVICE_UNAVAILABLE = 400, 404, 422, 503
