@@ -23,19 +23,17 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from spectgan.errors import SpectganError
-from spectgan.service import (SERVICE_UNAVAILABLE, UNPROCESSABLE, GenerationService, ServiceError,
-                              use_server_threads)
+from spectgan.service import SERVICE_UNAVAILABLE, GenerationService, ServiceError, use_server_threads
 
 STOP_TIMEOUT_S = 10.0
 
 
 def _portable_error(error: Exception) -> Exception:
-    """An exception that survives the trip to the server process with its meaning: a ServiceError as it is, another
-    spectgan error as the 422 the server gives it, anything else as a RuntimeError with the worker's traceback."""
-    if isinstance(error, ServiceError):
-        return error
+    """An exception that survives the trip to the server process: a spectgan error as it is (the server answers it
+    as in its own threads: a ServiceError keeps its status), anything else as a RuntimeError with the worker's
+    traceback (an exception of another library may not unpickle)."""
     if isinstance(error, SpectganError):
-        return ServiceError(UNPROCESSABLE, str(error))
+        return error
     return RuntimeError(f"generation failed in a worker process:\n{''.join(traceback.format_exception(error))}")
 
 
