@@ -9,6 +9,7 @@ BENCHMARKS: dict[str, str] = {
     "sample": "spectgan.gan.bench:run_sample_benchmark",
     "server": "spectgan.service:run_server_benchmark",
     "evaluate": "spectgan.evaluation.report:run_evaluate_benchmark",
+    "synthesize": "spectgan.synthesize:run_synthesize_benchmark",
 }
 
 

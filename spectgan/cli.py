@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "stats": "spectgan.roi",
     "train": "spectgan.gan.train",
     "sample": "spectgan.gan.sample",
+    "synthesize": "spectgan.synthesize",
     "evaluate": "spectgan.evaluation.report",
     "import": "spectgan.importer",
     "generate": "spectgan.client",

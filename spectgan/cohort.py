@@ -21,9 +21,8 @@ from tqdm import tqdm
 from spectgan.acquisition import acquire, axial_profile, protocol_for, system_fwhm_mm
 from spectgan.bench import print_figures
 from spectgan.cohort_format import (CohortRecord, atomic_write_bytes, atomic_write_image, compute_count_scale,
-                                    load_split, read_cohort_info, write_cohort_info, write_manifest)
+                                    finished_cohort, load_split, read_cohort_info, write_cohort_info, write_manifest)
 from spectgan.conditions import PAPER_COUNTS, Condition, Level, Pattern, Side
-from spectgan.errors import SpectganError
 from spectgan.figures import pyplot, save_figure
 from spectgan.geometry import BRAIN_CENTRE_MM, pose_to_dict, similarity_pose
 from spectgan.phantom import Defect, perfusion_phantom, random_subject
@@ -135,14 +134,8 @@ def build_cohort(out: Path, seed: int = 0, matrix: int = 128, scale: float = 1.0
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
     key = {"seed": seed, "matrix": matrix, "scale": scale, "simulator_version": SIMULATOR_VERSION}
-    if (out / "cohort.json").is_file():
-        info = read_cohort_info(out)
-        if info.get("key") != key:
-            raise SpectganError(f"{out} holds another cohort ({info.get('key')}); choose another --out")
-        if info.get("state") == "complete":
-            if progress:
-                print(f"reusing the finished cohort in {out}")
-            return out
+    if finished_cohort(out, key, progress):
+        return out
     out.mkdir(parents=True, exist_ok=True)
     jobs = cohort_jobs(seed, scale)
     write_cohort_info(out, {"format": "spectgan-cohort", "source": "simulated", "key": key, "state": "building"})

@@ -6,7 +6,8 @@ A cohort folder holds:
   constant the GAN divides counts by, computed on the train split), ``source`` (simulated | imported) and how the
   cohort was made;
 - ``manifest.csv``: one row per slice with ``split,id,level,pattern,side,territory,severity,file`` (``side`` empty
-  unless unilateral; ``territory`` and ``severity`` empty where unknown; ``file`` relative to the folder);
+  unless unilateral; ``territory`` and ``severity`` empty where unknown; ``file`` relative to the folder), and a
+  ``seed`` column in synthetic cohorts (``spectgan synthesize``: the seed that made the slice);
 - ``train/<id>.nii.gz`` and ``test/<id>.nii.gz``: canonical one-slice float32 volumes in counts, in template
   geometry (see ``spectgan.template``).
 """
@@ -28,6 +29,7 @@ from spectgan.errors import SpectganError
 from spectgan.template import canonical_array
 
 MANIFEST_COLUMNS = ("split", "id", "level", "pattern", "side", "territory", "severity", "file")
+SEED_COLUMN = "seed"  # written only when some slice has a seed (synthetic cohorts)
 SPLITS = ("train", "test")
 COUNT_SCALE_PERCENTILE = 99.99
 COUNT_SCALE_MARGIN = 1.05
@@ -43,19 +45,22 @@ class CohortRecord:
     territory: str
     severity: float | None
     file: str
+    seed: int | None = None  # the seed of a synthetic slice
 
     @classmethod
     def from_row(cls, row: dict[str, str]) -> "CohortRecord":
         """Parse a manifest row; the condition is validated (ValueError names what is allowed)."""
         condition = parse_condition(row["level"], row["pattern"], row["side"] or None)
         severity = float(row["severity"]) if row["severity"] else None
-        return cls(row["split"], row["id"], condition, row["territory"], severity, row["file"])
+        seed = int(row[SEED_COLUMN]) if row.get(SEED_COLUMN) else None
+        return cls(row["split"], row["id"], condition, row["territory"], severity, row["file"], seed)
 
     def to_row(self) -> dict[str, str]:
         condition = self.condition.to_dict()
         return {"split": self.split, "id": self.id, "level": condition["level"], "pattern": condition["pattern"],
                 "side": condition["side"] or "", "territory": self.territory,
-                "severity": "" if self.severity is None else f"{self.severity:.4f}", "file": self.file}
+                "severity": "" if self.severity is None else f"{self.severity:.4f}", "file": self.file,
+                SEED_COLUMN: "" if self.seed is None else str(self.seed)}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -92,7 +97,8 @@ def atomic_write_image(image: sitk.Image, path: Path) -> None:
 def write_manifest(cohort_dir: Path, records: Sequence[CohortRecord]) -> None:
     """Write ``manifest.csv`` atomically, sorted by split and id."""
     rows = sorted((record.to_row() for record in records), key=lambda row: (row["split"], row["id"]))
-    lines = [",".join(MANIFEST_COLUMNS)] + [",".join(row[column] for column in MANIFEST_COLUMNS) for row in rows]
+    columns = MANIFEST_COLUMNS + ((SEED_COLUMN,) if any(record.seed is not None for record in records) else ())
+    lines = [",".join(columns)] + [",".join(row[column] for column in columns) for row in rows]
     atomic_write_bytes(Path(cohort_dir) / "manifest.csv", ("\n".join(lines) + "\n").encode())
 
 
@@ -106,6 +112,22 @@ def read_cohort_info(cohort_dir: Path) -> dict:
         raise SpectganError(f"{cohort_dir} is not a spectgan cohort: {path.name} is missing "
                             "(make one with `spectgan cohort` or `spectgan import`)")
     return json.loads(path.read_text())
+
+
+def finished_cohort(out: Path, key: dict, progress: bool) -> bool:
+    """Whether ``out`` already holds the finished cohort made with ``key`` (then it is reused). False for a new or
+    unfinished one, which the caller continues; a SpectganError when ``out`` holds another cohort or other files."""
+    out = Path(out)
+    if not (out / "cohort.json").is_file():
+        if out.exists() and any(out.iterdir()):
+            raise SpectganError(f"{out} is not empty and holds no spectgan cohort; choose another --out")
+        return False
+    info = read_cohort_info(out)
+    if info.get("key") != key:
+        raise SpectganError(f"{out} holds another cohort ({info.get('key')}); choose another --out")
+    if info.get("state") == "complete" and progress:
+        print(f"reusing the finished cohort in {out}")
+    return info.get("state") == "complete"
 
 
 def read_manifest(cohort_dir: Path) -> list[CohortRecord]:

@@ -1,5 +1,5 @@
-"""PNG figures of an evaluation: MC and LR per cell (real beside synthetic), sample grids, confusion matrices and the
-memorization histogram."""
+"""PNG figures of an evaluation: MC and LR per cell (real beside synthetic), sample grids, confusion matrices, the
+memorization histogram, power spectra per level and the map of where the C2ST critic looks."""
 from __future__ import annotations
 
 import re
@@ -114,14 +114,57 @@ def plot_memorization(evaluation: SourceEvaluation, path: Path) -> None:
     save_figure(figure, path)
 
 
+def plot_spectra(evaluation: SourceEvaluation, path: Path) -> None:
+    """Radially averaged power spectra per level, real beside synthetic, with the largest gap in decades."""
+    plt = pyplot()
+    spectra = evaluation.spectra
+    figure, axes = plt.subplots(1, len(spectra), figsize=(4.2 * len(spectra), 3.6), squeeze=False,
+                                constrained_layout=True)
+    for axis, (level, spectrum) in zip(axes[0], spectra.items()):
+        axis.plot(spectrum.frequency, spectrum.log_power_real, color=REAL_COLOUR, label="real (test split)")
+        axis.plot(spectrum.frequency, spectrum.log_power_synthetic, color=SYNTHETIC_COLOUR, label=evaluation.name)
+        axis.axvline(spectrum.frequency_of_max_gap, color="grey", linestyle=":", linewidth=1)
+        axis.set_title(f"{level}: largest gap {spectrum.max_gap_decades:.2f} decades "
+                       f"at {spectrum.frequency_of_max_gap:.3f} cycles/mm", fontsize=9)
+        axis.set_xlabel("spatial frequency (cycles/mm)")
+        axis.set_ylabel("log10 power (counts / count scale)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(f"{evaluation.name}: radially averaged power spectra", fontsize=10)
+    save_figure(figure, path)
+
+
+def plot_saliency(evaluation: SourceEvaluation, path: Path) -> None:
+    """Where the C2ST critic looks: mean absolute gradient of its margin over the held-out slices, next to the mean
+    real slice (same orientation: the patient's right on the viewer's left)."""
+    plt = pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(8, 4), constrained_layout=True)
+    mean_real = evaluation.real.slices.counts.mean(axis=0)
+    axes[0].imshow(mean_real, cmap="inferno", interpolation="nearest")
+    axes[0].set_title("mean real test slice", fontsize=9)
+    shown = axes[1].imshow(evaluation.c2st_saliency, cmap="viridis", interpolation="nearest")
+    axes[1].contour(mean_real, levels=[0.1 * mean_real.max()], colors="white", linewidths=0.7)
+    axes[1].set_title(f"C2ST critic saliency (accuracy {evaluation.summary['c2st_accuracy']:.3f})", fontsize=9)
+    figure.colorbar(shown, ax=axes[1], fraction=0.046, label="mean |d margin / d pixel|")
+    for axis in axes:
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.set_xlabel("R <-> L", fontsize=8)
+    figure.suptitle(f"{evaluation.name}: what tells synthetic from real (white: 10 % of the mean slice's maximum)",
+                    fontsize=10)
+    save_figure(figure, path)
+
+
 def write_figures(evaluation: SourceEvaluation, folder: Path, count_scale: float) -> dict[str, Path]:
     """Every figure of one source into ``folder``; returns {kind: path}."""
     folder.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", evaluation.name)
     paths = {kind: folder / f"{kind}_{stem}.png"
-             for kind in ("measures", "samples", "confusion", "memorization")}
+             for kind in ("measures", "samples", "confusion", "memorization", "spectra", "c2st_saliency")}
     plot_measures(evaluation, paths["measures"])
     save_sample_grid(evaluation, paths["samples"], count_scale)
     plot_confusions(evaluation, paths["confusion"])
     plot_memorization(evaluation, paths["memorization"])
+    plot_spectra(evaluation, paths["spectra"])
+    plot_saliency(evaluation, paths["c2st_saliency"])
     return paths

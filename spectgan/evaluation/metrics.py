@@ -17,7 +17,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from spectgan.conditions import Condition
 from spectgan.evaluation.data import class_indices
-from spectgan.evaluation.features import classify, train_classifier
+from spectgan.evaluation.features import classify, saliency, train_classifier
 from spectgan.evaluation.statistics import accuracy_interval
 
 KID_SUBSET_SIZE = 100
@@ -78,22 +78,34 @@ def precision_recall(real_features: torch.Tensor, synthetic_features: torch.Tens
 
 
 def two_sample_test(real_inputs: torch.Tensor, synthetic_inputs: torch.Tensor, folds: int, steps: int,
-                    seed: int) -> dict:
+                    seed: int, with_saliency: bool = False) -> dict:
     """Classifier two-sample test: a CNN learns real from synthetic; cross-validated accuracy (0.5 is ideal), its
-    exact 95 % interval and the one-sided binomial P value of doing better than chance."""
+    exact 95 % interval and the one-sided binomial P value of doing better than chance.
+
+    Both sets must be of one size (chance is then 0.5 whatever the critic predicts). With ``with_saliency`` the
+    result also holds ``saliency`` [H, W] (numpy): the held-out slices' mean absolute gradient of the critic's
+    margin, i.e. where it looks."""
+    if len(real_inputs) != len(synthetic_inputs):
+        raise ValueError(f"the two-sample test needs sets of one size, got {len(real_inputs)} real and "
+                         f"{len(synthetic_inputs)} synthetic inputs")
     inputs = torch.cat([real_inputs, synthetic_inputs])
     labels = np.r_[np.zeros(len(real_inputs), dtype=np.int64), np.ones(len(synthetic_inputs), dtype=np.int64)]
-    folds = min(folds, len(real_inputs), len(synthetic_inputs))
+    folds = min(folds, len(real_inputs))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    correct = 0
+    correct, looked_at = 0, torch.zeros(inputs.shape[-2:])
     for fold, (train, held_out) in enumerate(splitter.split(labels, labels)):
         model = train_classifier(inputs[train], {"synthetic": labels[train]}, {"synthetic": 2}, steps, seed + fold)
         _, logits = classify(model, inputs[held_out])
         correct += int((logits["synthetic"].argmax(dim=1).numpy() == labels[held_out]).sum())
+        if with_saliency:
+            looked_at += saliency(model, inputs[held_out], "synthetic") * len(held_out)
     total = len(labels)
-    return {"accuracy": correct / total, "ci95": list(accuracy_interval(correct, total)),
-            "p_better_than_chance": float(stats.binomtest(correct, total, 0.5, alternative="greater").pvalue),
-            "n_real": len(real_inputs), "n_synth": len(synthetic_inputs), "folds": folds, "steps_per_fold": steps}
+    result = {"accuracy": correct / total, "ci95": list(accuracy_interval(correct, total)),
+              "p_better_than_chance": float(stats.binomtest(correct, total, 0.5, alternative="greater").pvalue),
+              "n_real": len(real_inputs), "n_synth": len(synthetic_inputs), "folds": folds, "steps_per_fold": steps}
+    if with_saliency:
+        result["saliency"] = (looked_at / total).numpy()
+    return result
 
 
 def condition_accuracy(logits: dict[str, torch.Tensor], conditions: Sequence[Condition]) -> dict:

@@ -22,6 +22,7 @@ from spectgan.evaluation.features import CONDITION_HEADS, SliceClassifier, class
 from spectgan.evaluation.metrics import (condition_accuracy, frechet_distance, kernel_distance, memorization,
                                          nearest_distances, precision_recall, two_sample_test)
 from spectgan.evaluation.statistics import MeasuredSlices, measure, paper_table
+from spectgan.evaluation.texture import SpectrumComparison, background_level, background_mask, compare_spectra
 
 SEEDS_PER_RUN = 100  # condition i of run seed s is generated from seed s * SEEDS_PER_RUN + i
 REFERENCE_NAME = "train split (reference)"  # the train split compared with the test split like a source
@@ -48,7 +49,7 @@ FULL = EvaluationSettings()
 QUICK = EvaluationSettings(mode="quick", classifier_steps=40, c2st_steps=30, c2st_folds=2, per_condition_cap=8)
 
 REAL_STAGES = 1  # stages of prepare_real
-SOURCE_STAGES = 6  # stages of evaluate_source
+SOURCE_STAGES = 7  # stages of evaluate_source
 
 
 class Stages:
@@ -79,6 +80,7 @@ class RealDomain:
     train: SliceSet
     test: MeasuredSlices
     count_scale: float
+    pixel_mm: float
     settings: EvaluationSettings
     train_inputs: torch.Tensor
     test_inputs: torch.Tensor
@@ -101,8 +103,8 @@ class RealDomain:
         return self.level_classifiers[levels]
 
 
-def prepare_real(train: SliceSet, test: SliceSet, count_scale: float, settings: EvaluationSettings,
-                 stages: Stages) -> RealDomain:
+def prepare_real(train: SliceSet, test: SliceSet, count_scale: float, pixel_mm: float,
+                 settings: EvaluationSettings, stages: Stages) -> RealDomain:
     """Cap both splits, train the condition classifier on train, and measure and describe every test slice."""
     train, test = train.capped(settings.per_condition_cap), test.capped(settings.per_condition_cap)
     if train.counts.shape[1:] != test.counts.shape[1:]:
@@ -113,7 +115,7 @@ def prepare_real(train: SliceSet, test: SliceSet, count_scale: float, settings: 
                                       settings.classifier_steps, settings.seed)
         features, logits = classify(classifier, test_inputs)
         test_measured = measure(test)
-        return RealDomain(train, test_measured, count_scale, settings, train_inputs, test_inputs, classifier,
+        return RealDomain(train, test_measured, count_scale, pixel_mm, settings, train_inputs, test_inputs, classifier,
                           features, logits, nearest_distances(test_inputs, train_inputs),
                           paper_table(REFERENCE_NAME, test_measured, measure(train)))
 
@@ -128,6 +130,8 @@ class SourceEvaluation:
     synthetic: MeasuredSlices
     synthetic_distances: np.ndarray
     reference_distances: np.ndarray
+    spectra: dict[str, SpectrumComparison]  # per level
+    c2st_saliency: np.ndarray  # [H, W]: where the C2ST critic looks
 
 
 def condition_seed(run_seed: int, condition: Condition) -> int:
@@ -170,7 +174,10 @@ def evaluate_source(source: SyntheticSource, real: RealDomain, settings: Evaluat
         table = paper_table(name, real_test, synthetic_measured)
     with stages.stage(f"{name}: C2ST"):
         c2st = two_sample_test(real_inputs, synthetic_inputs, settings.c2st_folds, settings.c2st_steps,
-                               settings.seed)
+                               settings.seed, with_saliency=True)
+        c2st_saliency = c2st.pop("saliency")
+    with stages.stage(f"{name}: power spectrum and background"):
+        spectra, background = texture(real_test.slices, synthetic, real.pixel_mm, real.count_scale)
     with stages.stage(f"{name}: FID, KID, precision, recall, conditions"):
         features, logits = classify(real.classifier, synthetic_inputs)
         kid, kid_sd = kernel_distance(real_features, features, settings.seed)
@@ -199,5 +206,26 @@ def evaluate_source(source: SyntheticSource, real: RealDomain, settings: Evaluat
         "tstr": tstr["accuracy"]["pattern"], "trtr": trtr["accuracy"]["pattern"],
         "tstr_heads": tstr["accuracy"], "trtr_heads": trtr["accuracy"],
         "memorization_fraction": memorized["fraction"], "memorization": memorized,
+        "spectrum_max_gap_decades": max(spectrum.max_gap_decades for spectrum in spectra.values()),
+        "spectrum": {level: spectrum.to_dict() for level, spectrum in spectra.items()},
+        "background": background,
     }
-    return SourceEvaluation(name, summary, real_test, synthetic_measured, synthetic_distances, reference_distances)
+    return SourceEvaluation(name, summary, real_test, synthetic_measured, synthetic_distances, reference_distances,
+                            spectra, c2st_saliency)
+
+
+def texture(real: SliceSet, synthetic: SliceSet, pixel_mm: float, count_scale: float
+            ) -> tuple[dict[str, SpectrumComparison], dict]:
+    """Per level, the power spectra of real and synthetic slices; over all levels, the counts outside the head
+    (each level's own mask from its real slices) and their ratio synthetic / real."""
+    spectra, outside = {}, {"real": [], "synthetic": []}
+    for level in real.present_levels():
+        real_counts, synthetic_counts = real.at_levels([level]).counts, synthetic.at_levels([level]).counts
+        spectra[level.value] = compare_spectra(real_counts, synthetic_counts, pixel_mm, count_scale)
+        mask = background_mask(real_counts)
+        outside["real"].append(real_counts[:, mask].ravel())
+        outside["synthetic"].append(synthetic_counts[:, mask].ravel())
+    background = {kind: background_level(np.concatenate(values)) for kind, values in outside.items()}
+    real_mean = background["real"]["mean"]
+    background["ratio"] = background["synthetic"]["mean"] / real_mean if real_mean > 0 else float("inf")
+    return spectra, background

@@ -116,7 +116,7 @@ def _metadata(checkpoint: dict, name: str, version: str, weights_sha256: str) ->
         "task": "Conditional synthesis of 2D 123I-IMP brain perfusion SPECT slices (level, defect pattern, side)",
         "description": f"Conditional FastGAN generator (EMA weights) for levels {', '.join(lv.value for lv in levels)}",
         "authors": "spectgan", "copyright": "Apache-2.0", "data_type": "nifti",
-        "data_source": f"{data['cohort'].get('source', 'simulated')} cohort ({settings['cohort']})",
+        "data_source": f"{data['cohort'].get('source', 'simulated')} cohort ({Path(settings['cohort']).name})",
         "intended_use": INTENDED_USE, "synthetic": True,
         "network_data_format": _network_data_format(generator, data["count_scale"]),
         "count_scale": data["count_scale"], "pixel_spacing_mm": data["pixel_spacing_mm"],

@@ -58,18 +58,27 @@ class TrainSettings:
     ema_decay: float = 0.999
     diversity_weight: float = 1.0  # weight of the diversity hinge in the generator loss (0: adversarial loss only)
     classification_weight: float = 1.0  # weight of the auxiliary condition classifier in both losses (0: off)
+    output_filter_fwhm_mm: float | None = None  # the generator's fixed post-filter; None: the cohort's, 0: none
+    output_floor: float = 0.001  # share of the range the generator's output stage sets to zero (0: none)
+    init_from: str | None = None  # a run whose weights start this one (fine-tuning); None: random weights
     seed: int = 0
     checkpoint_every: int = 500
     sample_every: int = 1000
     log_every: int = 20
 
-    def network(self) -> dict:
-        """Keyword arguments of the generator and the discriminator."""
+    def network(self, pixel_spacing_mm: float) -> dict:
+        """Keyword arguments of the generator and the discriminator, for images of ``pixel_spacing_mm``."""
+        sigma = (self.output_filter_fwhm_mm or 0.0) / FWHM_PER_SIGMA / pixel_spacing_mm
         return {"generator": {"image_size": self.image_size, "latent_dim": self.latent_dim,
-                              "width": self.generator_width, "condition_dim": self.condition_dim},
+                              "width": self.generator_width, "condition_dim": self.condition_dim,
+                              "output_filter_sigma": round(sigma, 4), "output_floor": self.output_floor},
                 "discriminator": {"image_size": self.image_size, "width": self.discriminator_width,
                                   "reconstruction_size": self.reconstruction_size}}
 
+
+FWHM_PER_SIGMA = 2.3548
+# Runs saved before the generator had an output stage: their networks end in a bare tanh.
+LEGACY_SETTINGS = {"output_filter_fwhm_mm": 0.0, "output_floor": 0.0}
 
 SCHEDULE_FIELDS = frozenset({"iterations", "checkpoint_every", "sample_every", "log_every"})
 # May differ when resuming: the schedule, and where the cohort lies (a run resumed in another checkout); the data
@@ -199,10 +208,10 @@ def _cpu_model() -> str:
 class Trainer:
     """Networks, optimisers and EMA generator of one process; ``step`` is one FastGAN iteration."""
 
-    def __init__(self, settings: TrainSettings, processes: Processes):
+    def __init__(self, settings: TrainSettings, processes: Processes, pixel_spacing_mm: float):
         self.settings, self.device = settings, processes.device
         torch.manual_seed(settings.seed)  # identical initial weights in every process
-        network = settings.network()
+        network = settings.network(pixel_spacing_mm)
         self.generator = Generator(**network["generator"]).to(self.device)
         self.discriminator = Discriminator(**network["discriminator"]).to(self.device)
         self.ema = copy.deepcopy(self.generator).requires_grad_(False)
@@ -224,6 +233,11 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         for name in self.STATE:
+            getattr(self, name).load_state_dict(state[name])
+
+    def load_weights(self, state: dict) -> None:
+        """Start from another run's network weights (generator, discriminator, EMA), with fresh optimisers."""
+        for name in ("generator", "discriminator", "ema"):
             getattr(self, name).load_state_dict(state[name])
 
     def step(self, real: torch.Tensor, condition: torch.Tensor, step: int, pair_spread: float = 0.0
@@ -326,12 +340,20 @@ def resolve_settings(checkpoint: dict | None, options: dict) -> TrainSettings:
         if "cohort" not in options:
             raise SpectganError("--cohort is required to start a run")
         return TrainSettings(**options)
-    stored = TrainSettings(**checkpoint["settings"])
+    stored = TrainSettings(**{**LEGACY_SETTINGS, **checkpoint["settings"]})
     conflicts = [f"{name} {value!r} (the run has {getattr(stored, name)!r})" for name, value in options.items()
                  if name not in CHANGEABLE_ON_RESUME and value != getattr(stored, name)]
     if conflicts:
         raise SpectganError("a resumed run keeps the settings it started with; these differ: " + "; ".join(conflicts))
     return replace(stored, **{name: value for name, value in options.items() if name in CHANGEABLE_ON_RESUME})
+
+
+def _output_filter(settings: TrainSettings, cohort_info: dict) -> float:
+    """The generator's post-filter FWHM in mm: the setting, else the cohort's reconstruction post-filter (a simulated
+    cohort records it; an imported one does not, and then there is none)."""
+    if settings.output_filter_fwhm_mm is not None:
+        return float(settings.output_filter_fwhm_mm)
+    return float(cohort_info.get("acquisition", {}).get("post_filter_fwhm_mm", 0.0))
 
 
 def _check_settings(settings: TrainSettings, world_size: int) -> None:
@@ -363,7 +385,8 @@ def train(out: str | Path, resume: bool = False, progress: bool = True, export_b
         data = load_training_data(settings.cohort, settings.levels, settings.image_size)
         image_size = data.summary["image_size"]
         settings = replace(settings, image_size=image_size,
-                           reconstruction_size=settings.reconstruction_size or image_size // 2)
+                           reconstruction_size=settings.reconstruction_size or image_size // 2,
+                           output_filter_fwhm_mm=_output_filter(settings, data.summary["cohort"]))
         _check_settings(settings, processes.world_size)
         if checkpoint is not None and any(checkpoint["data"][key] != data.summary[key]
                                           for key in ("slices_per_condition", "count_scale")):
@@ -381,8 +404,10 @@ def train(out: str | Path, resume: bool = False, progress: bool = True, export_b
 def _run(run_dir: Path, settings: TrainSettings, data: TrainingData, checkpoint: dict | None, processes: Processes,
          progress: bool, command: str) -> None:
     device, main = processes.device, processes.main
-    trainer = Trainer(settings, processes)
+    trainer = Trainer(settings, processes, data.summary["pixel_spacing_mm"])
     step, history, elapsed, commands = 0, [], 0.0, []
+    if checkpoint is None and settings.init_from is not None:
+        trainer.load_weights(load_checkpoint(Path(settings.init_from)))
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
         step, history, elapsed, commands = (checkpoint["step"], checkpoint["history"], checkpoint["elapsed_s"],
@@ -417,7 +442,7 @@ def _run(run_dir: Path, settings: TrainSettings, data: TrainingData, checkpoint:
         if main:
             save_checkpoint(run_dir, {
                 "format": CHECKPOINT_FORMAT, "step": at_step, "settings": asdict(settings),
-                "network": settings.network(), **trainer.state_dict(), "rng": rng, "history": history,
+                "network": settings.network(data.summary["pixel_spacing_mm"]), **trainer.state_dict(), "rng": rng, "history": history,
                 "elapsed_s": elapsed + time.perf_counter() - session_start, "commands": commands,
                 "data": data.summary, "hardware": processes.hardware()})
 
@@ -468,6 +493,14 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--classification-weight", type=float,
                         help="weight of the discriminator's auxiliary level/pattern/side classifier (default 1.0; "
                              "0 turns it off)")
+    parser.add_argument("--output-filter-fwhm-mm", type=float,
+                        help="the generator's fixed post-filter, FWHM in mm (default: the cohort's reconstruction "
+                             "post-filter; 0: none)")
+    parser.add_argument("--output-floor", type=float,
+                        help="share of the intensity range the generator's output stage sets to zero, as OSEM leaves "
+                             "the background (default 0.001; 0: none)")
+    parser.add_argument("--init-from", metavar="RUN",
+                        help="start from the network weights of another run (fine-tuning; fresh optimisers)")
     parser.add_argument("--seed", type=int, help="run seed (default 0)")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
     parser.add_argument("--sample-every", type=int, help="steps between sample grids (default 1000)")

@@ -1,0 +1,98 @@
+"""`spectgan synthesize`: a synthetic cohort from the shipped model A in the cohort format, the same files for the same
+seed, and a run killed part-way (SIGKILL) that resumes to the files of an uninterrupted run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spectgan import cli
+from spectgan.cohort_format import load_split, read_cohort_info, read_manifest
+from spectgan.conditions import parse_levels, valid_conditions
+from spectgan.gan.bundle import load_bundle
+from spectgan.gan.sample import sample
+from spectgan.synthesize import CHUNK_SIZE
+
+BUNDLE = Path(__file__).resolve().parents[1] / "models" / "spect_fastgan_A"
+
+
+def synthesize(out: Path, *options: str) -> int:
+    return cli.main(["synthesize", "--bundle", str(BUNDLE), "--out", str(out), "--no-progress", *options])
+
+
+def slices(cohort: Path) -> tuple[np.ndarray, list]:
+    return load_split(cohort, "train")
+
+
+def test_a_synthetic_cohort_in_the_cohort_format(tmp_path):
+    out = tmp_path / "synthetic"
+    assert synthesize(out, "--per-condition", "3", "--seed", "5", "--workers", "1") == 0
+    metadata = load_bundle(BUNDLE).metadata
+    info = read_cohort_info(out)
+    assert info["source"] == "synthetic" and info["state"] == "complete" and info["synthetic"] is True
+    assert info["bundle"] == {"name": metadata["name"], "version": metadata["version"],
+                              "weights_sha256": metadata["weights_sha256"]}
+    assert info["count_scale"] == metadata["count_scale"] and info["matrix"] == metadata["image_size"]
+    records = read_manifest(out)
+    conditions = valid_conditions(parse_levels(metadata["levels"]))
+    assert [record.condition for record in records] == [c for c in conditions for _ in range(3)]
+    assert all(record.split == "train" and record.seed is not None for record in records)
+    assert len({record.seed for record in records}) == len(records)
+    assert (out / "manifest.csv").read_text().splitlines()[0].endswith(",file,seed")
+    counts, _ = slices(out)
+    assert counts.shape == (len(records), metadata["image_size"], metadata["image_size"]) and counts.min() >= 0
+    # a slice's seed draws it again with `spectgan sample --seed SEED --n 1` (to float rounding: other batch)
+    record = records[4]
+    side = record.condition.side.value if record.condition.side else None
+    again, _ = sample(BUNDLE, record.condition.level.value, record.condition.pattern.value, side, seed=record.seed)
+    assert np.allclose(again[0], counts[4], atol=1e-3 * metadata["count_scale"])
+
+
+def test_like_cohort_copies_the_train_split_counts(small_cohort, tmp_path):
+    out = tmp_path / "like"
+    assert synthesize(out, "--like-cohort", str(small_cohort)) == 0
+    real = [r.condition for r in read_manifest(small_cohort) if r.split == "train"]
+    synthetic = [r.condition for r in read_manifest(out)]
+    assert sorted(map(str, synthetic)) == sorted(map(str, real))
+
+
+def test_bad_requests_name_what_is_allowed(tmp_path, capsys):
+    assert synthesize(tmp_path / "a", "--per-condition", "0") == 2
+    assert "--per-condition must be a positive integer" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    assert synthesize(tmp_path / "full", "--per-condition", "1") == 2
+    assert "not empty" in capsys.readouterr().err and (tmp_path / "full" / "notes.txt").read_text() == "mine"
+
+
+def test_same_seed_same_files_and_a_killed_run_resumes_to_them(tmp_path):
+    per_condition = str(CHUNK_SIZE // 5)  # 11 conditions: three chunks
+    whole = tmp_path / "whole"
+    assert synthesize(whole, "--per-condition", per_condition, "--seed", "9") == 0
+    again = tmp_path / "again"
+    assert synthesize(again, "--per-condition", per_condition, "--seed", "9") == 0
+    assert (whole / "manifest.csv").read_text() == (again / "manifest.csv").read_text()
+    assert np.array_equal(slices(whole)[0], slices(again)[0])
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "spectgan.cli", "synthesize", "--bundle", str(BUNDLE), "--out", str(killed),
+               "--per-condition", per_condition, "--seed", "9", "--workers", "1", "--no-progress"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((killed / "chunks").glob("chunk_*.json")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no chunk was written"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done = len(list((killed / "chunks").glob("chunk_*.json")))
+    assert 1 <= done < 3 and read_cohort_info(killed)["state"] == "building"
+    assert synthesize(killed, "--per-condition", per_condition, "--seed", "9") == 0
+    assert (whole / "manifest.csv").read_text() == (killed / "manifest.csv").read_text()
+    assert np.array_equal(slices(whole)[0], slices(killed)[0])
+    other_seed = tmp_path / "other"
+    assert synthesize(other_seed, "--per-condition", "1", "--seed", "10") == 0
+    assert json.loads((other_seed / "cohort.json").read_text())["seed"] == 10
