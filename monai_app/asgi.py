@@ -7,7 +7,7 @@
 - ``POST /train/{model}`` checks the train params and the cohort before MONAI Label starts the task.
 - Errors of spectgan and MONAI Label become 4xx answers with their message instead of a bare 500.
 
-It also sets torch's intra-op threads for serving (``spectgan.service.use_server_threads``: parallel requests, one
+It also sets torch's intra-op threads for serving (``spectgan.serving.service.use_server_threads``: parallel requests, one
 thread each).
 """
 from typing import Optional
@@ -25,7 +25,7 @@ from monailabel.interfaces.utils.app import app_instance
 from starlette.concurrency import run_in_threadpool
 
 from spectgan.errors import SpectganError
-from spectgan.service import NOT_FOUND, UNPROCESSABLE, ServiceError, use_server_threads
+from spectgan.serving.service import NOT_FOUND, UNPROCESSABLE, ServiceError, use_server_threads
 
 router = APIRouter()
 

@@ -1,6 +1,6 @@
 """The spectgan MONAI Label app: one infer task and one train task per model bundle (``--conf models all``).
 
-Thin: ``spectgan.service`` does the work. App conf: ``models`` (``all`` or comma-separated names), ``models_dir``
+Thin: ``spectgan.serving.service`` does the work. App conf: ``models`` (``all`` or comma-separated names), ``models_dir``
 (default $SPECTGAN_MODELS_DIR, else <repository>/models), ``cohort`` (training cohort; default $SPECTGAN_COHORT,
 else sample_data/cohorts/default), ``generation_workers`` (processes that generate; default
 $SPECTGAN_GENERATION_WORKERS, else one per core; 0: in the server's request threads).
@@ -18,8 +18,8 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.class_utils import get_class_names
 
 import spectgan
-from spectgan.generation_pool import GenerationPool
-from spectgan.service import (NOT_FOUND, UNPROCESSABLE, GenerationService, ServiceError, check_cohort,
+from spectgan.serving.generation_pool import GenerationPool
+from spectgan.serving.service import (NOT_FOUND, UNPROCESSABLE, GenerationService, ServiceError, check_cohort,
                               generation_workers_from, models_dir_from, parse_params_json, parse_train_params,
                               select_models)
 

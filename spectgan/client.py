@@ -37,12 +37,12 @@ import numpy as np
 import requests
 import SimpleITK as sitk
 
-from spectgan.cohort_format import atomic_write_bytes, atomic_write_image
+from spectgan.cohorts.format import atomic_write_bytes, atomic_write_image
 from spectgan.conditions import Condition, Pattern, Side, parse_member, parse_condition, parse_levels
 from spectgan.errors import SpectganError
 from spectgan.figures import pyplot, save_figure
-from spectgan.geometry import OUTPUT_SPACES
-from spectgan.roi import MidlinePlane, hemisphere_masks, read_image
+from spectgan.geometry.registration import OUTPUT_SPACES
+from spectgan.geometry.roi import MidlinePlane, hemisphere_masks, read_image
 
 DEFAULT_TIMEOUT_S = (5.0, 300.0)  # (connect, read): a first request on a new reference registers it (seconds)
 DEFAULT_RETRIES = 3
@@ -151,12 +151,12 @@ class GenerationResult:
         return f"{self.condition.label}_seed{self.seed}"
 
     def provenance(self) -> dict:
-        """What made the scan: condition, seed, model, version, sha256 (the metadata ``spectgan.dicom`` records)."""
+        """What made the scan: condition, seed, model, version, sha256 (the metadata ``spectgan.export.dicom`` records)."""
         return {"condition": self.condition.to_dict(), "seed": self.seed, "model": self.metadata["model"],
                 "version": self.metadata["version"], "sha256": self.metadata["sha256"]}
 
     def hemisphere_masks(self) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
-        """(brain, left, right) masks on the image's grid, split by the registered midline (``spectgan.roi``)."""
+        """(brain, left, right) masks on the image's grid, split by the registered midline (``spectgan.geometry.roi``)."""
         return hemisphere_masks(self.image, self.midline)
 
     def save(self, folder: str | Path) -> Path:
@@ -529,9 +529,9 @@ def require_new_dicom_folder(folder: str | Path) -> Path:
 
 def write_dicom(results: Sequence[GenerationResult], folder: str | Path) -> Path:
     """Encode each scan as DICOM (NM + hemisphere SEG + SR; one synthetic study for the whole batch) into
-    ``folder/<scan name>/``; ``folder`` must hold no files yet. The hemisphere masks are ``spectgan.roi``'s, split
+    ``folder/<scan name>/``; ``folder`` must hold no files yet. The hemisphere masks are ``spectgan.geometry.roi``'s, split
     by the registered midline the server returned."""
-    from spectgan.dicom import SyntheticStudy, encode_scan, write_series
+    from spectgan.export.dicom import SyntheticStudy, encode_scan, write_series
 
     unmeasured = [f"{result.name} ({result.metadata.get('stats_error', 'no statistics')})" for result in results
                   if result.stats is None]
@@ -547,9 +547,9 @@ def write_dicom(results: Sequence[GenerationResult], folder: str | Path) -> Path
 
 
 def send_to_pacs(folder: str | Path, pacs_url: str):
-    """Send a DICOM folder through ``spectgan.pacs``'s outbox (what the PACS has not confirmed yet); its
+    """Send a DICOM folder through ``spectgan.export.pacs``'s outbox (what the PACS has not confirmed yet); its
     ExportResult. A PacsError says what stays pending and the command that resends it."""
-    from spectgan.pacs import PacsError, export_folder
+    from spectgan.export.pacs import PacsError, export_folder
 
     try:
         return export_folder(folder, pacs_url)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spectgan import cli
-from spectgan.cohort_format import read_cohort_info
+from spectgan.cohorts.format import read_cohort_info
 from spectgan.conditions import Condition, Level, Pattern, Side
 from spectgan.errors import SpectganError
 from spectgan.evaluation.data import ArraySource, read_split
@@ -191,7 +191,7 @@ def test_sources_of_different_sizes_are_refused(small_cohort, tmp_path):
 # --- the command, end to end ---------------------------------------------------------------------------------------
 
 def test_evaluate_command_quick_with_a_tiny_trained_bundle(small_cohort, tmp_path):
-    train_module = pytest.importorskip("spectgan.gan.train", reason="the GAN training package is not available")
+    train_module = pytest.importorskip("spectgan.models.fastgan.train", reason="the GAN training package is not available")
     bundle = tmp_path / "tiny_A"
     train_module.train(tmp_path / "run", progress=False, cohort=str(small_cohort), iterations=2, batch_size=4,
                        image_size=32, generator_width=4, discriminator_width=4, latent_dim=16, condition_dim=8,

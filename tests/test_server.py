@@ -29,14 +29,14 @@ from hypothesis import strategies as st
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 
 from spectgan.conditions import LEVEL_Z_MM, Level, valid_conditions
-from spectgan.gan import export_bundle
-from spectgan.gan.train import train
-from spectgan.geometry import pose_from_sidecar
-from spectgan.roi import hemisphere_stats
-from spectgan.service import (DEFAULT_MODELS_DIR, INFER_PARAMS, MODELS, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR,
+from spectgan.models.fastgan import export_bundle
+from spectgan.models.fastgan.train import train
+from spectgan.geometry.registration import pose_from_sidecar
+from spectgan.geometry.roi import hemisphere_stats
+from spectgan.serving.service import (DEFAULT_MODELS_DIR, INFER_PARAMS, MODELS, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR,
                               GenerationService, ServerProcess, format_server_figures, generation_workers_from,
                               measure_server)
-from spectgan.template import SLICE_CENTRE_MM, canonical_image
+from spectgan.geometry.template import SLICE_CENTRE_MM, canonical_image
 
 APP_DIR = REPOSITORY_ROOT / "monai_app"
 STUDY_IDS = sorted(path.name[:-len(".nii.gz")] for path in SAMPLE_STUDIES_DIR.glob("*.nii.gz"))

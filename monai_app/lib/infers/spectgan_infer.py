@@ -4,8 +4,8 @@ from typing import Any, Dict, Tuple, Union
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from spectgan.generation_pool import GenerationPool
-from spectgan.service import INFER_PARAMS, MODELS, GenerationService, ServiceError
+from spectgan.serving.generation_pool import GenerationPool
+from spectgan.serving.service import INFER_PARAMS, MODELS, GenerationService, ServiceError
 
 
 class SpectganInfer(InferTask):

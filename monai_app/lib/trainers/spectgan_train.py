@@ -1,4 +1,4 @@
-"""Train task of one bundle: retrains it on the cohort and publishes the next version (``spectgan.service.retrain``).
+"""Train task of one bundle: retrains it on the cohort and publishes the next version (``spectgan.serving.service.retrain``).
 
 MONAI Label runs it in a subprocess whose output lines are the task's progress (``GET /train/``); stopping the task
 (``DELETE /train/``) kills that subprocess before it publishes, so the previous bundle stays in place.
@@ -8,7 +8,7 @@ from pathlib import Path
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
-from spectgan.service import MODELS, TRAIN_PARAMS, GenerationService, retrain, train_client_config
+from spectgan.serving.service import MODELS, TRAIN_PARAMS, GenerationService, retrain, train_client_config
 
 
 class SpectganTrain(TrainTask):

@@ -232,7 +232,7 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
     def exportToPacs(self, pacsUrl, username="", password=""):
         """Send the last batch to the PACS (``dicom://AET@host:port`` or ``http(s)://host/dicom-web``).
 
-        Credentials, when given, are set for this Slicer session where ``spectgan.pacs`` reads them.
+        Credentials, when given, are set for this Slicer session where ``spectgan.export.pacs`` reads them.
         """
         if not self.results:
             raise ValueError("Generate scans first: there is nothing to export.")
@@ -271,7 +271,7 @@ class SpectGANTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
 
         client = spectganClient()
-        from spectgan.roi import MidlinePlane, hemisphere_stats
+        from spectgan.geometry.roi import MidlinePlane, hemisphere_stats
 
         columns, rows = np.meshgrid(np.arange(40), np.arange(48))
         brain = ((columns - 19.5) / 16) ** 2 + ((rows - 23.5) / 20) ** 2 < 1

@@ -5,9 +5,9 @@ import importlib
 import json
 
 BENCHMARKS: dict[str, str] = {
-    "cohort": "spectgan.cohort:run_cohort_benchmark",
-    "sample": "spectgan.gan.bench:run_sample_benchmark",
-    "server": "spectgan.service:run_server_benchmark",
+    "cohort": "spectgan.cohorts.simulated:run_cohort_benchmark",
+    "sample": "spectgan.models.fastgan.bench:run_sample_benchmark",
+    "server": "spectgan.serving.service:run_server_benchmark",
     "evaluate": "spectgan.evaluation.report:run_evaluate_benchmark",
 }
 

@@ -3,12 +3,12 @@
 A request names a model bundle (``MODELS``), a reference study (an image file) and generation params (``level``,
 ``pattern``, ``side``, ``seed``, ``psi``, ``output_space``). The service validates the params against the bundle
 (``ServiceError`` with an HTTP status and a message naming what is allowed), registers the study to the template
-(cached per file path, modification time and size), generates a canonical slice with ``spectgan.gan``, places it on
-the level's plane in the study's physical space with ``spectgan.geometry``, and measures it with ``spectgan.roi``
+(cached per file path, modification time and size), generates a canonical slice with ``spectgan.models.fastgan``, places it on
+the level's plane in the study's physical space with ``spectgan.geometry.registration``, and measures it with ``spectgan.geometry.roi``
 split by the REGISTERED midline. The result is a float32 image in counts plus a JSON-serialisable dict.
 
 It also retrains a bundle for the app's train task (``retrain``: a new bundle version, published atomically by
-``spectgan.gan.export_bundle``; a running service picks it up on its next request), starts a real server process
+``spectgan.models.fastgan.export_bundle``; a running service picks it up on its next request), starts a real server process
 (``ServerProcess``, for benchmarks and tests) and runs ``spectgan bench server``.
 """
 from __future__ import annotations
@@ -39,17 +39,17 @@ import torch
 from spectgan.conditions import (ALL_LEVELS, Condition, Level, Pattern, Side, describe_allowed, parse_levels,
                                  valid_conditions)
 from spectgan.errors import InvalidImageError, SpectganError
-from spectgan.gan import Bundle, export_bundle, load_bundle, sample
-from spectgan.gan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHTS_FILE
-from spectgan.gan.sample import MAX_SEED, resolve_condition
-from spectgan.gan.train import TrainSettings, train
-from spectgan.geometry import OUTPUT_SPACES, Registration, level_plane, place_slice, register_to_template
-from spectgan.roi import hemisphere_stats, read_image
-from spectgan.template import canonical_image
+from spectgan.models.fastgan import Bundle, export_bundle, load_bundle, sample
+from spectgan.models.fastgan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHTS_FILE
+from spectgan.models.fastgan.sample import MAX_SEED, resolve_condition
+from spectgan.models.fastgan.train import TrainSettings, train
+from spectgan.geometry.registration import OUTPUT_SPACES, Registration, level_plane, place_slice, register_to_template
+from spectgan.geometry.roi import hemisphere_stats, read_image
+from spectgan.geometry.template import canonical_image
 
 logger = logging.getLogger(__name__)
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS_DIR = REPOSITORY_ROOT / "models"
 DEFAULT_COHORT_DIR = REPOSITORY_ROOT / "sample_data" / "cohorts" / "default"
 SAMPLE_STUDIES_DIR = REPOSITORY_ROOT / "sample_data" / "studies"
@@ -387,7 +387,7 @@ class GenerationService:
     """Bundles, registrations and generation for the served models (thread-safe: the server runs requests in
     parallel threads).
 
-    Bundles are read through ``spectgan.gan.load_bundle`` on every request (cached there per file modification
+    Bundles are read through ``spectgan.models.fastgan.load_bundle`` on every request (cached there per file modification
     time), so a retrained bundle is used without a restart; while a bundle folder is being replaced or cannot be
     read, the last bundle that loaded keeps serving.
     """
@@ -702,7 +702,7 @@ def _percentile_ms(seconds: Sequence[float], q: float) -> float:
 
 def _stand_in_models_dir(work: Path) -> Path:
     """A barely trained 64 px bundle (a small simulated cohort, one training step) when no trained bundle exists."""
-    from spectgan.cohort import build_cohort  # the acquisition stack (pytomography) only for the stand-in
+    from spectgan.cohorts.simulated import build_cohort  # the acquisition stack (pytomography) only for the stand-in
 
     cohort = build_cohort(work / "cohort", seed=7, matrix=64, scale=0.1, progress=False)
     train(work / "run", progress=False, cohort=str(cohort), iterations=1, batch_size=4)

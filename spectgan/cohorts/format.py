@@ -8,7 +8,7 @@ A cohort folder holds:
 - ``manifest.csv``: one row per slice with ``split,id,level,pattern,side,territory,severity,file`` (``side`` empty
   unless unilateral; ``territory`` and ``severity`` empty where unknown; ``file`` relative to the folder);
 - ``train/<id>.nii.gz`` and ``test/<id>.nii.gz``: canonical one-slice float32 volumes in counts, in template
-  geometry (see ``spectgan.template``).
+  geometry (see ``spectgan.geometry.template``).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import SimpleITK as sitk
 
 from spectgan.conditions import ALL_LEVELS, Condition, Level, parse_condition
 from spectgan.errors import SpectganError
-from spectgan.template import canonical_array
+from spectgan.geometry.template import canonical_array
 
 MANIFEST_COLUMNS = ("split", "id", "level", "pattern", "side", "territory", "severity", "file")
 SPLITS = ("train", "test")
