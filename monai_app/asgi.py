@@ -10,6 +10,8 @@
 It also sets torch's intra-op threads for serving (``spectgan.serving.service.use_server_threads``: parallel requests, one
 thread each).
 """
+import tempfile
+from pathlib import Path
 from typing import Optional
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Request, UploadFile
@@ -25,7 +27,8 @@ from monailabel.interfaces.utils.app import app_instance
 from starlette.concurrency import run_in_threadpool
 
 from spectgan.errors import SpectganError
-from spectgan.serving.service import NOT_FOUND, UNPROCESSABLE, ServiceError, use_server_threads
+from spectgan.serving.service import (NOT_FOUND, REPOSITORY_ROOT, UNPROCESSABLE, ServiceError, use_server_threads,
+                                     without_folder)
 
 router = APIRouter()
 
@@ -64,12 +67,26 @@ async def train(
     return await run_in_threadpool(run_model, model, params, run_sync, enqueue)
 
 
+def public_message(message: str) -> str:
+    """An error message as answered: the server's own folders (repository, studies, models, temporary folder, home)
+    named by their last part, so that no answer shows a path of the server (the messages avoid them; this is the
+    net under them)."""
+    folders = [REPOSITORY_ROOT, Path(settings.MONAI_LABEL_STUDIES or "."), Path(tempfile.gettempdir()), Path.home()]
+    instance = app_instance()
+    if instance is not None and hasattr(instance, "service"):
+        folders.append(instance.service.models_dir)
+    for folder in sorted(folders, key=lambda path: len(str(path)), reverse=True):
+        if str(folder) != "/":
+            message = without_folder(message, folder)
+    return message
+
+
 async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
-    return JSONResponse(status_code=error.status, content={"detail": str(error)})
+    return JSONResponse(status_code=error.status, content={"detail": public_message(str(error))})
 
 
 async def _spectgan_error(request: Request, error: SpectganError) -> JSONResponse:
-    return JSONResponse(status_code=UNPROCESSABLE, content={"detail": str(error)})
+    return JSONResponse(status_code=UNPROCESSABLE, content={"detail": public_message(str(error))})
 
 
 async def _monailabel_error(request: Request, error: MONAILabelException) -> JSONResponse:
@@ -79,7 +96,7 @@ async def _monailabel_error(request: Request, error: MONAILabelException) -> JSO
         status = UNPROCESSABLE
     else:
         status = 500
-    return JSONResponse(status_code=status, content={"detail": error.msg, "error": error.error.value})
+    return JSONResponse(status_code=status, content={"detail": public_message(error.msg), "error": error.error.value})
 
 
 def _ahead_of_stock_routes(router: APIRouter) -> None:

@@ -13,6 +13,8 @@ It also retrains a bundle for the app's train task (``retrain``: a new bundle ve
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import logging
 import math
@@ -426,9 +428,11 @@ class GenerationService:
             with self._lock:
                 previous = self._last_loaded.get(name)
             if previous is None:
+                logger.warning("%s: no usable bundle: %s", name, reason)
+                reason = without_folder(reason, self.bundle_dir(name))
                 raise ServiceError(SERVICE_UNAVAILABLE, f"model {name} has no usable bundle: {reason}. Train it with "
                                                         f"POST /train/{name} or `spectgan train ... --export-bundle "
-                                                        f"{self.bundle_dir(name)}`") from None
+                                                        f"<models folder>/{name}` on the server") from None
             logger.warning("%s: keeping version %s while the bundle cannot be read (%s)", name,
                            previous.metadata.get("version"), reason)
             return previous
@@ -488,7 +492,7 @@ class GenerationService:
         try:
             return self.registrations.get(path)
         except OSError:
-            raise ServiceError(NOT_FOUND, f"reference image {str(image_path)!r} does not exist") from None
+            raise ServiceError(NOT_FOUND, f"reference image {path.name!r} does not exist") from None
         except (InvalidImageError, RuntimeError) as error:  # RuntimeError: SimpleITK could not register it
             raise ServiceError(UNPROCESSABLE, f"reference image {path.name} cannot be used: {error}") from None
 
@@ -532,9 +536,19 @@ class GenerationService:
         return GenerationResult(placed, result)
 
     def generate_file(self, name: str, image_path: str | Path, params: Mapping[str, Any]) -> tuple[Path, dict]:
-        """``generate``, with the image written by ``write_result_image``: (its path, the JSON result)."""
+        """``generate``, with the image written by ``write_result_image`` into ``private_results_dir()``: (its
+        path, the JSON result). The caller removes the file."""
         outcome = self.generate(name, image_path, params)
-        return write_result_image(outcome.image), outcome.result
+        result = outcome.result
+        stem = result_stem(name, result["condition"]["label"], result["seed"])
+        return write_result_image(outcome.image, private_results_dir(), stem), result
+
+
+def without_folder(text: str, folder: Path) -> str:
+    """``text`` with ``folder`` (as given and resolved) named by its last part: answers show no server path."""
+    for form in sorted({str(folder), str(Path(folder).resolve())}, key=len, reverse=True):
+        text = text.replace(form, Path(folder).name)
+    return text
 
 
 def use_server_threads() -> int:
@@ -546,9 +560,28 @@ def use_server_threads() -> int:
     return threads
 
 
-def write_result_image(image: sitk.Image, directory: str | Path | None = None) -> Path:
-    """Write a result image as a float32 NIfTI in a new temporary file (the caller removes it); returns its path."""
-    handle, path = tempfile.mkstemp(suffix=RESULT_SUFFIX, prefix="spectgan_", dir=directory)
+@functools.cache
+def private_results_dir() -> Path:
+    """This process's own folder for result files (mode 0700, removed when the process exits).
+
+    Result files must not live where clients write: MONAI Label's official client saves an answer's image part as
+    ``<its temporary folder>/<the part's file name>`` (/tmp by default), and the server names the part after its
+    result file, which it deletes after answering. A result in /tmp itself was that very path on a shared machine.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="spectgan-results-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def result_stem(model: str, condition_label: str, seed: int) -> str:
+    """What a result is, as the start of its file name: ``spect_fastgan_A_BG-unilateral-left_seed3``."""
+    return f"{model}_{condition_label}_seed{seed}"
+
+
+def write_result_image(image: sitk.Image, directory: str | Path, stem: str) -> Path:
+    """Write a result image as a float32 NIfTI ``<directory>/<stem>_<random>.nii.gz`` (unique: concurrent requests
+    may ask for the same thing; the caller removes it); returns its path."""
+    handle, path = tempfile.mkstemp(suffix=RESULT_SUFFIX, prefix=f"{stem}_", dir=directory)
     os.close(handle)
     sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32), path, True)
     return Path(path)
@@ -568,8 +601,10 @@ def next_version(bundle_dir: Path) -> str:
 def check_cohort(cohort_dir: Path) -> None:
     """ServiceError 422 unless ``cohort_dir`` is a finished cohort with a manifest."""
     if not (cohort_dir / "cohort.json").is_file() or not (cohort_dir / "manifest.csv").is_file():
-        raise ServiceError(UNPROCESSABLE, f"no training cohort in {cohort_dir}: make one with `spectgan cohort --out "
-                                          f"{cohort_dir}` or point conf cohort / ${COHORT_ENV} at one")
+        logger.warning("no training cohort in %s", cohort_dir)
+        raise ServiceError(UNPROCESSABLE, f"the server has no training cohort (its folder {cohort_dir.name!r} holds "
+                                          "no finished cohort): make one on the server with `spectgan cohort --out "
+                                          f"FOLDER` and point conf cohort / ${COHORT_ENV} at it")
 
 
 def retrain(name: str, models_dir: Path, cohort_dir: Path, params: Mapping[str, Any],
@@ -593,7 +628,7 @@ def retrain(name: str, models_dir: Path, cohort_dir: Path, params: Mapping[str, 
     shutil.rmtree(run_dir, ignore_errors=True)
     levels = ",".join(level.value for level in request.levels)
     report(f"{name}: training version {version} for {request.iterations} iterations at batch {request.batch_size} "
-           f"on {levels} from {cohort_dir} (run {run_dir})")
+           f"on {levels} from cohort {cohort_dir.name} (run {RUNS_FOLDER}/{name} of the models folder)")
     started = time.perf_counter()
     train(run_dir, progress=True, command=f"monailabel train {name} {json.dumps(dict(params), default=str)}",
           cohort=str(cohort_dir), levels=levels, iterations=request.iterations, batch_size=request.batch_size,
@@ -604,7 +639,8 @@ def retrain(name: str, models_dir: Path, cohort_dir: Path, params: Mapping[str, 
     metadata = load_bundle(bundle_dir).metadata
     report(f"{name}: published version {metadata['version']} (sha256 {metadata['weights_sha256']})")
     return {"model": name, "version": metadata["version"], "sha256": metadata["weights_sha256"],
-            "iterations": request.iterations, "batch": request.batch_size, "levels": levels, "run": str(run_dir)}
+            "iterations": request.iterations, "batch": request.batch_size, "levels": levels,
+            "run": f"{RUNS_FOLDER}/{name}"}
 
 
 # ------------------------------------------------------------------------------------------------ server process

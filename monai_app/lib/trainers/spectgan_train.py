@@ -17,7 +17,7 @@ class SpectganTrain(TrainTask):
         self.name, self.service, self.cohort_dir = name, service, cohort_dir
 
     def config(self):
-        return {**train_client_config(self.name), "cohort": str(self.cohort_dir)}
+        return {**train_client_config(self.name), "cohort": self.cohort_dir.name}
 
     def stats(self):
         return self.service.describe(self.name)["bundle"] or {}
