@@ -19,8 +19,8 @@ from monailabel.utils.others.class_utils import get_class_names
 import spectgan
 from spectgan.serving.generation_pool import GenerationPool
 from spectgan.serving.service import (NOT_FOUND, UNPROCESSABLE, GenerationService, ServiceError, check_cohort,
-                              generation_workers_from, models_dir_from, parse_params_json, parse_train_params,
-                              select_models)
+                                     parse_params_json, parse_train_params, select_models)
+from spectgan.serving.settings import generation_workers_from, models_dir_from
 
 logger = logging.getLogger(__name__)
 LISTED_IMAGE_IDS = 10  # image ids an unknown-image message lists

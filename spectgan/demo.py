@@ -77,7 +77,7 @@ def bundles_for_demo(models_dir: Path, out: Path) -> Path:
 
 
 def run_demo(args) -> int:
-    from spectgan.serving.service import models_dir_from
+    from spectgan.serving.settings import models_dir_from
 
     out = args.out.resolve()
     models_dir = bundles_for_demo(args.models_dir.resolve() if args.models_dir else models_dir_from(), out)
@@ -107,7 +107,8 @@ def run_chain(out: Path, models_dir: Path, study: str, seed: int) -> tuple[Path,
     before it returns."""
     from spectgan.client import DICOM_DIR, GenerationJob, SpectGANClient, export_results
     from spectgan.export.orthanc import ORTHANC_BINARY, LocalOrthanc
-    from spectgan.serving.service import MODELS, ServerProcess
+    from spectgan.serving.service import MODELS
+    from spectgan.tools.server import ServerProcess
 
     generated, orthanc_dir, datastore = out / "generated", out / "orthanc", out / "datastore"
     for folder in (generated, orthanc_dir, datastore):  # the chain's own outputs of an earlier run

@@ -14,8 +14,8 @@ from gan_toy_cohort import one_thread, toy_cohort, toy_run  # noqa: F401 (fixtur
 
 from spectgan.models.fastgan import export_bundle
 from spectgan.serving.generation_pool import GenerationPool
-from spectgan.serving.service import (NOT_FOUND, SAMPLE_STUDIES_DIR, SERVICE_UNAVAILABLE, UNPROCESSABLE, GenerationService,
-                              ServiceError, generation_workers_from)
+from spectgan.serving.service import NOT_FOUND, SERVICE_UNAVAILABLE, UNPROCESSABLE, GenerationService, ServiceError
+from spectgan.serving.settings import SAMPLE_STUDIES_DIR, generation_workers_from
 
 MODEL = "spect_fastgan_A"
 STUDY = SAMPLE_STUDIES_DIR / "study_unilateral_left_oblique.nii.gz"

@@ -35,9 +35,10 @@ from spectgan.models.fastgan import export_bundle
 from spectgan.models.fastgan.train import train
 from spectgan.geometry.registration import pose_from_sidecar
 from spectgan.geometry.roi import hemisphere_stats
-from spectgan.serving.service import (DEFAULT_MODELS_DIR, INFER_PARAMS, MODELS, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR,
-                              GenerationService, ServerProcess, format_server_figures, generation_workers_from,
-                              measure_server)
+from spectgan.serving.service import INFER_PARAMS, MODELS, GenerationService
+from spectgan.serving.settings import DEFAULT_MODELS_DIR, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR, generation_workers_from
+from spectgan.tools.server import ServerProcess
+from spectgan.tools.server_bench import format_server_figures, measure_server
 from spectgan.geometry.template import SLICE_CENTRE_MM, canonical_image
 
 APP_DIR = REPOSITORY_ROOT / "monai_app"

@@ -7,7 +7,7 @@ import json
 BENCHMARKS: dict[str, str] = {
     "cohort": "spectgan.cohorts.simulated:run_cohort_benchmark",
     "sample": "spectgan.models.fastgan.bench:run_sample_benchmark",
-    "server": "spectgan.serving.service:run_server_benchmark",
+    "server": "spectgan.tools.server_bench:run_server_benchmark",
     "evaluate": "spectgan.evaluation.report:run_evaluate_benchmark",
 }
 

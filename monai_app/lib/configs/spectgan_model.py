@@ -6,7 +6,7 @@ from lib.infers import SpectganInfer
 from lib.trainers import SpectganTrain
 from monailabel.interfaces.config import TaskConfig
 
-from spectgan.serving.service import cohort_dir_from
+from spectgan.serving.settings import cohort_dir_from
 
 
 class SpectganModelConfig(TaskConfig):

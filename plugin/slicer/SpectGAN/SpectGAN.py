@@ -84,7 +84,7 @@ class SpectGANWidget(ScriptedLoadableModuleWidget):
 
     def onConnect(self):
         with slicer.util.tryWithErrorDisplay("Cannot list the server's models.", waitCursor=True):
-            models = self.logic.connect(self.ui.serverUrlEdit.text.strip())
+            models = self.logic.connect(self.ui.serverUrlEdit.text.strip(), self.ui.apiTokenEdit.text.strip() or None)
             qt.QSettings().setValue(SERVER_URL_SETTING, self.logic.client.url)
             self.ui.modelComboBox.clear()
             self.ui.modelComboBox.addItems(models)
@@ -150,9 +150,10 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
         self.batchFolder = None
         self.dicomFolder = None
 
-    def connect(self, url):
-        """Connect to the server at ``url``; the names of its models (those with a trained bundle)."""
-        server = spectganClient().SpectGANClient(url)
+    def connect(self, url, token=None):
+        """Connect to the server at ``url`` (``token``: its API token, default $SPECTGAN_API_TOKEN); the names of its
+        models (those with a trained bundle)."""
+        server = spectganClient().SpectGANClient(url, token=token)
         models = sorted(server.info().get("models") or {})
         if self.client:
             self.client.close()
