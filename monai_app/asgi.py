@@ -1,21 +1,30 @@
-"""The app's ASGI entry point: MONAI Label's own FastAPI app, with three changes (start the server with
+"""The app's ASGI entry point: MONAI Label's own FastAPI app, with these changes (start the server with
 ``--uvicorn_app monai_app.asgi:app``).
 
+- ``EdgeGuard``, in front of every route (MONAI Label's own included): the optional bearer token
+  (``SPECTGAN_API_TOKEN`` or conf ``api_token``), plain ids on every datastore write, the upload size limit.
 - ``POST /infer/{model}`` checks the request (model, params, image id: a 4xx naming what is allowed), then runs
   MONAI Label's own ``run_inference`` in a worker thread, so one inference no longer stalls ``/info/`` or other
   requests (the stock route runs it on the event loop).
+- ``PUT /datastore/`` and ``/datastore/image`` accept NIfTI or DICOM only, under a plain id.
 - ``POST /train/{model}`` checks the train params and the cohort before MONAI Label starts the task.
-- Errors of spectgan and MONAI Label become 4xx answers with their message instead of a bare 500.
+- ``error_response``: the one place where errors of spectgan and MONAI Label become HTTP answers (a 4xx with their
+  message instead of a bare 500; no server path in it).
 
-It also sets torch's intra-op threads for serving (``spectgan.service.use_server_threads``: parallel requests, one
-thread each).
+It also sets torch's intra-op threads for serving (``spectgan.serving.service.use_server_threads``: parallel
+requests, one thread each).
 """
+import hmac
+import tempfile
+from pathlib import Path
 from typing import Optional
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 from monailabel.app import app
-from monailabel.config import RBAC_ADMIN, RBAC_USER, settings
+from monailabel.config import RBAC_ADMIN, RBAC_ANNOTATOR, RBAC_USER, settings
+from monailabel.endpoints.datastore import add_image
 from monailabel.endpoints.infer import ResultType, run_inference
 from monailabel.endpoints.train import run_model
 from monailabel.endpoints.user.auth import RBAC, User
@@ -24,13 +33,134 @@ from monailabel.interfaces.exception import (ImageNotFoundException, LabelNotFou
 from monailabel.interfaces.utils.app import app_instance
 from starlette.concurrency import run_in_threadpool
 
-from spectgan.errors import SpectganError
-from spectgan.service import NOT_FOUND, UNPROCESSABLE, ServiceError, use_server_threads
+from spectgan.errors import (InvalidRequestError, MalformedRequestError, NotFoundError, SpectganError,
+                             TooLargeError, UnavailableError)
+from spectgan.serving.service import ServiceError, use_server_threads, without_folder
+from spectgan.serving.settings import API_TOKEN_ENV, REPOSITORY_ROOT, api_token_from, max_upload_bytes_from
+from spectgan.serving.uploads import check_id, check_size, check_upload
+
+API = settings.MONAI_LABEL_API_STR
+DATASTORE_ID_PARAMS = ("image", "id", "tag")  # query params of MONAI Label's datastore routes that name objects
+MULTIPART_ALLOWANCE_BYTES = 1024 * 1024  # a request body may exceed the upload limit by its form fields
+# The one mapping from spectgan's domain errors to HTTP statuses (first match wins).
+STATUS_OF_ERROR = ((TooLargeError, 413), (MalformedRequestError, 400), (InvalidRequestError, 422),
+                   (NotFoundError, 404), (UnavailableError, 503), (SpectganError, 422))
 
 router = APIRouter()
 
 
+class AuthenticationError(Exception):
+    """A request without the server's bearer token (HTTP only: the core knows no tokens)."""
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+def public_message(message: str) -> str:
+    """An error message as answered: the server's own folders (repository, studies, models, temporary folder, home)
+    named by their last part, so that no answer shows a path of the server (the messages avoid them; this is the
+    net under them)."""
+    folders = [REPOSITORY_ROOT, Path(settings.MONAI_LABEL_STUDIES or "."), Path(tempfile.gettempdir()), Path.home()]
+    instance = app_instance()
+    if instance is not None and hasattr(instance, "service"):
+        folders.append(instance.service.models_dir)
+    for folder in sorted(folders, key=lambda path: len(str(path)), reverse=True):
+        if str(folder) != "/":
+            message = without_folder(message, folder)
+    return message
+
+
+def error_response(error: Exception) -> JSONResponse:
+    """The HTTP answer to an error: 401 for a missing or wrong token; spectgan's domain errors by
+    ``STATUS_OF_ERROR``; MONAI Label's by kind (unknown image or label 404, invalid input 422, else 500)."""
+    headers, extra = None, {}
+    if isinstance(error, AuthenticationError):
+        status, message, headers = 401, str(error), {"WWW-Authenticate": "Bearer"}
+    elif isinstance(error, ServiceError):
+        status, message = error.status, str(error)
+    elif isinstance(error, SpectganError):
+        status, message = next(code for kind, code in STATUS_OF_ERROR if isinstance(error, kind)), str(error)
+    elif isinstance(error, MONAILabelException):
+        if isinstance(error, (ImageNotFoundException, LabelNotFoundException)):
+            status = 404
+        else:
+            status = 422 if error.error is MONAILabelError.INVALID_INPUT else 500
+        message, extra = error.msg, {"error": error.error.value}
+    else:
+        raise TypeError(f"no HTTP answer is defined for {type(error).__name__}")
+    return JSONResponse(status_code=status, content={"detail": public_message(message), **extra}, headers=headers)
+
+
+async def _error_handler(request: Request, error: Exception) -> JSONResponse:
+    return error_response(error)
+
+
+# ------------------------------------------------------------------------------------------------------ edge
+
+def check_token(headers: dict, expected: Optional[str]) -> None:
+    """AuthenticationError unless the request carries ``Authorization: Bearer <expected>`` (nothing to check when the
+    server has no token). Neither token appears in the message."""
+    if expected is None:
+        return
+    scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise AuthenticationError(f"this server requires an API token: send the header 'Authorization: Bearer "
+                                  f"<token>' (spectgan: --token or ${API_TOKEN_ENV}; MONAI Label's client: "
+                                  "update_auth({'token_type': 'Bearer', 'access_token': <token>}))")
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise AuthenticationError("the API token sent is not this server's token (a 'Bearer' token was sent and "
+                                  "refused); ask the server's administrator for the token")
+
+
+def check_datastore_request(method: str, path: str, query: bytes) -> None:
+    """Every id named by a datastore write (PUT, POST, DELETE under /datastore) is a plain id (``check_id``)."""
+    if method in ("GET", "HEAD", "OPTIONS") or not path.startswith(f"{API}/datastore"):
+        return
+    for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if key in DATASTORE_ID_PARAMS:
+            check_id(value, f"datastore {key}")
+
+
+class EdgeGuard:
+    """ASGI middleware in front of every route: token, datastore ids and declared body size, before any work.
+
+    A pure ASGI class rather than Starlette's BaseHTTPMiddleware, which would copy every answer through a stream.
+    CORS preflight requests (OPTIONS) pass without a token, as browsers send none with them.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        conf = settings.MONAI_LABEL_APP_CONF
+        headers = dict(scope["headers"])
+        try:
+            if scope["method"] != "OPTIONS":
+                check_token(headers, api_token_from(conf))
+            check_datastore_request(scope["method"], scope["path"], scope.get("query_string", b""))
+            length = headers.get(b"content-length", b"0").decode("latin-1")
+            if length.isdecimal():
+                check_size(max(0, int(length) - MULTIPART_ALLOWANCE_BYTES), max_upload_bytes_from(conf))
+        except (AuthenticationError, SpectganError) as error:
+            return await error_response(error)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _checked_upload(file: Optional[UploadFile]) -> None:
+    if file is not None:
+        check_upload(file.filename or "", file.file, max_upload_bytes_from(settings.MONAI_LABEL_APP_CONF))
+
+
+def _file_stem(filename: str) -> str:
+    name = Path(filename.replace("\\", "/")).name
+    return name[:len(name) - len("".join(Path(name).suffixes))]
+
+
+# ---------------------------------------------------------------------------------------------------- routes
+
 def _checked_inference(background_tasks, model, image, session_id, params, file, label, output):
+    _checked_upload(file)
     app_instance().check_infer_request(model, image, params, output.value if output else None,
                                        uploaded=bool(file or session_id))
     return run_inference(background_tasks, model, image, session_id, params, file, label, output)
@@ -52,6 +182,24 @@ async def infer(
                                    label, output)
 
 
+def _checked_add_image(background_tasks, image, params, file, username):
+    image_id = check_id(image or _file_stem(file.filename or ""))
+    _checked_upload(file)
+    return add_image(background_tasks, image_id, params, file, username)
+
+
+@router.put("/datastore/", summary=f"{RBAC_ANNOTATOR}Upload new Image", include_in_schema=False, deprecated=True)
+@router.put("/datastore/image", summary=f"{RBAC_ANNOTATOR}Upload new Image (NIfTI or DICOM, a plain id)")
+async def upload_image(
+    background_tasks: BackgroundTasks,
+    image: Optional[str] = None,
+    params: str = Form("{}"),
+    file: UploadFile = File(...),
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+):
+    return await run_in_threadpool(_checked_add_image, background_tasks, image, params, file, user.username)
+
+
 @router.post("/train/{model}", summary=f"{RBAC_ADMIN} Run Training Task for specific model")
 async def train(
     model: str,
@@ -64,33 +212,15 @@ async def train(
     return await run_in_threadpool(run_model, model, params, run_sync, enqueue)
 
 
-async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
-    return JSONResponse(status_code=error.status, content={"detail": str(error)})
-
-
-async def _spectgan_error(request: Request, error: SpectganError) -> JSONResponse:
-    return JSONResponse(status_code=UNPROCESSABLE, content={"detail": str(error)})
-
-
-async def _monailabel_error(request: Request, error: MONAILabelException) -> JSONResponse:
-    if isinstance(error, (ImageNotFoundException, LabelNotFoundException)):
-        status = NOT_FOUND
-    elif error.error is MONAILabelError.INVALID_INPUT:
-        status = UNPROCESSABLE
-    else:
-        status = 500
-    return JSONResponse(status_code=status, content={"detail": error.msg, "error": error.error.value})
-
-
 def _ahead_of_stock_routes(router: APIRouter) -> None:
     """Add the router's routes in front of MONAI Label's, so that they answer their paths first."""
-    app.include_router(router, prefix=settings.MONAI_LABEL_API_STR)
+    app.include_router(router, prefix=API)
     added = len(router.routes)
     app.router.routes[:] = app.router.routes[-added:] + app.router.routes[:-added]
 
 
 use_server_threads()
 _ahead_of_stock_routes(router)
-app.add_exception_handler(ServiceError, _service_error)
-app.add_exception_handler(SpectganError, _spectgan_error)
-app.add_exception_handler(MONAILabelException, _monailabel_error)
+app.add_middleware(EdgeGuard)
+app.add_exception_handler(SpectganError, _error_handler)
+app.add_exception_handler(MONAILabelException, _error_handler)

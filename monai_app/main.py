@@ -1,13 +1,12 @@
 """The spectgan MONAI Label app: one infer task and one train task per model bundle (``--conf models all``).
 
-Thin: ``spectgan.service`` does the work. App conf: ``models`` (``all`` or comma-separated names), ``models_dir``
+Thin: ``spectgan.serving.service`` does the work. App conf: ``models`` (``all`` or comma-separated names), ``models_dir``
 (default $SPECTGAN_MODELS_DIR, else <repository>/models), ``cohort`` (training cohort; default $SPECTGAN_COHORT,
 else sample_data/cohorts/default), ``generation_workers`` (processes that generate; default
 $SPECTGAN_GENERATION_WORKERS, else one per core; 0: in the server's request threads).
 """
 import importlib
 import logging
-import os
 from typing import Dict, Optional
 
 import lib.configs
@@ -18,14 +17,19 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.class_utils import get_class_names
 
 import spectgan
-from spectgan.generation_pool import GenerationPool
-from spectgan.service import (NOT_FOUND, UNPROCESSABLE, GenerationService, ServiceError, check_cohort,
-                              generation_workers_from, models_dir_from, parse_params_json, parse_train_params,
-                              select_models)
+from spectgan.serving.generation_pool import GenerationPool
+from spectgan.serving.service import (NOT_FOUND, UNPROCESSABLE, GenerationService, ServiceError, check_cohort,
+                                     parse_params_json, parse_train_params, select_models)
+from spectgan.serving.settings import generation_workers_from, models_dir_from
 
 logger = logging.getLogger(__name__)
-LISTED_IMAGE_IDS = 20  # image ids an unknown-image message lists
+LISTED_IMAGE_IDS = 10  # image ids an unknown-image message lists
 OUTPUTS = ("all", "json", "image")  # MONAI Label's answer formats that apply (dicom_seg needs a DICOMweb datastore)
+
+
+def shown_id(image: str) -> str:
+    """An image id as an error message may quote it: not a path-like one (the answer names no path)."""
+    return repr(image) if len(image) <= 80 and "/" not in image and "\\" not in image else "(a path-like id)"
 
 
 def _model_configs() -> Dict[str, type]:
@@ -83,8 +87,9 @@ class SpectganApp(MONAILabelApp):
         if not image:
             raise ServiceError(UNPROCESSABLE, f"image is required: pass ?image=<id> of a reference study; available: "
                                               f"{self._listed_images()}")
-        if not self.datastore().get_image_uri(image) and not os.path.isfile(image):
-            raise ServiceError(NOT_FOUND, f"unknown image {image!r}; available: {self._listed_images()}")
+        if not self.datastore().get_image_uri(image):
+            raise ServiceError(NOT_FOUND, f"unknown image {shown_id(image)}: an image id names a study of this "
+                                          f"server's datastore, never a file; available: {self._listed_images()}")
 
     def _listed_images(self) -> str:
         """The first image ids of the datastore, for error messages."""

@@ -12,17 +12,17 @@ import sys
 from spectgan.errors import SpectganError
 
 COMMANDS: dict[str, str] = {
-    "cohort": "spectgan.cohort",
-    "studies": "spectgan.cohort",
-    "stats": "spectgan.roi",
-    "train": "spectgan.gan.train",
-    "sample": "spectgan.gan.sample",
-    "synthesize": "spectgan.synthesize",
+    "cohort": "spectgan.cohorts.simulated",
+    "studies": "spectgan.cohorts.simulated",
+    "stats": "spectgan.geometry.roi",
+    "train": "spectgan.models.fastgan.train",
+    "sample": "spectgan.models.fastgan.sample",
+    "synthesize": "spectgan.cohorts.synthetic",
     "evaluate": "spectgan.evaluation.report",
-    "import": "spectgan.importer",
+    "import": "spectgan.cohorts.importer",
     "generate": "spectgan.client",
-    "export": "spectgan.pacs",
-    "bench": "spectgan.bench",
+    "export": "spectgan.export.pacs",
+    "bench": "spectgan.tools.bench",
     "demo": "spectgan.demo",
 }
 

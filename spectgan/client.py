@@ -23,6 +23,7 @@ import email.policy
 import hashlib
 import io
 import json
+import os
 import re
 import sys
 import tempfile
@@ -37,12 +38,13 @@ import numpy as np
 import requests
 import SimpleITK as sitk
 
-from spectgan.cohort_format import atomic_write_bytes, atomic_write_image
+from spectgan.cohorts.format import atomic_write_bytes, atomic_write_image
 from spectgan.conditions import Condition, Pattern, Side, parse_member, parse_condition, parse_levels
 from spectgan.errors import SpectganError
 from spectgan.figures import pyplot, save_figure
-from spectgan.geometry import OUTPUT_SPACES
-from spectgan.roi import MidlinePlane, hemisphere_masks, read_image
+from spectgan.geometry.registration import OUTPUT_SPACES
+from spectgan.geometry.roi import MidlinePlane, hemisphere_masks, read_image
+from spectgan.serving.settings import API_TOKEN_ENV
 
 DEFAULT_TIMEOUT_S = (5.0, 300.0)  # (connect, read): a first request on a new reference registers it (seconds)
 DEFAULT_RETRIES = 3
@@ -78,6 +80,11 @@ class RequestRejectedError(ClientError):
 
 class NotFoundError(RequestRejectedError):
     """HTTP 404: an unknown model or image id."""
+
+
+class AuthenticationError(RequestRejectedError):
+    """The server wants an API token (none was sent, or not its own): give it with ``token=``, ``--token-file`` or
+    $SPECTGAN_API_TOKEN."""
 
 
 class InvalidResponseError(ClientError):
@@ -151,12 +158,12 @@ class GenerationResult:
         return f"{self.condition.label}_seed{self.seed}"
 
     def provenance(self) -> dict:
-        """What made the scan: condition, seed, model, version, sha256 (the metadata ``spectgan.dicom`` records)."""
+        """What made the scan: condition, seed, model, version, sha256 (the metadata ``spectgan.export.dicom`` records)."""
         return {"condition": self.condition.to_dict(), "seed": self.seed, "model": self.metadata["model"],
                 "version": self.metadata["version"], "sha256": self.metadata["sha256"]}
 
     def hemisphere_masks(self) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
-        """(brain, left, right) masks on the image's grid, split by the registered midline (``spectgan.roi``)."""
+        """(brain, left, right) masks on the image's grid, split by the registered midline (``spectgan.geometry.roi``)."""
         return hemisphere_masks(self.image, self.midline)
 
     def save(self, folder: str | Path) -> Path:
@@ -212,11 +219,14 @@ class SpectGANClient:
     """HTTP client of the spectgan MONAI Label server at ``url``.
 
     ``timeout``: seconds, or (connect, read) seconds, for every request; ``retries``: extra attempts after a
-    connection error or a 5xx answer, ``backoff_s`` x 2^k apart.
+    connection error or a 5xx answer, ``backoff_s`` x 2^k apart. ``token``: the server's API token, sent as
+    ``Authorization: Bearer <token>`` (default: $SPECTGAN_API_TOKEN; none when unset). ``verify``: for https, True
+    (the system's certificate authorities) or a certificate file to trust (a self-signed server).
     """
 
     def __init__(self, url: str, timeout: float | tuple[float, float] = DEFAULT_TIMEOUT_S,
-                 retries: int = DEFAULT_RETRIES, backoff_s: float = DEFAULT_BACKOFF_S):
+                 retries: int = DEFAULT_RETRIES, backoff_s: float = DEFAULT_BACKOFF_S, token: str | None = None,
+                 verify: str | bool = True):
         parts = urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"invalid server URL {url!r}; expected http(s)://host:port")
@@ -226,7 +236,14 @@ class SpectGANClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff_s = backoff_s
+        self.verify = verify  # given with each request: $REQUESTS_CA_BUNDLE would override a session's setting
         self.session = requests.Session()
+        token = token if token is not None else os.environ.get(API_TOKEN_ENV, "").strip()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"SpectGANClient({self.url!r})"
 
     def close(self) -> None:
         self.session.close()
@@ -314,7 +331,8 @@ class SpectGANClient:
         attempts = self.retries + 1
         for attempt in range(attempts):
             try:
-                response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+                response = self.session.request(method, self.url + path, timeout=self.timeout, verify=self.verify,
+                                                **kwargs)
             except requests.exceptions.ConnectionError as error:
                 failure = f"cannot connect ({_reason(error)})"
             except requests.exceptions.Timeout as error:
@@ -324,7 +342,8 @@ class SpectGANClient:
                 if response.status_code < 400:
                     return response
                 if response.status_code < 500:
-                    kind = NotFoundError if response.status_code == 404 else RequestRejectedError
+                    kind = {401: AuthenticationError, 404: NotFoundError}.get(response.status_code,
+                                                                             RequestRejectedError)
                     raise kind(response.status_code, _server_message(response), f"the {what}")
                 failure = f"HTTP {response.status_code}: {_server_message(response)}"
             if attempt + 1 < attempts:
@@ -529,9 +548,9 @@ def require_new_dicom_folder(folder: str | Path) -> Path:
 
 def write_dicom(results: Sequence[GenerationResult], folder: str | Path) -> Path:
     """Encode each scan as DICOM (NM + hemisphere SEG + SR; one synthetic study for the whole batch) into
-    ``folder/<scan name>/``; ``folder`` must hold no files yet. The hemisphere masks are ``spectgan.roi``'s, split
+    ``folder/<scan name>/``; ``folder`` must hold no files yet. The hemisphere masks are ``spectgan.geometry.roi``'s, split
     by the registered midline the server returned."""
-    from spectgan.dicom import SyntheticStudy, encode_scan, write_series
+    from spectgan.export.dicom import SyntheticStudy, encode_scan, write_series
 
     unmeasured = [f"{result.name} ({result.metadata.get('stats_error', 'no statistics')})" for result in results
                   if result.stats is None]
@@ -547,9 +566,9 @@ def write_dicom(results: Sequence[GenerationResult], folder: str | Path) -> Path
 
 
 def send_to_pacs(folder: str | Path, pacs_url: str):
-    """Send a DICOM folder through ``spectgan.pacs``'s outbox (what the PACS has not confirmed yet); its
+    """Send a DICOM folder through ``spectgan.export.pacs``'s outbox (what the PACS has not confirmed yet); its
     ExportResult. A PacsError says what stays pending and the command that resends it."""
-    from spectgan.pacs import PacsError, export_folder
+    from spectgan.export.pacs import PacsError, export_folder
 
     try:
         return export_folder(folder, pacs_url)
@@ -678,8 +697,19 @@ def add_generate_command(subparsers) -> None:
                         "(default %(default)g)")
     parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="retries of a failed connection "
                         "or server error (default %(default)s)")
+    parser.add_argument("--token-file", type=Path, metavar="FILE",
+                        help=f"file holding the server's API token (default: ${API_TOKEN_ENV}; a token on the command "
+                             "line would be visible to other users of this machine)")
+    parser.add_argument("--ca-cert", metavar="FILE", help="certificate to trust for an https server with a "
+                                                          "self-signed certificate")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_generate)
+
+
+def _token_from_file(path: Path | None) -> str | None:
+    """The API token in ``path`` (surrounding white space dropped); None without a file (the client then reads
+    $SPECTGAN_API_TOKEN)."""
+    return path.read_text().strip() if path else None
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -690,7 +720,8 @@ def run_generate(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     if args.pacs:
         require_new_dicom_folder(out / DICOM_DIR)
-    with SpectGANClient(args.server, timeout=(DEFAULT_TIMEOUT_S[0], args.timeout), retries=args.retries) as client:
+    with SpectGANClient(args.server, timeout=(DEFAULT_TIMEOUT_S[0], args.timeout), retries=args.retries,
+                        token=_token_from_file(args.token_file), verify=args.ca_cert or True) as client:
         conditions = expand_conditions(client.conditions(args.model), args.level, args.pattern, args.side)
         image = client.upload(args.image) if Path(args.image).is_file() else args.image
         job = GenerationJob(client, image, args.model, conditions, seeds, psi=args.psi)

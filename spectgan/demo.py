@@ -17,10 +17,10 @@ import os
 import shutil
 from pathlib import Path
 
-from spectgan.cohort import build_cohort, draw_preview
-from spectgan.cohort_format import read_cohort_info
+from spectgan.cohorts.simulated import build_cohort, draw_preview
+from spectgan.cohorts.format import read_cohort_info
 from spectgan.errors import SpectganError
-from spectgan.roi import hemisphere_stats, read_image
+from spectgan.geometry.roi import hemisphere_stats, read_image
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 STUDIES = REPOSITORY / "sample_data" / "studies"
@@ -42,7 +42,7 @@ def add_demo_command(subparsers) -> None:
 
 def require_bundles(models_dir: Path) -> None:
     """SpectganError naming each served model without a trained bundle in ``models_dir`` and how to make it."""
-    from spectgan.service import MODELS, GenerationService
+    from spectgan.serving.service import MODELS, GenerationService
 
     service = GenerationService(models_dir)
     missing = [spec for name, spec in MODELS.items() if not service.has_bundle(name)]
@@ -58,9 +58,9 @@ def require_bundles(models_dir: Path) -> None:
 def bundles_for_demo(models_dir: Path, out: Path) -> Path:
     """``models_dir`` when it holds every served bundle; else snapshots of the committed training runs exported to
     ``out/models`` (not the shipped weights: the run's current step); else SpectganError (see require_bundles)."""
-    from spectgan.gan import export_bundle
-    from spectgan.gan.checkpoint import checkpoint_path
-    from spectgan.service import MODELS, GenerationService
+    from spectgan.models.fastgan import export_bundle
+    from spectgan.models.fastgan.checkpoint import checkpoint_path
+    from spectgan.serving.service import MODELS, GenerationService
 
     service = GenerationService(models_dir)
     if all(service.has_bundle(name) for name in MODELS):
@@ -77,7 +77,7 @@ def bundles_for_demo(models_dir: Path, out: Path) -> Path:
 
 
 def run_demo(args) -> int:
-    from spectgan.service import models_dir_from
+    from spectgan.serving.settings import models_dir_from
 
     out = args.out.resolve()
     models_dir = bundles_for_demo(args.models_dir.resolve() if args.models_dir else models_dir_from(), out)
@@ -106,8 +106,9 @@ def run_chain(out: Path, models_dir: Path, study: str, seed: int) -> tuple[Path,
     overview pictures; export. Returns the folder of the scans and Orthanc's storage folder. Both servers stop
     before it returns."""
     from spectgan.client import DICOM_DIR, GenerationJob, SpectGANClient, export_results
-    from spectgan.orthanc import ORTHANC_BINARY, LocalOrthanc
-    from spectgan.service import MODELS, ServerProcess
+    from spectgan.export.orthanc import ORTHANC_BINARY, LocalOrthanc
+    from spectgan.serving.service import MODELS
+    from spectgan.tools.server import ServerProcess
 
     generated, orthanc_dir, datastore = out / "generated", out / "orthanc", out / "datastore"
     for folder in (generated, orthanc_dir, datastore):  # the chain's own outputs of an earlier run
@@ -117,7 +118,7 @@ def run_chain(out: Path, models_dir: Path, study: str, seed: int) -> tuple[Path,
             ServerProcess(datastore, models_dir, out / "server.log") as server, \
             SpectGANClient(server.url) as client:
         print(f"   server {server.url} (log {out / 'server.log'}), Orthanc {pacs.rest_url}")
-        os.environ.update(pacs.client_environment())  # spectgan.pacs reads the credentials from the environment
+        os.environ.update(pacs.client_environment())  # spectgan.export.pacs reads the credentials from the environment
         reference = client.upload(STUDIES / f"{study}.nii.gz")  # as a workstation sends the scan it has open
         print(f"   uploaded {study} as the reference: image id {reference}")
         for name, pacs_url in zip(MODELS, itertools.cycle((pacs.dicomweb_url, pacs.dicom_url))):

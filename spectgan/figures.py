@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from spectgan.cohort_format import atomic_write_bytes
+from spectgan.cohorts.format import atomic_write_bytes
 
 
 def pyplot():

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spectgan.cohort_format import (CohortRecord, atomic_write_image, compute_count_scale, write_cohort_info,
+from spectgan.cohorts.format import (CohortRecord, atomic_write_image, compute_count_scale, write_cohort_info,
                                     write_manifest)
 from spectgan.conditions import Level, Pattern, Side, valid_conditions
-from spectgan.template import SLAB_THICKNESS_MM, canonical_image, pixel_spacing
+from spectgan.geometry.template import SLAB_THICKNESS_MM, canonical_image, pixel_spacing
 
 MATRIX = 64
 SLICES_PER_CONDITION = {"train": 6, "test": 2}
@@ -95,7 +95,7 @@ TINY_NETWORK = {"generator_width": 4, "discriminator_width": 4, "latent_dim": 16
 @pytest.fixture(scope="session")
 def toy_run(toy_cohort, tmp_path_factory) -> Path:
     """A tiny 64 x 64 model trained for a few steps on the toy cohort (a run folder)."""
-    from spectgan.gan.train import train
+    from spectgan.models.fastgan.train import train
 
     run = tmp_path_factory.mktemp("toy_run") / "run"
     with one_thread():
@@ -107,7 +107,7 @@ def toy_run(toy_cohort, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_bundle(toy_run, tmp_path_factory) -> Path:
     """The tiny run exported as a model bundle."""
-    from spectgan.gan import export_bundle
+    from spectgan.models.fastgan import export_bundle
 
     with one_thread():
         return export_bundle(toy_run, tmp_path_factory.mktemp("bundles") / "toy_A")

@@ -1,9 +1,9 @@
-"""Pytest fixtures for a real local Orthanc (``spectgan.orthanc``); import them into a test module."""
+"""Pytest fixtures for a real local Orthanc (``spectgan.export.orthanc``); import them into a test module."""
 from __future__ import annotations
 
 import pytest
 
-from spectgan.orthanc import LocalOrthanc
+from spectgan.export.orthanc import LocalOrthanc
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def orthanc():
 
 @pytest.fixture
 def pacs_login(orthanc, monkeypatch):
-    """The module's Orthanc with its credentials in the environment, where spectgan.pacs reads them."""
+    """The module's Orthanc with its credentials in the environment, where spectgan.export.pacs reads them."""
     for name, value in orthanc.client_environment().items():
         monkeypatch.setenv(name, value)
     return orthanc

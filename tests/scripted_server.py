@@ -20,7 +20,7 @@ from requests_toolbelt import MultipartEncoder
 
 from spectgan.client import parse_multipart
 from spectgan.conditions import parse_condition, valid_conditions
-from spectgan.roi import MidlinePlane, hemisphere_stats
+from spectgan.geometry.roi import MidlinePlane, hemisphere_stats
 from test_dicom import make_oblique_scan
 
 MIDLINE = MidlinePlane(point=(0.0, 18.0, 10.0), normal=(1.0, 0.0, 0.0))  # the plane make_oblique_scan splits at

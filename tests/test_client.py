@@ -24,12 +24,12 @@ from spectgan.client import (GenerationResult, InvalidResponseError, NotFoundErr
                              parse_seeds)
 from spectgan.conditions import LEVEL_Z_MM, Condition, Level, Pattern, Side, valid_conditions
 from spectgan.demo import STUDIES, require_bundles, run_chain
-from spectgan.dicom import read_scan, write_series
+from spectgan.export.dicom import read_scan, write_series
 from spectgan.errors import InvalidImageError, SpectganError
-from spectgan.geometry import pose_from_dict
-from spectgan.orthanc import LocalOrthanc, free_ports
-from spectgan.pacs import pending_count
-from spectgan.roi import hemisphere_stats
+from spectgan.geometry.registration import pose_from_dict
+from spectgan.export.orthanc import LocalOrthanc, free_ports
+from spectgan.export.pacs import pending_count
+from spectgan.geometry.roi import hemisphere_stats
 from test_dicom import make_oblique_scan
 from test_pacs import cfind_series, dicomweb_client
 from test_server import tiny_models  # noqa: F401 (a fixture: bundles A and B after one training step)

@@ -10,10 +10,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from spectgan.dicom import (SYNTHETIC_DATA_TAG, DicomError, SyntheticStudy, encode_scan, quantize_counts,
+from spectgan.export.dicom import (SYNTHETIC_DATA_TAG, DicomError, SyntheticStudy, encode_scan, quantize_counts,
                             read_scan, write_series)
 from spectgan.errors import InvalidImageError
-from spectgan.roi import TEMPLATE_MIDLINE, hemisphere_masks, hemisphere_stats
+from spectgan.geometry.roi import TEMPLATE_MIDLINE, hemisphere_masks, hemisphere_stats
 
 # dciodvfy 2022-06 predates the Synthetic Data attribute (0008,001C) that every object must carry, so it reports
 # that one standard attribute as unknown; every other error fails the test.

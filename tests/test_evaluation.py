@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spectgan import cli
-from spectgan.cohort_format import read_cohort_info
+from spectgan.cohorts.format import read_cohort_info
 from spectgan.conditions import Condition, Level, Pattern, Side
 from spectgan.errors import SpectganError
 from spectgan.evaluation.data import ArraySource, read_split
@@ -18,7 +18,7 @@ from spectgan.evaluation.metrics import (condition_accuracy, frechet_distance, k
 from spectgan.evaluation.pipeline import QUICK
 from spectgan.evaluation.report import run_evaluation
 from spectgan.evaluation.statistics import accuracy_interval, compare_samples
-from spectgan.gan.train import train
+from spectgan.models.fastgan.train import train
 
 PAPER_ROW_KEYS = {"bundle", "level", "pattern", "metric", "n_real", "n_synth", "p_mannwhitney", "effect_r",
                   "mean_real", "mean_synth"}
@@ -310,7 +310,7 @@ def test_background_mask_lies_outside_the_head_and_level_counts_speckle():
 # --- a second cohort in the same run -------------------------------------------------------------------------------
 
 def test_a_second_cohort_is_evaluated_and_reported_beside_the_first(small_cohort, tmp_path):
-    from spectgan.cohort import build_cohort
+    from spectgan.cohorts.simulated import build_cohort
 
     second = build_cohort(tmp_path / "second_seed", seed=8, matrix=64, scale=0.1, progress=False)
     test = read_split(small_cohort, "test").capped(QUICK.per_condition_cap)

@@ -1,6 +1,6 @@
 import torch
 
-from spectgan.gan.augment import BACKGROUND, brightness, contrast, cutout, diff_augment, translate
+from spectgan.models.fastgan.augment import BACKGROUND, brightness, contrast, cutout, diff_augment, translate
 
 SIZE = 64
 

@@ -14,11 +14,11 @@ from gan_toy_cohort import single_thread, toy_bundle, toy_cohort, toy_run  # noq
 from spectgan.cli import main
 from spectgan.conditions import Level
 from spectgan.errors import SpectganError
-from spectgan.gan import Bundle, export_bundle, load_bundle, sample
-from spectgan.gan import bench
-from spectgan.gan.bundle import sha256_file
-from spectgan.gan.networks import Generator
-from spectgan.template import canonical_image
+from spectgan.models.fastgan import Bundle, export_bundle, load_bundle, sample
+from spectgan.models.fastgan import bench
+from spectgan.models.fastgan.bundle import sha256_file
+from spectgan.models.fastgan.networks import Generator
+from spectgan.geometry.template import canonical_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_bundle_layout_and_metadata(toy_bundle):
     assert metadata["training"]["slices_per_condition"]["CER-unilateral-left"] == 6
     assert "Research only" in metadata["intended_use"] and metadata["synthetic"] is True
     readme = (toy_bundle / "docs/README.md").read_text()
-    assert "spectgan.gan.train.train(" in readme and "loss_curves.png" in readme and "samples.png" in readme
+    assert "spectgan.models.fastgan.train.train(" in readme and "loss_curves.png" in readme and "samples.png" in readme
     assert not [p for p in toy_bundle.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 

@@ -3,7 +3,7 @@ import torch
 from gan_toy_cohort import single_thread  # noqa: F401 (fixture)
 
 from spectgan.conditions import Condition, Level, Pattern, Side, valid_conditions
-from spectgan.gan.networks import (Discriminator, Generator, encode_conditions, to_counts, to_network_range)
+from spectgan.models.fastgan.networks import (Discriminator, Generator, encode_conditions, to_counts, to_network_range)
 
 CONDITIONS = encode_conditions(valid_conditions()[:4])
 

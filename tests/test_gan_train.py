@@ -11,9 +11,9 @@ from gan_toy_cohort import TINY_NETWORK, single_thread, toy_cohort  # noqa: F401
 
 from spectgan.cli import main
 from spectgan.errors import SpectganError
-from spectgan.gan.checkpoint import load_checkpoint
-from spectgan.gan.networks import minibatch_group
-from spectgan.gan.train import diversity_shortfall, draw_batch, train
+from spectgan.models.fastgan.checkpoint import load_checkpoint
+from spectgan.models.fastgan.networks import minibatch_group
+from spectgan.models.fastgan.train import diversity_shortfall, draw_batch, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--image-size", "32", "--batch", "4", "--generator-width", "4", "--discriminator-width", "4",

@@ -1,4 +1,4 @@
-"""spectgan.generation_pool: generation in worker processes gives what the service gives in-process, keeps the
+"""spectgan.serving.generation_pool: generation in worker processes gives what the service gives in-process, keeps the
 error statuses, picks up a retrained bundle without a restart, and replaces a worker that dies."""
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 import SimpleITK as sitk
 from gan_toy_cohort import one_thread, toy_cohort, toy_run  # noqa: F401 (fixtures)
 
-from spectgan.gan import export_bundle
-from spectgan.generation_pool import GenerationPool
-from spectgan.service import (NOT_FOUND, SAMPLE_STUDIES_DIR, SERVICE_UNAVAILABLE, UNPROCESSABLE, GenerationService,
-                              ServiceError, generation_workers_from)
+from spectgan.models.fastgan import export_bundle
+from spectgan.serving.generation_pool import GenerationPool
+from spectgan.serving.service import NOT_FOUND, SERVICE_UNAVAILABLE, UNPROCESSABLE, GenerationService, ServiceError
+from spectgan.serving.settings import SAMPLE_STUDIES_DIR, generation_workers_from
 
 MODEL = "spect_fastgan_A"
 STUDY = SAMPLE_STUDIES_DIR / "study_unilateral_left_oblique.nii.gz"

@@ -1,4 +1,4 @@
-"""spectgan.geometry on real images: studies made from the perfusion template in known poses, stored with
+"""spectgan.geometry.registration on real images: studies made from the perfusion template in known poses, stored with
 identity, flipped, RAS-like and oblique direction matrices, with a defect in the patient's LEFT hemisphere."""
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from spectgan import geometry
+from spectgan.geometry import registration as geometry
 from spectgan.conditions import LEVEL_Z_MM, Level
 from spectgan.errors import InvalidImageError
-from spectgan.template import SLAB_THICKNESS_MM, SLICE_CENTRE_MM, canonical_image
+from spectgan.geometry.template import SLAB_THICKNESS_MM, SLICE_CENTRE_MM, canonical_image
 
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "sample_data" / "studies"
 DEFECT_CENTRE_MM = (45.0, 5.0, 20.0)  # template LPS: +x is the patient's left

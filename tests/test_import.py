@@ -21,12 +21,13 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from spectgan import cli, importer
-from spectgan.cohort_format import compute_count_scale, load_split, read_cohort_info, read_manifest
+from spectgan import cli
+from spectgan.cohorts import importer
+from spectgan.cohorts.format import compute_count_scale, load_split, read_cohort_info, read_manifest
 from spectgan.conditions import Level
-from spectgan.geometry import pose_from_dict
-from spectgan.roi import TEMPLATE_MIDLINE, hemisphere_stats
-from spectgan.template import SLAB_THICKNESS_MM, canonical_grid, canonical_image
+from spectgan.geometry.registration import pose_from_dict
+from spectgan.geometry.roi import TEMPLATE_MIDLINE, hemisphere_stats
+from spectgan.geometry.template import SLAB_THICKNESS_MM, canonical_grid, canonical_image
 
 from dicom_builders import Identity, nm_multiframe, quantize, single_frame_series, write_files
 
@@ -447,7 +448,7 @@ def test_a_cohort_inside_the_source_folder_is_not_imported_again(tmp_path):
 # ------------------------------------------------------------------------------------------------- training
 
 def test_a_short_training_run_works_on_the_imported_cohort(imported, tmp_path):
-    train = pytest.importorskip("spectgan.gan.train")
+    train = pytest.importorskip("spectgan.models.fastgan.train")
     checkpoint = train.train(tmp_path / "run", cohort=str(imported.out), iterations=2, batch_size=4,
                              generator_width=4, discriminator_width=4, checkpoint_every=2, sample_every=2,
                              log_every=1, progress=False)

@@ -11,9 +11,9 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
 from spectgan.cli import main
-from spectgan.dicom import SyntheticStudy, encode_scan, read_scan, write_series
-from spectgan.orthanc import LocalOrthanc, free_ports
-from spectgan.pacs import (CONFIRMED, PENDING, PacsAuthenticationError, PacsError, PacsTarget,
+from spectgan.export.dicom import SyntheticStudy, encode_scan, read_scan, write_series
+from spectgan.export.orthanc import LocalOrthanc, free_ports
+from spectgan.export.pacs import (CONFIRMED, PENDING, PacsAuthenticationError, PacsError, PacsTarget,
                            PacsUnavailableError, export_folder, pending_count, read_outbox, retry_pending)
 from test_dicom import Scan, assert_same_scan, make_oblique_scan
 

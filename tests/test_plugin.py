@@ -14,7 +14,7 @@ import pytest
 from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
 from scripted_server import MODEL, ScriptedServer
 from spectgan import client as spectgan_client
-from spectgan.pacs import pending_count
+from spectgan.export.pacs import pending_count
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "plugin" / "slicer" / "SpectGAN"
 MODULE_FILE = MODULE_DIR / "SpectGAN.py"

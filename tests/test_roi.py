@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from spectgan import cli
 from spectgan.errors import InvalidImageError
-from spectgan.roi import (TEMPLATE_MIDLINE, MidlinePlane, brain_mask, hemisphere_masks, hemisphere_stats,
+from spectgan.geometry.roi import (TEMPLATE_MIDLINE, MidlinePlane, brain_mask, hemisphere_masks, hemisphere_stats,
                           read_image)
-from spectgan.template import canonical_image, pixel_spacing
+from spectgan.geometry.template import canonical_image, pixel_spacing
 
 LEFT_COUNTS, RIGHT_COUNTS = 80.0, 100.0
 EXPECTED_LR = LEFT_COUNTS / RIGHT_COUNTS

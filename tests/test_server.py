@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,17 +27,19 @@ import torch
 from gan_toy_cohort import toy_cohort  # noqa: F401 (a fixture)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from monailabel.client import MONAILabelClient
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 
 from spectgan.conditions import LEVEL_Z_MM, Level, valid_conditions
-from spectgan.gan import export_bundle
-from spectgan.gan.train import train
-from spectgan.geometry import pose_from_sidecar
-from spectgan.roi import hemisphere_stats
-from spectgan.service import (DEFAULT_MODELS_DIR, INFER_PARAMS, MODELS, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR,
-                              GenerationService, ServerProcess, format_server_figures, generation_workers_from,
-                              measure_server)
-from spectgan.template import SLICE_CENTRE_MM, canonical_image
+from spectgan.models.fastgan import export_bundle
+from spectgan.models.fastgan.train import train
+from spectgan.geometry.registration import pose_from_sidecar
+from spectgan.geometry.roi import hemisphere_stats
+from spectgan.serving.service import INFER_PARAMS, MODELS, GenerationService
+from spectgan.serving.settings import DEFAULT_MODELS_DIR, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR, generation_workers_from
+from spectgan.tools.server import ServerProcess
+from spectgan.tools.server_bench import format_server_figures, measure_server
+from spectgan.geometry.template import SLICE_CENTRE_MM, canonical_image
 
 APP_DIR = REPOSITORY_ROOT / "monai_app"
 STUDY_IDS = sorted(path.name[:-len(".nii.gz")] for path in SAMPLE_STUDIES_DIR.glob("*.nii.gz"))
@@ -248,6 +251,53 @@ def test_bad_requests_get_a_4xx_naming_what_is_allowed(server, case):
     response = _infer(server.url, model, image, params)
     assert response.status_code == status, response.text
     assert allowed in response.json()["detail"]
+
+
+def test_the_official_client_with_its_default_temporary_folder_keeps_every_result(server):
+    """MONAI Label's own client saves the image part as <its temporary folder>/<part file name>; the server's result
+    files live in a private folder of their own and the part is named after the model, condition and seed."""
+    client = MONAILabelClient(server.url)
+    assert client._tmpdir == (tempfile.tempdir or "/tmp")
+    params = {"level": "BG", "pattern": "unilateral", "side": "left"}
+    for seed, study in enumerate(STUDY_IDS):
+        path, result = client.infer("spect_fastgan_A", study, {**params, "seed": seed})
+        try:
+            assert Path(path).parent == Path(client._tmpdir)
+            assert Path(path).name.startswith(f"spect_fastgan_A_BG-unilateral-left_seed{seed}_")
+            image = sitk.ReadImage(path)
+            _assert_same_geometry(_geometry(image), result["geometry"])
+        finally:
+            Path(path).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("image", ["/etc/passwd", "../../../../etc/passwd", "sample_data/studies/"
+                                   f"{OBLIQUE_STUDY}.nii.gz", "STUDY_FILE", f"{OBLIQUE_STUDY}.nii.gz"])
+def test_an_image_id_is_never_a_path_on_the_server(server, image):
+    """Only ids of the datastore are images: a path, even to a study file the server has, is a 404 that lists valid
+    ids and shows no path of the server."""
+    image = str(server.studies / f"{OBLIQUE_STUDY}.nii.gz") if image == "STUDY_FILE" else image
+    response = _infer(server.url, "spect_fastgan_A", image, {"level": "BG", "pattern": "normal"})
+    assert response.status_code == 404, response.text
+    assert "available: " + ", ".join(STUDY_IDS[:3]) in response.json()["detail"]
+    _assert_no_server_path(server, response.text)
+
+
+def _assert_no_server_path(server, text: str) -> None:
+    for folder in (server.studies, server.studies.parent, REPOSITORY_ROOT, Path(tempfile.gettempdir()), Path.home(),
+                   Path("/etc")):
+        assert f"{folder}/" not in text, (folder, text)
+
+
+def test_no_error_answer_shows_a_server_path(server, tmp_path):
+    """Errors of every kind, through the real server: none names a folder of the server."""
+    answers = [_infer(server.url, model, image, params) for model, image, params, _, _ in ERROR_CASES.values()]
+    answers.append(requests.post(f"{server.url}/infer/spect_fastgan_A", params={"output": "all"},
+                                 files={"file": ("junk.nii.gz", b"not an image")},
+                                 data={"params": json.dumps({"level": "BG", "pattern": "normal"})}, timeout=60))
+    answers.append(requests.post(f"{server.url}/train/spect_fastgan_A", json={"iterations": "many"}, timeout=30))
+    for response in answers:
+        assert 400 <= response.status_code < 500, response.text
+        _assert_no_server_path(server, response.text)
 
 
 # ------------------------------------------------------------------------------------------------ statistics side

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from spectgan.acquisition import acquire, protocol_for
-from spectgan.cohort import build_cohort, cohort_jobs, simulate_slices
-from spectgan.cohort_format import load_split, read_cohort_info, read_manifest
+from spectgan.simulation.acquisition import acquire, protocol_for
+from spectgan.cohorts.simulated import build_cohort, cohort_jobs, simulate_slices
+from spectgan.cohorts.format import load_split, read_cohort_info, read_manifest
 from spectgan.conditions import PAPER_COUNTS, Condition, Level, Pattern, Side
 from spectgan.errors import SpectganError
-from spectgan.phantom import perfusion_phantom, random_subject
-from spectgan.roi import TEMPLATE_MIDLINE, hemisphere_stats
-from spectgan.template import canonical_grid, canonical_image, mni_maps
+from spectgan.simulation.phantom import perfusion_phantom, random_subject
+from spectgan.geometry.roi import TEMPLATE_MIDLINE, hemisphere_stats
+from spectgan.geometry.template import canonical_grid, canonical_image, mni_maps
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from spectgan import cli
-from spectgan.cohort_format import load_split, read_cohort_info, read_manifest
+from spectgan.cohorts.format import load_split, read_cohort_info, read_manifest
 from spectgan.conditions import parse_levels, valid_conditions
-from spectgan.gan.bundle import load_bundle
-from spectgan.gan.sample import sample
-from spectgan.synthesize import CHUNK_SIZE
+from spectgan.models.fastgan.bundle import load_bundle
+from spectgan.models.fastgan.sample import sample
+from spectgan.cohorts.synthetic import CHUNK_SIZE
 
 BUNDLE = Path(__file__).resolve().parents[1] / "models" / "spect_fastgan_A"
 

@@ -1,7 +1,7 @@
 """Slice sets for the evaluation and the sources of synthetic slices (model bundles, or given arrays).
 
-Every array here is canonical slices in counts ``[N, H, W]`` (see ``spectgan.template``); conditions travel with
-them. The real side is always a cohort split read with ``spectgan.cohort_format.load_split``.
+Every array here is canonical slices in counts ``[N, H, W]`` (see ``spectgan.geometry.template``); conditions travel with
+them. The real side is always a cohort split read with ``spectgan.cohorts.format.load_split``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from spectgan.cohort_format import load_split
+from spectgan.cohorts.format import load_split
 from spectgan.conditions import ALL_LEVELS, Condition, Level, Pattern, Side, parse_levels, valid_conditions
 
 
@@ -86,10 +86,10 @@ class SyntheticSource(Protocol):
 
 
 class BundleSource:
-    """A trained model bundle, sampled through ``spectgan.gan.sample``."""
+    """A trained model bundle, sampled through ``spectgan.models.fastgan.sample``."""
 
     def __init__(self, bundle_dir: str | Path):
-        from spectgan.gan import load_bundle
+        from spectgan.models.fastgan import load_bundle
 
         self.bundle = load_bundle(bundle_dir)
         self.name = self.bundle.metadata.get("name") or Path(bundle_dir).name
@@ -97,7 +97,7 @@ class BundleSource:
         self.image_size = int(self.bundle.metadata["image_size"])
 
     def generate(self, condition: Condition, n: int, seed: int) -> np.ndarray:
-        from spectgan.gan import sample
+        from spectgan.models.fastgan import sample
 
         side = condition.side.value if condition.side else None
         counts, _ = sample(self.bundle, condition.level.value, condition.pattern.value, side, seed=seed, n=n)

@@ -1,6 +1,6 @@
 """The paper's comparison of real and synthetic slices (Werner et al. 2022).
 
-Mean counts (MC) and the left/right hemisphere ratio (LR) of every slice come from ``spectgan.roi`` (the template
+Mean counts (MC) and the left/right hemisphere ratio (LR) of every slice come from ``spectgan.geometry.roi`` (the template
 midline of canonical slices). Real and synthetic values are compared by the two-sided Mann-Whitney U test (Welch's t
 and Kolmogorov-Smirnov as secondary tests) with effect sizes, per level x pattern cell, pooled per pattern (as in the
 paper) and per level.
@@ -17,8 +17,8 @@ from scipy import stats
 from spectgan.conditions import Level, Pattern
 from spectgan.errors import InvalidImageError
 from spectgan.evaluation.data import SliceSet
-from spectgan.roi import TEMPLATE_MIDLINE, hemisphere_stats
-from spectgan.template import canonical_image
+from spectgan.geometry.roi import TEMPLATE_MIDLINE, hemisphere_stats
+from spectgan.geometry.template import canonical_image
 
 MEASURES = ("MC", "LR")
 POOLED = "all"  # the level or pattern of a pooled row

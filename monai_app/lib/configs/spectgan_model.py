@@ -6,14 +6,14 @@ from lib.infers import SpectganInfer
 from lib.trainers import SpectganTrain
 from monailabel.interfaces.config import TaskConfig
 
-from spectgan.service import cohort_dir_from
+from spectgan.serving.settings import cohort_dir_from
 
 
 class SpectganModelConfig(TaskConfig):
     """Config of one bundle in the models folder; a subclass names it with ``model_name``.
 
-    ``init`` takes the app's ``service`` (a ``spectgan.service.GenerationService``) and ``generator`` (what runs
-    the generation: a ``spectgan.generation_pool.GenerationPool`` or the service) as keyword arguments.
+    ``init`` takes the app's ``service`` (a ``spectgan.serving.service.GenerationService``) and ``generator`` (what runs
+    the generation: a ``spectgan.serving.generation_pool.GenerationPool`` or the service) as keyword arguments.
     """
 
     @property

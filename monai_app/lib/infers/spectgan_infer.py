@@ -1,11 +1,10 @@
 """Infer task of one bundle: a synthetic slice on the reference study's level plane (``GenerationService.generate``)."""
 from typing import Any, Dict, Tuple, Union
 
-from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from spectgan.generation_pool import GenerationPool
-from spectgan.service import INFER_PARAMS, MODELS, GenerationService, ServiceError
+from spectgan.serving.generation_pool import GenerationPool
+from spectgan.serving.service import INFER_PARAMS, MODELS, GenerationService
 
 
 class SpectganInfer(InferTask):
@@ -34,8 +33,5 @@ class SpectganInfer(InferTask):
 
     def __call__(self, request) -> Tuple[str, Dict]:
         params = {key: request[key] for key in INFER_PARAMS if key in request}
-        try:
-            path, result = self.generator.generate_file(self.name, request.get("image"), params)
-        except ServiceError as error:
-            raise HTTPException(status_code=error.status, detail=str(error)) from None
+        path, result = self.generator.generate_file(self.name, request.get("image"), params)
         return str(path), result

@@ -1,4 +1,4 @@
-"""Train task of one bundle: retrains it on the cohort and publishes the next version (``spectgan.service.retrain``).
+"""Train task of one bundle: retrains it on the cohort and publishes the next version (``spectgan.serving.service.retrain``).
 
 MONAI Label runs it in a subprocess whose output lines are the task's progress (``GET /train/``); stopping the task
 (``DELETE /train/``) kills that subprocess before it publishes, so the previous bundle stays in place.
@@ -8,7 +8,7 @@ from pathlib import Path
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
-from spectgan.service import MODELS, TRAIN_PARAMS, GenerationService, retrain, train_client_config
+from spectgan.serving.service import MODELS, TRAIN_PARAMS, GenerationService, retrain, train_client_config
 
 
 class SpectganTrain(TrainTask):
@@ -17,7 +17,7 @@ class SpectganTrain(TrainTask):
         self.name, self.service, self.cohort_dir = name, service, cohort_dir
 
     def config(self):
-        return {**train_client_config(self.name), "cohort": str(self.cohort_dir)}
+        return {**train_client_config(self.name), "cohort": self.cohort_dir.name}
 
     def stats(self):
         return self.service.describe(self.name)["bundle"] or {}

@@ -84,7 +84,7 @@ class SpectGANWidget(ScriptedLoadableModuleWidget):
 
     def onConnect(self):
         with slicer.util.tryWithErrorDisplay("Cannot list the server's models.", waitCursor=True):
-            models = self.logic.connect(self.ui.serverUrlEdit.text.strip())
+            models = self.logic.connect(self.ui.serverUrlEdit.text.strip(), self.ui.apiTokenEdit.text.strip() or None)
             qt.QSettings().setValue(SERVER_URL_SETTING, self.logic.client.url)
             self.ui.modelComboBox.clear()
             self.ui.modelComboBox.addItems(models)
@@ -150,9 +150,10 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
         self.batchFolder = None
         self.dicomFolder = None
 
-    def connect(self, url):
-        """Connect to the server at ``url``; the names of its models (those with a trained bundle)."""
-        server = spectganClient().SpectGANClient(url)
+    def connect(self, url, token=None):
+        """Connect to the server at ``url`` (``token``: its API token, default $SPECTGAN_API_TOKEN); the names of its
+        models (those with a trained bundle)."""
+        server = spectganClient().SpectGANClient(url, token=token)
         models = sorted(server.info().get("models") or {})
         if self.client:
             self.client.close()
@@ -232,7 +233,7 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
     def exportToPacs(self, pacsUrl, username="", password=""):
         """Send the last batch to the PACS (``dicom://AET@host:port`` or ``http(s)://host/dicom-web``).
 
-        Credentials, when given, are set for this Slicer session where ``spectgan.pacs`` reads them.
+        Credentials, when given, are set for this Slicer session where ``spectgan.export.pacs`` reads them.
         """
         if not self.results:
             raise ValueError("Generate scans first: there is nothing to export.")
@@ -271,7 +272,7 @@ class SpectGANTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
 
         client = spectganClient()
-        from spectgan.roi import MidlinePlane, hemisphere_stats
+        from spectgan.geometry.roi import MidlinePlane, hemisphere_stats
 
         columns, rows = np.meshgrid(np.arange(40), np.arange(48))
         brain = ((columns - 19.5) / 16) ** 2 + ((rows - 23.5) / 20) ** 2 < 1

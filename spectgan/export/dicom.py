@@ -44,7 +44,7 @@ from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, gen
 from pydicom.valuerep import DSfloat
 
 from spectgan import __version__
-from spectgan.cohort_format import atomic_write_bytes
+from spectgan.cohorts.format import atomic_write_bytes
 from spectgan.conditions import Condition, parse_condition
 from spectgan.errors import InvalidImageError, SpectganError
 
@@ -135,7 +135,7 @@ def encode_scan(image: sitk.Image, left_mask: np.ndarray | sitk.Image, right_mas
 
     ``image``: a one-slice volume (or 2D image) in counts, any direction; ``left_mask`` / ``right_mask``: binary
     masks on its grid (patient sides); ``stats``: ``mc``, ``left``, ``right``, ``lr``, ``ai`` and, optionally,
-    ``brain_size``, ``left_size``, ``right_size`` in ``size_unit`` (mm2 or mm3), as ``spectgan.roi`` reports them;
+    ``brain_size``, ``left_size``, ``right_size`` in ``size_unit`` (mm2 or mm3), as ``spectgan.geometry.roi`` reports them;
     ``metadata``: ``condition`` (level, pattern, side), ``seed``, ``model``, ``version``, ``sha256``.
     """
     image = _one_slice_image(image)

@@ -26,10 +26,10 @@ import torch
 
 from spectgan.conditions import LEVEL_Z_MM, Level, Pattern, describe_allowed, parse_levels, valid_conditions
 from spectgan.errors import SpectganError
-from spectgan.gan.checkpoint import ema_generator, load_checkpoint
-from spectgan.gan.figures import save_loss_curves
-from spectgan.gan.inference import prepare_for_sampling, sampling_copy, save_condition_grid
-from spectgan.gan.networks import SIDE_INDEX, Generator
+from spectgan.models.fastgan.checkpoint import ema_generator, load_checkpoint
+from spectgan.models.fastgan.figures import save_loss_curves
+from spectgan.models.fastgan.inference import prepare_for_sampling, sampling_copy, save_condition_grid
+from spectgan.models.fastgan.networks import SIDE_INDEX, Generator
 
 METADATA_FILE = "configs/metadata.json"
 INFERENCE_FILE = "configs/inference.json"
@@ -155,7 +155,7 @@ The generator's output x in [-1, 1] maps to counts as (x + 1) / 2 x {metadata['c
 count scale, so mean counts compare across images).
 
 ```python
-from spectgan.gan import sample
+from spectgan.models.fastgan import sample
 counts, seed = sample("models/{metadata['name']}", {level!r}, {pattern!r}{side_arg}, seed=3, n=4)  # float32 [4, H, W]
 ```
 ```

@@ -3,59 +3,48 @@
 A request names a model bundle (``MODELS``), a reference study (an image file) and generation params (``level``,
 ``pattern``, ``side``, ``seed``, ``psi``, ``output_space``). The service validates the params against the bundle
 (``ServiceError`` with an HTTP status and a message naming what is allowed), registers the study to the template
-(cached per file path, modification time and size), generates a canonical slice with ``spectgan.gan``, places it on
-the level's plane in the study's physical space with ``spectgan.geometry``, and measures it with ``spectgan.roi``
+(cached per file path, modification time and size), generates a canonical slice with ``spectgan.models.fastgan``, places it on
+the level's plane in the study's physical space with ``spectgan.geometry.registration``, and measures it with ``spectgan.geometry.roi``
 split by the REGISTERED midline. The result is a float32 image in counts plus a JSON-serialisable dict.
 
 It also retrains a bundle for the app's train task (``retrain``: a new bundle version, published atomically by
-``spectgan.gan.export_bundle``; a running service picks it up on its next request), starts a real server process
+``spectgan.models.fastgan.export_bundle``; a running service picks it up on its next request), starts a real server process
 (``ServerProcess``, for benchmarks and tests) and runs ``spectgan bench server``.
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import logging
 import math
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-import requests
 import SimpleITK as sitk
 import torch
 
 from spectgan.conditions import (ALL_LEVELS, Condition, Level, Pattern, Side, describe_allowed, parse_levels,
                                  valid_conditions)
 from spectgan.errors import InvalidImageError, SpectganError
-from spectgan.gan import Bundle, export_bundle, load_bundle, sample
-from spectgan.gan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHTS_FILE
-from spectgan.gan.sample import MAX_SEED, resolve_condition
-from spectgan.gan.train import TrainSettings, train
-from spectgan.geometry import OUTPUT_SPACES, Registration, level_plane, place_slice, register_to_template
-from spectgan.roi import hemisphere_stats, read_image
-from spectgan.template import canonical_image
+from spectgan.models.fastgan import Bundle, export_bundle, load_bundle, sample
+from spectgan.models.fastgan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHTS_FILE
+from spectgan.models.fastgan.sample import MAX_SEED, resolve_condition
+from spectgan.models.fastgan.train import TrainSettings, train
+from spectgan.geometry.registration import OUTPUT_SPACES, Registration, level_plane, place_slice, register_to_template
+from spectgan.geometry.roi import hemisphere_stats, read_image
+from spectgan.geometry.template import canonical_image
+from spectgan.serving.settings import COHORT_ENV, models_dir_from
 
 logger = logging.getLogger(__name__)
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS_DIR = REPOSITORY_ROOT / "models"
-DEFAULT_COHORT_DIR = REPOSITORY_ROOT / "sample_data" / "cohorts" / "default"
-SAMPLE_STUDIES_DIR = REPOSITORY_ROOT / "sample_data" / "studies"
-MODELS_DIR_ENV = "SPECTGAN_MODELS_DIR"  # app conf key: models_dir
-COHORT_ENV = "SPECTGAN_COHORT"  # app conf key: cohort
-GENERATION_WORKERS_ENV = "SPECTGAN_GENERATION_WORKERS"  # app conf key: generation_workers
 RUNS_FOLDER = "runs"  # <models_dir>/runs/<model>: the training run behind the latest retrained bundle
 
 INFER_PARAMS = ("level", "pattern", "side", "seed", "psi", "output_space")
@@ -120,35 +109,6 @@ def select_models(selection: str | None) -> tuple[str, ...]:
         raise ValueError(f"unknown model(s) {', '.join(unknown) or repr(selection)} in conf models; allowed: all, "
                          f"{', '.join(MODELS)}")
     return tuple(dict.fromkeys(names))
-
-
-def configured_path(conf: Mapping[str, str] | None, key: str, env: str, default: Path) -> Path:
-    """A folder from the app conf ``key``, else the environment variable ``env``, else ``default``."""
-    value = (conf or {}).get(key) or os.environ.get(env)
-    return Path(value).expanduser().resolve() if value else default
-
-
-def models_dir_from(conf: Mapping[str, str] | None = None) -> Path:
-    """The models folder: conf ``models_dir``, else $SPECTGAN_MODELS_DIR, else <repository>/models."""
-    return configured_path(conf, "models_dir", MODELS_DIR_ENV, DEFAULT_MODELS_DIR)
-
-
-def cohort_dir_from(conf: Mapping[str, str] | None = None) -> Path:
-    """The training cohort: conf ``cohort``, else $SPECTGAN_COHORT, else sample_data/cohorts/default."""
-    return configured_path(conf, "cohort", COHORT_ENV, DEFAULT_COHORT_DIR)
-
-
-def generation_workers_from(conf: Mapping[str, str] | None = None) -> int:
-    """Worker processes for generation: app conf ``generation_workers``, else $SPECTGAN_GENERATION_WORKERS, else
-    the number of cores; 0 generates in the server's own request threads. ValueError for anything else."""
-    value = (conf or {}).get("generation_workers") or os.environ.get(GENERATION_WORKERS_ENV)
-    if value is None or not str(value).strip():
-        return os.cpu_count() or 1
-    text = str(value).strip()
-    if not text.isdecimal():
-        raise ValueError(f"generation_workers must be a whole number of processes (0: generate in the server's "
-                         f"threads), got {value!r}")
-    return int(text)
 
 
 # ------------------------------------------------------------------------------------------------------- params
@@ -387,7 +347,7 @@ class GenerationService:
     """Bundles, registrations and generation for the served models (thread-safe: the server runs requests in
     parallel threads).
 
-    Bundles are read through ``spectgan.gan.load_bundle`` on every request (cached there per file modification
+    Bundles are read through ``spectgan.models.fastgan.load_bundle`` on every request (cached there per file modification
     time), so a retrained bundle is used without a restart; while a bundle folder is being replaced or cannot be
     read, the last bundle that loaded keeps serving.
     """
@@ -426,9 +386,11 @@ class GenerationService:
             with self._lock:
                 previous = self._last_loaded.get(name)
             if previous is None:
+                logger.warning("%s: no usable bundle: %s", name, reason)
+                reason = without_folder(reason, self.bundle_dir(name))
                 raise ServiceError(SERVICE_UNAVAILABLE, f"model {name} has no usable bundle: {reason}. Train it with "
                                                         f"POST /train/{name} or `spectgan train ... --export-bundle "
-                                                        f"{self.bundle_dir(name)}`") from None
+                                                        f"<models folder>/{name}` on the server") from None
             logger.warning("%s: keeping version %s while the bundle cannot be read (%s)", name,
                            previous.metadata.get("version"), reason)
             return previous
@@ -488,7 +450,7 @@ class GenerationService:
         try:
             return self.registrations.get(path)
         except OSError:
-            raise ServiceError(NOT_FOUND, f"reference image {str(image_path)!r} does not exist") from None
+            raise ServiceError(NOT_FOUND, f"reference image {path.name!r} does not exist") from None
         except (InvalidImageError, RuntimeError) as error:  # RuntimeError: SimpleITK could not register it
             raise ServiceError(UNPROCESSABLE, f"reference image {path.name} cannot be used: {error}") from None
 
@@ -532,9 +494,19 @@ class GenerationService:
         return GenerationResult(placed, result)
 
     def generate_file(self, name: str, image_path: str | Path, params: Mapping[str, Any]) -> tuple[Path, dict]:
-        """``generate``, with the image written by ``write_result_image``: (its path, the JSON result)."""
+        """``generate``, with the image written by ``write_result_image`` into ``private_results_dir()``: (its
+        path, the JSON result). The caller removes the file."""
         outcome = self.generate(name, image_path, params)
-        return write_result_image(outcome.image), outcome.result
+        result = outcome.result
+        stem = result_stem(name, result["condition"]["label"], result["seed"])
+        return write_result_image(outcome.image, private_results_dir(), stem), result
+
+
+def without_folder(text: str, folder: Path) -> str:
+    """``text`` with ``folder`` (as given and resolved) named by its last part: answers show no server path."""
+    for form in sorted({str(folder), str(Path(folder).resolve())}, key=len, reverse=True):
+        text = text.replace(form, Path(folder).name)
+    return text
 
 
 def use_server_threads() -> int:
@@ -546,9 +518,28 @@ def use_server_threads() -> int:
     return threads
 
 
-def write_result_image(image: sitk.Image, directory: str | Path | None = None) -> Path:
-    """Write a result image as a float32 NIfTI in a new temporary file (the caller removes it); returns its path."""
-    handle, path = tempfile.mkstemp(suffix=RESULT_SUFFIX, prefix="spectgan_", dir=directory)
+@functools.cache
+def private_results_dir() -> Path:
+    """This process's own folder for result files (mode 0700, removed when the process exits).
+
+    Result files must not live where clients write: MONAI Label's official client saves an answer's image part as
+    ``<its temporary folder>/<the part's file name>`` (/tmp by default), and the server names the part after its
+    result file, which it deletes after answering. A result in /tmp itself was that very path on a shared machine.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="spectgan-results-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def result_stem(model: str, condition_label: str, seed: int) -> str:
+    """What a result is, as the start of its file name: ``spect_fastgan_A_BG-unilateral-left_seed3``."""
+    return f"{model}_{condition_label}_seed{seed}"
+
+
+def write_result_image(image: sitk.Image, directory: str | Path, stem: str) -> Path:
+    """Write a result image as a float32 NIfTI ``<directory>/<stem>_<random>.nii.gz`` (unique: concurrent requests
+    may ask for the same thing; the caller removes it); returns its path."""
+    handle, path = tempfile.mkstemp(suffix=RESULT_SUFFIX, prefix=f"{stem}_", dir=directory)
     os.close(handle)
     sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32), path, True)
     return Path(path)
@@ -568,8 +559,10 @@ def next_version(bundle_dir: Path) -> str:
 def check_cohort(cohort_dir: Path) -> None:
     """ServiceError 422 unless ``cohort_dir`` is a finished cohort with a manifest."""
     if not (cohort_dir / "cohort.json").is_file() or not (cohort_dir / "manifest.csv").is_file():
-        raise ServiceError(UNPROCESSABLE, f"no training cohort in {cohort_dir}: make one with `spectgan cohort --out "
-                                          f"{cohort_dir}` or point conf cohort / ${COHORT_ENV} at one")
+        logger.warning("no training cohort in %s", cohort_dir)
+        raise ServiceError(UNPROCESSABLE, f"the server has no training cohort (its folder {cohort_dir.name!r} holds "
+                                          "no finished cohort): make one on the server with `spectgan cohort --out "
+                                          f"FOLDER` and point conf cohort / ${COHORT_ENV} at it")
 
 
 def retrain(name: str, models_dir: Path, cohort_dir: Path, params: Mapping[str, Any],
@@ -593,7 +586,7 @@ def retrain(name: str, models_dir: Path, cohort_dir: Path, params: Mapping[str, 
     shutil.rmtree(run_dir, ignore_errors=True)
     levels = ",".join(level.value for level in request.levels)
     report(f"{name}: training version {version} for {request.iterations} iterations at batch {request.batch_size} "
-           f"on {levels} from {cohort_dir} (run {run_dir})")
+           f"on {levels} from cohort {cohort_dir.name} (run {RUNS_FOLDER}/{name} of the models folder)")
     started = time.perf_counter()
     train(run_dir, progress=True, command=f"monailabel train {name} {json.dumps(dict(params), default=str)}",
           cohort=str(cohort_dir), levels=levels, iterations=request.iterations, batch_size=request.batch_size,
@@ -604,235 +597,5 @@ def retrain(name: str, models_dir: Path, cohort_dir: Path, params: Mapping[str, 
     metadata = load_bundle(bundle_dir).metadata
     report(f"{name}: published version {metadata['version']} (sha256 {metadata['weights_sha256']})")
     return {"model": name, "version": metadata["version"], "sha256": metadata["weights_sha256"],
-            "iterations": request.iterations, "batch": request.batch_size, "levels": levels, "run": str(run_dir)}
-
-
-# ------------------------------------------------------------------------------------------------ server process
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
-def server_command(studies: Path, port: int, models: str = "all", host: str = "127.0.0.1") -> list[str]:
-    """The documented start command of the app (run from the repository root)."""
-    monailabel = Path(sys.executable).with_name("monailabel")
-    return [str(monailabel), "start_server", "--app", "monai_app", "--studies", str(studies), "--conf", "models",
-            models, "--uvicorn_app", "monai_app.asgi:app", "--host", host, "--port", str(port)]
-
-
-class ServerProcess:
-    """A real ``monailabel start_server`` process of the app on 127.0.0.1, in its own process group.
-
-    A context manager: entering starts it and waits until ``/info/`` answers; leaving stops the whole process group
-    (the server and any training task it started). Its output goes to ``log_path``.
-    """
-
-    def __init__(self, studies: Path, models_dir: Path, log_path: Path, models: str = "all",
-                 cohort_dir: Path | None = None, start_timeout_s: float = 240.0):
-        self.studies, self.port = Path(studies), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = server_command(studies, self.port, models)
-        self.environment = {**os.environ, MODELS_DIR_ENV: str(models_dir), "MONAILABEL_PYEXE": sys.executable,
-                            **({COHORT_ENV: str(cohort_dir)} if cohort_dir else {})}
-        self.log_path, self.start_timeout_s = Path(log_path), start_timeout_s
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> "ServerProcess":
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command, cwd=REPOSITORY_ROOT, env=self.environment, stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            deadline = time.monotonic() + self.start_timeout_s
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise SpectganError(f"the server exited with code {self.process.returncode}:\n{self.log_tail()}")
-                try:
-                    if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
-                        return self
-                except requests.RequestException:
-                    pass
-                time.sleep(0.5)
-            raise SpectganError(f"the server did not answer within {self.start_timeout_s:.0f} s:\n{self.log_tail()}")
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
-
-    def log_tail(self, characters: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-characters:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        """Terminate the process group, then kill whatever is left of it (a training task the server started)."""
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
-        self.process = None
-
-
-# ----------------------------------------------------------------------------------------------------- benchmark
-
-BENCH_MODEL = "spect_fastgan_A"
-BENCH_STUDY = "study_unilateral_left_oblique"
-BENCH_PARAMS = {"level": "BG", "pattern": "unilateral", "side": "left", "output_space": "reference"}
-BENCH_LATENCY_REQUESTS = 100
-BENCH_THROUGHPUT_REQUESTS = 32
-BENCH_CLIENTS = (1, 2, 4)
-BENCH_ROUNDS = 3
-BENCH_WARM_UP_REQUESTS = 16
-TARGET_RATIO = 1.15
-TARGET_SPEEDUP_4 = 1.7
-
-
-def _percentile_ms(seconds: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(seconds) * 1000.0, q))
-
-
-def _stand_in_models_dir(work: Path) -> Path:
-    """A barely trained 64 px bundle (a small simulated cohort, one training step) when no trained bundle exists."""
-    from spectgan.cohort import build_cohort  # the acquisition stack (pytomography) only for the stand-in
-
-    cohort = build_cohort(work / "cohort", seed=7, matrix=64, scale=0.1, progress=False)
-    train(work / "run", progress=False, cohort=str(cohort), iterations=1, batch_size=4)
-    export_bundle(work / "run", work / "models" / BENCH_MODEL, name=BENCH_MODEL)
-    return work / "models"
-
-
-def _infer_over_http(session, url: str, seed: int) -> None:
-    response = session.post(f"{url}/infer/{BENCH_MODEL}", params={"image": BENCH_STUDY, "output": "all"},
-                            data={"params": json.dumps({**BENCH_PARAMS, "seed": seed})}, timeout=120)
-    if response.status_code != 200:
-        raise SpectganError(f"benchmark request failed ({response.status_code}): {response.text[:500]}")
-
-
-def _throughput(url: str, clients: int, requests_total: int) -> float:
-    """Requests per second of ``clients`` concurrent clients sharing ``requests_total`` requests."""
-    counter = iter(range(requests_total))
-    lock = threading.Lock()
-
-    def client() -> None:
-        with requests.Session() as session:
-            while True:
-                with lock:
-                    seed = next(counter, None)
-                if seed is None:
-                    return
-                _infer_over_http(session, url, seed)
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        for future in [pool.submit(client) for _ in range(clients)]:
-            future.result()
-    return requests_total / (time.perf_counter() - started)
-
-
-def _seconds(call: Callable[[int], None], seed: int) -> float:
-    started = time.perf_counter()
-    call(seed)
-    return time.perf_counter() - started
-
-
-def measure_server(models_dir: Path, work: Path) -> dict:
-    """End-to-end (HTTP) and in-process latencies of the same requests, interleaved so that both see the same load
-    on a shared machine, then throughput with 1, 2 and 4 clients (the median of ``BENCH_ROUNDS`` rounds)."""
-    studies = work / "studies"
-    shutil.copytree(SAMPLE_STUDIES_DIR, studies)
-    use_server_threads()  # the server's setting, so that both sides do the same work
-    generation_workers = generation_workers_from()  # the server's (it gets this environment)
-    service = GenerationService(models_dir, [BENCH_MODEL])
-    study_path = studies / f"{BENCH_STUDY}.nii.gz"
-
-    def in_process(seed: int) -> None:
-        path, _ = service.generate_file(BENCH_MODEL, study_path, {**BENCH_PARAMS, "seed": seed})
-        path.read_bytes()
-        path.unlink()
-
-    with ServerProcess(studies, models_dir, work / "server.log", models=BENCH_MODEL) as server, \
-            requests.Session() as session:
-        def over_http(seed: int) -> None:
-            _infer_over_http(session, server.url, seed)
-
-        # Registration and bundle loading are not part of the measured requests: concurrent warm-up requests reach
-        # every generation worker of the server (each registers the study once).
-        in_process(0)
-        _throughput(server.url, max(BENCH_CLIENTS), BENCH_WARM_UP_REQUESTS)
-        local, remote = [], []
-        for seed in range(BENCH_LATENCY_REQUESTS):
-            local.append(_seconds(in_process, seed))
-            remote.append(_seconds(over_http, seed))
-        rounds = {clients: [] for clients in BENCH_CLIENTS}
-        for _ in range(BENCH_ROUNDS):
-            for clients in BENCH_CLIENTS:
-                rounds[clients].append(_throughput(server.url, clients, BENCH_THROUGHPUT_REQUESTS))
-    throughput = {clients: float(np.median(rates)) for clients, rates in rounds.items()}
-    metadata = service.bundle(BENCH_MODEL).metadata
-    figures = {
-        "bundle": {"name": metadata["name"], "version": metadata["version"], "image_size": metadata["image_size"],
-                   "trained_iterations": metadata["training"]["iterations"]},
-        "request": {"image": BENCH_STUDY, **BENCH_PARAMS}, "requests": BENCH_LATENCY_REQUESTS,
-        "server_ms": {"p50": _percentile_ms(remote, 50), "p95": _percentile_ms(remote, 95)},
-        "in_process_ms": {"p50": _percentile_ms(local, 50), "p95": _percentile_ms(local, 95)},
-        "throughput_rps": {str(clients): rate for clients, rate in throughput.items()},
-        "throughput_rounds": BENCH_ROUNDS, "cores": os.cpu_count(), "generation_workers": generation_workers,
-    }
-    figures["overhead_ms_p50"] = figures["server_ms"]["p50"] - figures["in_process_ms"]["p50"]
-    figures["ratio_p50"] = figures["server_ms"]["p50"] / figures["in_process_ms"]["p50"]
-    figures["ratio_p95"] = figures["server_ms"]["p95"] / figures["in_process_ms"]["p95"]
-    figures["speedup_4_clients"] = throughput[4] / throughput[1]
-    figures["targets"] = {"ratio_p50_max": TARGET_RATIO, "speedup_4_clients_min": TARGET_SPEEDUP_4,
-                          "ratio_met": figures["ratio_p50"] <= TARGET_RATIO,
-                          "speedup_met": figures["speedup_4_clients"] >= TARGET_SPEEDUP_4}
-    return figures
-
-
-def format_server_figures(figures: dict) -> str:
-    bundle = figures["bundle"]
-    lines = [f"server benchmark: {bundle['name']} {bundle['version']} ({bundle['image_size']} px, "
-             f"{bundle['trained_iterations']} iterations), {figures['requests']} requests "
-             f"{json.dumps(figures['request'])}, {figures['cores']} cores, server with "
-             f"{figures['generation_workers']} generation worker process(es)",
-             f"{'':<22}{'p50 ms':>10}{'p95 ms':>10}",
-             f"{'end-to-end (HTTP)':<22}{figures['server_ms']['p50']:>10.1f}{figures['server_ms']['p95']:>10.1f}",
-             f"{'in-process':<22}{figures['in_process_ms']['p50']:>10.1f}{figures['in_process_ms']['p95']:>10.1f}",
-             f"ratio p50 {figures['ratio_p50']:.3f} (target <= {TARGET_RATIO}), p95 {figures['ratio_p95']:.3f}; "
-             f"HTTP, MONAI Label and the worker hop add {figures['overhead_ms_p50']:.1f} ms (p50)",
-             f"throughput (median of {figures['throughput_rounds']} rounds): "
-             + ", ".join(f"{clients} client(s) {rate:.2f} req/s"
-                         for clients, rate in figures["throughput_rps"].items()),
-             f"4 clients / 1 client: {figures['speedup_4_clients']:.2f} x (target >= {TARGET_SPEEDUP_4})"]
-    if figures.get("note"):
-        lines.append(f"note: {figures['note']}")
-    return "\n".join(lines)
-
-
-def run_server_benchmark(as_json: bool = False) -> int:
-    """``spectgan bench server``: a real server process against the same work in-process (see ``measure_server``).
-
-    Uses the trained ``spect_fastgan_A`` of the models folder ($SPECTGAN_MODELS_DIR or models/); without one, an
-    untrained 64 px stand-in made on the spot (the figures then say so).
-    """
-    models_dir = models_dir_from()
-    with tempfile.TemporaryDirectory(prefix="spectgan_bench_server_") as temporary:
-        work = Path(temporary)
-        note = None
-        if not GenerationService(models_dir, [BENCH_MODEL]).has_bundle(BENCH_MODEL):
-            note = (f"no trained {BENCH_MODEL} in {models_dir}: measured a barely trained 64 px stand-in bundle, "
-                    "so generation is cheaper than with the shipped 128 px model")
-            models_dir = _stand_in_models_dir(work)
-        figures = measure_server(models_dir, work)
-    figures["note"] = note
-    print(json.dumps(figures, indent=2) if as_json else format_server_figures(figures))
-    return 0
-
+            "iterations": request.iterations, "batch": request.batch_size, "levels": levels,
+            "run": f"{RUNS_FOLDER}/{name}"}

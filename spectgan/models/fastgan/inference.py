@@ -16,8 +16,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from spectgan.conditions import Condition, parse_condition
-from spectgan.gan.figures import save_image_grid
-from spectgan.gan.networks import Generator, autocast, encode_conditions, to_counts
+from spectgan.models.fastgan.figures import save_image_grid
+from spectgan.models.fastgan.networks import Generator, autocast, encode_conditions, to_counts
 
 # Images per forward pass when sampling: on the CPU few enough to keep the activations in cache (measured at 128 x 128:
 # 8 images per pass sample 1.8 x faster than 64), on CUDA many.

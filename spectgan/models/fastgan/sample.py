@@ -1,4 +1,4 @@
-"""Sampling a model bundle: ``spectgan.gan.sample(...)`` and ``spectgan sample``.
+"""Sampling a model bundle: ``spectgan.models.fastgan.sample(...)`` and ``spectgan sample``.
 
 Same seed, condition, ``n``, ``psi`` and weights give bit-identical counts on the CPU (see ``gan.inference``).
 """
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from spectgan.cohort_format import atomic_write_image
+from spectgan.cohorts.format import atomic_write_image
 from spectgan.conditions import Condition, describe_allowed, parse_condition, parse_levels
-from spectgan.gan.bundle import Bundle, load_bundle
-from spectgan.gan.figures import save_image_grid
-from spectgan.gan.inference import generate
-from spectgan.gan.networks import to_counts
-from spectgan.template import canonical_image
+from spectgan.models.fastgan.bundle import Bundle, load_bundle
+from spectgan.models.fastgan.figures import save_image_grid
+from spectgan.models.fastgan.inference import generate
+from spectgan.models.fastgan.networks import to_counts
+from spectgan.geometry.template import canonical_image
 
 MAX_SEED = 2 ** 63 - 1
 MAX_IMAGES = 10_000  # per request

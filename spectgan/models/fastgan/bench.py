@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from spectgan.conditions import Condition, Level, Pattern, Side
-from spectgan.gan.bundle import load_bundle
-from spectgan.gan.inference import generate, prepare_for_sampling
-from spectgan.gan.networks import Generator, amp_dtype, encode_conditions
+from spectgan.models.fastgan.bundle import load_bundle
+from spectgan.models.fastgan.inference import generate, prepare_for_sampling
+from spectgan.models.fastgan.networks import Generator, amp_dtype, encode_conditions
 
 BATCHES = (1, 16, 64)
 TARGET_RATIO = 0.6  # generator GFLOP/s over matmul GFLOP/s at batch 64
-SHIPPED_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "spect_fastgan_A"
+SHIPPED_BUNDLE = Path(__file__).resolve().parents[3] / "models" / "spect_fastgan_A"
 CONDITION = Condition(Level.BG, Pattern.UNILATERAL, Side.LEFT)
 
 

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from spectgan.conditions import Condition, Level, Pattern, Side
-from spectgan.template import mni_maps
+from spectgan.geometry.template import mni_maps
 
 GREY_MATTER_CBF = (42.5, 5.4)  # mL/100 g/min, mean and SD between healthy subjects
 GREY_TO_WHITE = (4.0, 0.3)  # uptake ratio before blurring, mean and SD

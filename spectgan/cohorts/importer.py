@@ -1,10 +1,10 @@
 """``spectgan import``: real brain perfusion SPECT (DICOM / NIfTI) plus a labels.csv -> a de-identified cohort in the
-format of ``spectgan.cohort_format``, ready for ``spectgan train``.
+format of ``spectgan.cohorts.format``, ready for ``spectgan train``.
 
 Steps: find the studies in SRC (single-frame DICOM slices grouped by SeriesInstanceUID, each multi-frame DICOM
 object, each NIfTI volume), match them to labels.csv, split them by patient, then for each study: read the volume
-with its full geometry, register it to the perfusion template (``spectgan.geometry``), resample the CER, BG and COR
-planes into canonical slabs (``spectgan.template``), measure them (``spectgan.roi``) and write the slices and a QC
+with its full geometry, register it to the perfusion template (``spectgan.geometry.registration``), resample the CER, BG and COR
+planes into canonical slabs (``spectgan.geometry.template``), measure them (``spectgan.geometry.roi``) and write the slices and a QC
 picture. Last, the ONE count scale is computed on the train split and the manifest, the report and cohort.json are
 written.
 
@@ -43,14 +43,14 @@ from pydicom.pixel_data_handlers.util import apply_modality_lut
 from tqdm import tqdm
 
 from spectgan import __version__
-from spectgan.cohort_format import (SPLITS, CohortRecord, atomic_write_bytes, atomic_write_image, compute_count_scale,
+from spectgan.cohorts.format import (SPLITS, CohortRecord, atomic_write_bytes, atomic_write_image, compute_count_scale,
                                     load_split, read_cohort_info, write_cohort_info, write_manifest)
 from spectgan.conditions import Condition, Level, Pattern, Side, parse_condition, parse_levels
 from spectgan.errors import InvalidImageError, SpectganError
 from spectgan.figures import pyplot, save_figure
-from spectgan.geometry import TEMPLATE_BRAIN_FRACTION, Registration, perfusion_template, register_to_template
-from spectgan.roi import TEMPLATE_MIDLINE, HemisphereStats, hemisphere_masks, hemisphere_stats
-from spectgan.template import (MATRICES, SLAB_THICKNESS_MM, canonical_array, canonical_grid, canonical_image,
+from spectgan.geometry.registration import TEMPLATE_BRAIN_FRACTION, Registration, perfusion_template, register_to_template
+from spectgan.geometry.roi import TEMPLATE_MIDLINE, HemisphereStats, hemisphere_masks, hemisphere_stats
+from spectgan.geometry.template import (MATRICES, SLAB_THICKNESS_MM, canonical_array, canonical_grid, canonical_image,
                                canonical_origin, pixel_spacing)
 
 FORMAT_VERSION = "1"

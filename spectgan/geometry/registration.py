@@ -24,8 +24,8 @@ import SimpleITK as sitk
 
 from spectgan.conditions import LEVEL_Z_MM, Level
 from spectgan.errors import InvalidImageError
-from spectgan.roi import MidlinePlane
-from spectgan.template import SLICE_CENTRE_MM, mni_maps
+from spectgan.geometry.roi import MidlinePlane
+from spectgan.geometry.template import SLICE_CENTRE_MM, mni_maps
 
 GREY_TO_WHITE_UPTAKE = 4.0  # early 123I-IMP uptake follows CBF: grey matter about 4 x white matter
 SPECT_FWHM_MM = 12.0  # resolution the perfusion template is blurred to
@@ -351,7 +351,7 @@ def _depth_along(grid: sitk.Image, normal: np.ndarray) -> float:
 
 def place_slice(canonical: sitk.Image, registration: Registration, output_space: str = "slice",
                 reference: sitk.Image | None = None) -> sitk.Image:
-    """Put a canonical slice (``spectgan.template.canonical_image``, size (W, H, 1)) in a study's physical space.
+    """Put a canonical slice (``spectgan.geometry.template.canonical_image``, size (W, H, 1)) in a study's physical space.
 
     ``"slice"``: the same pixels, bit for bit, as a one-slice, possibly oblique volume: origin, direction and
     spacing are the canonical ones mapped by the registration's similarity transform.

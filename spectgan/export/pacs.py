@@ -38,7 +38,7 @@ from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from pynetdicom.status import code_to_category
 from requests.adapters import HTTPAdapter
 
-from spectgan.cohort_format import atomic_write_bytes
+from spectgan.cohorts.format import atomic_write_bytes
 from spectgan.errors import SpectganError
 
 USERNAME_ENV = "SPECTGAN_PACS_USERNAME"

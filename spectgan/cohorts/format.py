@@ -9,7 +9,7 @@ A cohort folder holds:
   unless unilateral; ``territory`` and ``severity`` empty where unknown; ``file`` relative to the folder), and a
   ``seed`` column in synthetic cohorts (``spectgan synthesize``: the seed that made the slice);
 - ``train/<id>.nii.gz`` and ``test/<id>.nii.gz``: canonical one-slice float32 volumes in counts, in template
-  geometry (see ``spectgan.template``).
+  geometry (see ``spectgan.geometry.template``).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from spectgan.conditions import ALL_LEVELS, Condition, Level, parse_condition
 from spectgan.errors import SpectganError
-from spectgan.template import canonical_array
+from spectgan.geometry.template import canonical_array
 
 MANIFEST_COLUMNS = ("split", "id", "level", "pattern", "side", "territory", "severity", "file")
 SEED_COLUMN = "seed"  # written only when some slice has a seed (synthetic cohorts)

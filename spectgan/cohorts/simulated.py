@@ -1,7 +1,7 @@
 """Simulated 123I-IMP cohorts at the paper's case counts (train + held-out test) and 3D reference studies.
 
-Every slice is one simulated patient: ``spectgan.phantom`` draws the anatomy, perfusion and defects, and
-``spectgan.acquisition`` acquires and reconstructs it. Work is split in fixed chunks of slices: a chunk whose files
+Every slice is one simulated patient: ``spectgan.simulation.phantom`` draws the anatomy, perfusion and defects, and
+``spectgan.simulation.acquisition`` acquires and reconstructs it. Work is split in fixed chunks of slices: a chunk whose files
 all exist is done, so an interrupted run continues where it stopped and a finished cohort is reused.
 """
 from __future__ import annotations
@@ -18,16 +18,17 @@ import SimpleITK as sitk
 from scipy import ndimage
 from tqdm import tqdm
 
-from spectgan.acquisition import acquire, axial_profile, protocol_for, system_fwhm_mm
-from spectgan.bench import print_figures
-from spectgan.cohort_format import (CohortRecord, atomic_write_bytes, atomic_write_image, compute_count_scale,
-                                    finished_cohort, load_split, read_cohort_info, write_cohort_info, write_manifest)
+from spectgan.simulation.acquisition import acquire, axial_profile, protocol_for, system_fwhm_mm
+from spectgan.tools.bench import print_figures
+from spectgan.cohorts.format import (CohortRecord, atomic_write_bytes, atomic_write_image, compute_count_scale,
+                                     finished_cohort, load_split, read_cohort_info, write_cohort_info,
+                                     write_manifest)
 from spectgan.conditions import PAPER_COUNTS, Condition, Level, Pattern, Side
 from spectgan.figures import pyplot, save_figure
-from spectgan.geometry import BRAIN_CENTRE_MM, pose_to_dict, similarity_pose
-from spectgan.phantom import Defect, perfusion_phantom, random_subject
-from spectgan.roi import TEMPLATE_MIDLINE, hemisphere_stats
-from spectgan.template import SLAB_THICKNESS_MM, canonical_grid, canonical_image, pixel_spacing
+from spectgan.geometry.registration import BRAIN_CENTRE_MM, pose_to_dict, similarity_pose
+from spectgan.simulation.phantom import Defect, perfusion_phantom, random_subject
+from spectgan.geometry.roi import TEMPLATE_MIDLINE, hemisphere_stats
+from spectgan.geometry.template import SLAB_THICKNESS_MM, canonical_grid, canonical_image, pixel_spacing
 
 SIMULATOR_VERSION = "1"
 CHUNK_SIZE = 32  # slices reconstructed together (one pytomography stack)

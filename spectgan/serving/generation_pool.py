@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from spectgan.errors import SpectganError
-from spectgan.service import SERVICE_UNAVAILABLE, GenerationService, ServiceError, use_server_threads
+from spectgan.serving.service import SERVICE_UNAVAILABLE, GenerationService, ServiceError, use_server_threads
 
 STOP_TIMEOUT_S = 10.0
 

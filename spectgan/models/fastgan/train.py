@@ -27,14 +27,14 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from spectgan.cohort_format import load_split, read_cohort_info
+from spectgan.cohorts.format import load_split, read_cohort_info
 from spectgan.conditions import parse_levels, valid_conditions
 from spectgan.errors import SpectganError
-from spectgan.gan.augment import diff_augment
-from spectgan.gan.bundle import export_bundle
-from spectgan.gan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
-from spectgan.gan.inference import sampling_copy, save_condition_grid
-from spectgan.gan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
+from spectgan.models.fastgan.augment import diff_augment
+from spectgan.models.fastgan.bundle import export_bundle
+from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
+from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
+from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
                                    condition_classification_loss, crop_quadrant, encode_conditions,
                                    minibatch_group, to_network_range)
 
@@ -392,7 +392,7 @@ def train(out: str | Path, resume: bool = False, progress: bool = True, export_b
                                           for key in ("slices_per_condition", "count_scale")):
             raise SpectganError(f"the cohort {settings.cohort} is not the one the run started with (slices per "
                                 "condition or count scale differ); a resumed run must see the same data")
-        command = command or f"spectgan.gan.train.train({str(run_dir)!r}, resume={resume}, **{options!r})"
+        command = command or f"spectgan.models.fastgan.train.train({str(run_dir)!r}, resume={resume}, **{options!r})"
         _run(run_dir, settings, data, checkpoint, processes, progress, command)
         if export_bundle_dir is not None and processes.main:
             export_bundle(run_dir, export_bundle_dir, name=bundle_name)

@@ -1,5 +1,5 @@
 """``spectgan synthesize``: a labelled synthetic cohort from a model bundle, in the cohort format (see
-``spectgan.cohort_format``), for any training pipeline: ``spectgan train``, the evaluation's TSTR, or a MONAI
+``spectgan.cohorts.format``), for any training pipeline: ``spectgan train``, the evaluation's TSTR, or a MONAI
 Dataset of the manifest's files.
 
 Every slice has its own seed (the manifest's ``seed`` column): ``spectgan sample --bundle B --level L --pattern P
@@ -21,15 +21,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from spectgan.bench import print_figures
-from spectgan.cohort_format import (CohortRecord, atomic_write_bytes, atomic_write_image, finished_cohort,
-                                    read_cohort_info, read_manifest, write_cohort_info, write_manifest)
+from spectgan.tools.bench import print_figures
+from spectgan.cohorts.format import (CohortRecord, atomic_write_bytes, atomic_write_image, finished_cohort,
+                                     read_cohort_info, read_manifest, write_cohort_info, write_manifest)
 from spectgan.conditions import Condition, parse_condition, parse_levels, valid_conditions
 from spectgan.errors import SpectganError
-from spectgan.gan.bundle import load_bundle
-from spectgan.gan.inference import generate_seeded
-from spectgan.gan.networks import to_counts
-from spectgan.template import SLAB_THICKNESS_MM, canonical_image
+from spectgan.models.fastgan.bundle import load_bundle
+from spectgan.models.fastgan.inference import generate_seeded
+from spectgan.models.fastgan.networks import to_counts
+from spectgan.geometry.template import SLAB_THICKNESS_MM, canonical_image
 
 CHUNK_SIZE = 512  # slices written by one task
 SPLIT = "train"  # a synthetic cohort is training data: every slice goes to the train split

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from spectgan.cohort_format import atomic_write_bytes
+from spectgan.cohorts.format import atomic_write_bytes
 from spectgan.errors import SpectganError
-from spectgan.gan.networks import Generator
+from spectgan.models.fastgan.networks import Generator
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1

@@ -1,0 +1,1 @@
+"""Cohorts: simulated ones (``simulated``), imported real studies (``importer``) and their one on-disk format."""

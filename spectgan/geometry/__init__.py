@@ -1,0 +1,1 @@
+"""Geometry and statistics: template registration and level planes, the canonical slice, hemisphere ROIs."""

@@ -1,0 +1,1 @@
+"""Models: one package per model family (``fastgan``: the conditional FastGAN)."""

@@ -1,0 +1,78 @@
+"""The server's settings: each from the app conf (``--conf KEY VALUE``), else an environment variable, else a default.
+
+| conf key             | environment variable           | default                                   |
+| -------------------- | ------------------------------ | ----------------------------------------- |
+| models               | (none)                         | all: every bundle found in the models folder |
+| models_dir           | SPECTGAN_MODELS_DIR            | <repository>/models                       |
+| cohort               | SPECTGAN_COHORT                | sample_data/cohorts/default               |
+| generation_workers   | SPECTGAN_GENERATION_WORKERS    | one worker process per core; 0: request threads |
+| api_token            | SPECTGAN_API_TOKEN             | none: no authentication                   |
+| max_upload_mb        | SPECTGAN_MAX_UPLOAD_MB         | 64                                        |
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODELS_DIR = REPOSITORY_ROOT / "models"
+DEFAULT_COHORT_DIR = REPOSITORY_ROOT / "sample_data" / "cohorts" / "default"
+SAMPLE_STUDIES_DIR = REPOSITORY_ROOT / "sample_data" / "studies"
+MODELS_DIR_ENV = "SPECTGAN_MODELS_DIR"
+COHORT_ENV = "SPECTGAN_COHORT"
+GENERATION_WORKERS_ENV = "SPECTGAN_GENERATION_WORKERS"
+API_TOKEN_ENV = "SPECTGAN_API_TOKEN"
+MAX_UPLOAD_ENV = "SPECTGAN_MAX_UPLOAD_MB"
+DEFAULT_MAX_UPLOAD_MB = 64  # a reference SPECT volume takes a few MB
+
+
+def _setting(conf: Mapping[str, str] | None, key: str, env: str) -> str | None:
+    """The app conf ``key``, else the environment variable ``env``; None when neither is set (or blank)."""
+    value = (conf or {}).get(key) or os.environ.get(env)
+    return str(value).strip() if value is not None and str(value).strip() else None
+
+
+def configured_path(conf: Mapping[str, str] | None, key: str, env: str, default: Path) -> Path:
+    """A folder from the app conf ``key``, else the environment variable ``env``, else ``default``."""
+    value = _setting(conf, key, env)
+    return Path(value).expanduser().resolve() if value else default
+
+
+def models_dir_from(conf: Mapping[str, str] | None = None) -> Path:
+    """The models folder: conf ``models_dir``, else $SPECTGAN_MODELS_DIR, else <repository>/models."""
+    return configured_path(conf, "models_dir", MODELS_DIR_ENV, DEFAULT_MODELS_DIR)
+
+
+def cohort_dir_from(conf: Mapping[str, str] | None = None) -> Path:
+    """The training cohort: conf ``cohort``, else $SPECTGAN_COHORT, else sample_data/cohorts/default."""
+    return configured_path(conf, "cohort", COHORT_ENV, DEFAULT_COHORT_DIR)
+
+
+def _whole_number(text: str, name: str, meaning: str) -> int:
+    """``text`` as a whole number; ValueError "``name`` must be a whole number ``meaning``" otherwise."""
+    if not text.isdecimal():
+        raise ValueError(f"{name} must be a whole number {meaning}, got {text!r}")
+    return int(text)
+
+
+def generation_workers_from(conf: Mapping[str, str] | None = None) -> int:
+    """Worker processes for generation: app conf ``generation_workers``, else $SPECTGAN_GENERATION_WORKERS, else
+    the number of cores; 0 generates in the server's own request threads. ValueError for anything else."""
+    value = _setting(conf, "generation_workers", GENERATION_WORKERS_ENV)
+    if value is None:
+        return os.cpu_count() or 1
+    return _whole_number(value, "generation_workers", "of processes (0: generate in the server's threads)")
+
+
+def api_token_from(conf: Mapping[str, str] | None = None) -> str | None:
+    """The bearer token every request must send (app conf ``api_token``, else $SPECTGAN_API_TOKEN); None: no
+    authentication (the default, for a server on 127.0.0.1)."""
+    return _setting(conf, "api_token", API_TOKEN_ENV)
+
+
+def max_upload_bytes_from(conf: Mapping[str, str] | None = None) -> int:
+    """The largest upload accepted, in bytes: app conf ``max_upload_mb``, else $SPECTGAN_MAX_UPLOAD_MB, else 64 MB."""
+    value = _setting(conf, "max_upload_mb", MAX_UPLOAD_ENV)
+    megabytes = DEFAULT_MAX_UPLOAD_MB if value is None else _whole_number(value, "max_upload_mb", "of megabytes")
+    return megabytes * 1024 * 1024

@@ -1,0 +1,1 @@
+"""Simulated acquisition of the "real" cohort: the perfusion phantom and the SPECT acquisition model."""

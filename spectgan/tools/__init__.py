@@ -1,0 +1,1 @@
+"""Tools: benchmarks and helpers that are not part of serving."""
