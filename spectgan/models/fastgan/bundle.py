@@ -162,6 +162,7 @@ counts, seed = sample("models/{metadata['name']}", {level!r}, {pattern!r}{side_a
 spectgan sample --bundle models/{metadata['name']} --level {level} --pattern {pattern}{side_flag} --seed 3 --n 4 --out out/
 ```
 
+{_output_stage(metadata)}
 ## Training
 ```
 {commands}
@@ -185,6 +186,22 @@ models/{metadata['name']}/docs/evaluation` (exporting new weights replaces this 
 
 ## Files
 `{WEIGHTS_FILE}` (sha256 `{metadata['weights_sha256']}`), `{METADATA_FILE}`, `{INFERENCE_FILE}`.
+"""
+
+
+def _output_stage(metadata: dict) -> str:
+    """The README's paragraph on the generator's last stage (``networks.ReconstructionOutput``), from its settings."""
+    generator = metadata["network"]["generator"]
+    sigma, floor = generator.get("output_filter_sigma", 0.0), generator.get("output_floor", 0.0)
+    if not sigma and not floor:
+        return "## Output stage\nThe generator ends in tanh (no reconstruction output stage).\n"
+    fwhm_mm = sigma * 2.3548 * metadata["pixel_spacing_mm"]
+    return f"""## Output stage
+The generator ends in the last stage of a SPECT reconstruction, as a fixed layer: the bottom {floor:.1%} of the
+intensity range is set to zero (OSEM leaves the background outside the head at almost nothing), then the post-filter
+of the training cohort is applied (Gaussian, FWHM {fwhm_mm:.1f} mm = sigma {sigma:.2f} px). The generator draws the
+unfiltered image; the filter's physics is exact, so the slices hold no detail the reconstruction cannot make. When
+present, `realism.md` beside this file compares this with the earlier approaches on the same evaluation.
 """
 
 
