@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "export": "spectgan.pacs",
     "bench": "spectgan.bench",
     "demo": "spectgan.demo",
+    "reader-study": "spectgan.reader_study.cli",
 }
 
 
