@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from gan_toy_cohort import single_thread, toy_cohort  # noqa: F401 (fixtures)
+from gan_toy_cohort import single_thread, toy_bundle, toy_cohort, toy_run  # noqa: F401 (fixtures)
 
 from spectgan.conditions import Condition, Level, Pattern, Side
 from spectgan.errors import SpectganError
@@ -23,7 +23,7 @@ from spectgan.reader_study.study import (KEY_COLUMNS, KEY_FILE, Answer, KeyEntry
                                          read_sheet, write_csv, write_sheet)
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "models" / "spect_fastgan_A"
+SHIPPED_BUNDLE = ROOT / "models" / "spect_fastgan_A"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 N_CASES, N_PRACTICE = 8, 2
 
@@ -117,9 +117,10 @@ def test_binomial_power_is_the_size_under_chance_and_grows_with_n():
 # --- create -----------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def study(toy_cohort, tmp_path_factory) -> Path:
-    """A study of 8 cases, 2 practice cases and 2 readers: the toy cohort's test split against model A (64 px)."""
-    return create_study(toy_cohort, BUNDLE, tmp_path_factory.mktemp("reader_study") / "study", n_cases=N_CASES,
+def study(toy_cohort, toy_bundle, tmp_path_factory) -> Path:
+    """A study of 8 cases, 2 practice cases and 2 readers: the toy cohort's test split against a tiny model trained on
+    the toy cohort's train split (64 px, the same counts)."""
+    return create_study(toy_cohort, toy_bundle, tmp_path_factory.mktemp("reader_study") / "study", n_cases=N_CASES,
                         n_readers=2, seed=3, n_practice=N_PRACTICE)
 
 
@@ -155,14 +156,17 @@ def _png_size(path: Path) -> tuple[int, int]:
     return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
 
 
-def test_create_refuses_an_existing_folder_and_odd_counts(study, toy_cohort, tmp_path):
+def test_create_refuses_an_existing_folder_odd_counts_and_a_cohort_of_other_counts(study, toy_cohort, toy_bundle,
+                                                                                    tmp_path):
     with pytest.raises(SpectganError, match="never overwritten"):
-        create_study(toy_cohort, BUNDLE, study)
+        create_study(toy_cohort, toy_bundle, study)
     with pytest.raises(SpectganError, match="even number"):
-        create_study(toy_cohort, BUNDLE, tmp_path / "odd", n_cases=7)
+        create_study(toy_cohort, toy_bundle, tmp_path / "odd", n_cases=7)
     with pytest.raises(SpectganError, match="unused .* slice"):
-        create_study(toy_cohort, BUNDLE, tmp_path / "big", n_cases=200)
-    assert not (tmp_path / "odd").exists() and not (tmp_path / "big").exists()
+        create_study(toy_cohort, toy_bundle, tmp_path / "big", n_cases=200)
+    with pytest.raises(SpectganError, match="differ in brightness"):  # model A was trained on other counts
+        create_study(toy_cohort, SHIPPED_BUNDLE, tmp_path / "model_a")
+    assert not any(tmp_path.iterdir())
 
 
 # --- the real server in a real browser --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from spectgan.cohort_format import load_split
+from spectgan.cohort_format import load_split, read_cohort_info
 from spectgan.conditions import Condition, Level, describe_allowed, valid_conditions
 from spectgan.errors import SpectganError
 from spectgan.figures import pyplot, save_figure
@@ -30,14 +30,16 @@ DISPLAY = {"colour_map": "inferno", "interpolation": "bilinear", "size_px": 384,
            "window": "[0, 99.5th percentile of all cases' counts at the level, real and synthetic together]"}
 WINDOW_PERCENTILE = 99.5
 MAX_READERS = 100
+COUNT_SCALE_TOLERANCE = 1.25  # the cohort's and the model's count scales may differ by this factor either way
 
 
 class Synthesizer(NamedTuple):
-    """What the study needs from a model: its name, image size (pixels), levels and
-    ``sample(condition, seed, n) -> float32 counts [n, size, size]`` in the canonical orientation."""
+    """What the study needs from a model: its name, image size (pixels), the count scale of its training data,
+    levels and ``sample(condition, seed, n) -> float32 counts [n, size, size]`` in the canonical orientation."""
 
     name: str
     image_size: int
+    count_scale: float
     levels: tuple[Level, ...]
     sample: Callable[[Condition, int, int], np.ndarray]
 
@@ -54,7 +56,8 @@ def open_synthesizer(bundle_dir: Path) -> Synthesizer:
     def draw(condition: Condition, seed: int, n: int) -> np.ndarray:
         return sample(bundle, condition.level, condition.pattern, condition.side, seed=seed, n=n)[0]
 
-    return Synthesizer(metadata["name"], int(metadata["image_size"]), parse_levels(metadata["levels"]), draw)
+    return Synthesizer(metadata["name"], int(metadata["image_size"]), float(metadata["count_scale"]),
+                       parse_levels(metadata["levels"]), draw)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,19 @@ def real_pools(cohort_dir: Path, synthesizer: Synthesizer) -> dict[Condition, li
     return pools
 
 
+def check_count_scales(cohort_dir: Path, synthesizer: Synthesizer) -> None:
+    """Refuse a cohort whose counts are not those the model was trained on: with one window per level, real and
+    synthetic slices would differ in brightness, and the display would give the answer away."""
+    cohort_scale = float(read_cohort_info(cohort_dir)["count_scale"])
+    ratio = cohort_scale / synthesizer.count_scale
+    if not 1 / COUNT_SCALE_TOLERANCE <= ratio <= COUNT_SCALE_TOLERANCE:
+        raise SpectganError(
+            f"the cohort's count scale ({cohort_scale:.1f}) is {ratio:.2f} x the model's ({synthesizer.count_scale:.1f}; "
+            f"allowed: {1 / COUNT_SCALE_TOLERANCE:.2f}-{COUNT_SCALE_TOLERANCE:.2f} x), so real and synthetic slices "
+            "would differ in brightness; use a cohort made like the model's training cohort (same matrix, e.g. "
+            "`spectgan cohort --matrix 128` for a model trained at 128 and sampled at 64)")
+
+
 def check_counts(n_cases: int, n_readers: int, n_practice: int, n_conditions: int) -> None:
     if n_cases < 2 or n_cases % 2:
         raise SpectganError(f"--n must be an even number of at least 2 (half real, half synthetic), got {n_cases}")
@@ -164,6 +180,7 @@ def create_study(cohort_dir: Path, bundle_dir: Path, out: Path, n_cases: int = 6
         raise SpectganError(f"{out} exists; a reader study is never overwritten (its answers would be lost): "
                             "choose a new --out")
     synthesizer = open_synthesizer(bundle_dir)
+    check_count_scales(cohort_dir, synthesizer)
     pools = real_pools(cohort_dir, synthesizer)
     conditions = [condition for condition in valid_conditions(synthesizer.levels) if condition in pools]
     check_counts(n_cases, n_readers, n_practice, len(conditions))
