@@ -185,11 +185,14 @@ def conclusion(accuracy: dict, power: float) -> str:
                    "of slice for the other, so the two were distinguishable, though not in the way they thought.")
     else:
         verdict = f"The readers did not tell synthetic from real slices apart at this sample size ({numbers})."
-    chance = ("an accuracy of 0.65 would very likely have been detected" if power >= 0.8 else
-              "a modest ability to tell them apart (accuracy 0.65) could well have been missed")
-    return (f"{verdict} With this many answers the design had a power of {power:.0%} to detect an accuracy of "
-            f"{TARGET_ACCURACY} at alpha {ALPHA} (exact binomial test, answers treated as independent, which "
-            f"overstates the power when readers judge the same cases), so {chance}.")
+    design = (f"With this many answers the design had a power of {power:.0%} to detect an accuracy of "
+              f"{TARGET_ACCURACY} at alpha {ALPHA} (exact binomial test, answers treated as independent, which "
+              "overstates the power when readers judge the same cases)")
+    if low > 0.5 or high < 0.5:
+        return f"{verdict} {design}."
+    chance = (f"an accuracy of {TARGET_ACCURACY} would very likely have been detected" if power >= 0.8 else
+              f"a modest ability to tell them apart (accuracy {TARGET_ACCURACY}) could well have been missed")
+    return f"{verdict} {design}, so {chance}."
 
 
 def _share(entry: dict) -> str:
@@ -266,7 +269,7 @@ def save_roc_figure(results: dict, path: Path) -> None:
     if pooled["auc"] is not None:
         axis.plot(pooled["fpr"], pooled["tpr"], color="black", linewidth=2.5,
                   label=f"pooled: AUC {pooled['auc']:.2f} ({pooled['ci'][0]:.2f}-{pooled['ci'][1]:.2f})")
-    axis.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal", xlabel="1 - specificity (real called synthetic)",
+    axis.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal", xlabel="1 - specificity (real called synthetic)",
              ylabel="sensitivity (synthetic called synthetic)", title="ROC: answer x confidence")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="lower right")
@@ -278,7 +281,8 @@ def save_accuracy_figure(results: dict, path: Path) -> None:
     panels = [("per reader", {**{r: v["accuracy"] for r, v in results["readers"].items()},
                               "pooled": results["pooled"]["accuracy"]}),
               ("per level x pattern (pooled)", {g: v["accuracy"] for g, v in results["conditions"].items()})]
-    figure, axes = pyplot().subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1, 2]})
+    widths = [len(entries) + 1 for _, entries in panels]
+    figure, axes = pyplot().subplots(1, 2, figsize=(2 + 0.95 * sum(widths), 4), gridspec_kw={"width_ratios": widths})
     for axis, (title, entries) in zip(axes, panels):
         names = [name for name, entry in entries.items() if entry["value"] is not None]
         values = np.array([entries[name]["value"] for name in names])
@@ -286,8 +290,8 @@ def save_accuracy_figure(results: dict, path: Path) -> None:
         axis.errorbar(range(len(names)), values, yerr=[values - bounds[:, 0], bounds[:, 1] - values], fmt="o",
                       capsize=4, color="black")
         axis.axhline(0.5, color="grey", linestyle=":", label="chance")
-        axis.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        axis.set(ylim=(0, 1.02), ylabel="accuracy (95 % CI)", title=title)
+        axis.set_xticks(range(len(names)), [f"{name}\n(n={entries[name]['n']})" for name in names], fontsize=8)
+        axis.set(xlim=(-0.5, len(names) - 0.5), ylim=(0, 1.02), ylabel="accuracy (95 % CI)", title=title)
         axis.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower left")
     save_figure(figure, path)
