@@ -48,7 +48,7 @@ class Trial:
 
 def load_trials(study_dir: Path) -> list[Trial]:
     """Every reader's study answers joined with the key (practice answers left out)."""
-    key, info = read_key(study_dir), read_info(study_dir)
+    info, key = read_info(study_dir), read_key(study_dir)
     trials = []
     for reader in info["orders"]:
         for answer in read_sheet(study_dir, reader)["study"]:
