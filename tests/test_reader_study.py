@@ -81,7 +81,7 @@ def test_coin_flip_answers_give_a_ci_that_contains_one_half(tmp_path):
     assert low < 0.5 < high
     assert results["pooled"]["roc"]["ci"][0] < 0.5 < results["pooled"]["roc"]["ci"][1]
     assert "did not tell synthetic from real slices apart" in results["conclusion"]
-    assert f"power of {results['power']['pooled']['power']:.0%}" in results["conclusion"]
+    assert f"is {results['power']['pooled']['power']:.0%} for the pooled answers" in results["conclusion"]
 
 
 def test_two_readers_who_always_agree_have_kappa_1(tmp_path):
@@ -167,6 +167,18 @@ def test_create_refuses_an_existing_folder_odd_counts_and_a_cohort_of_other_coun
     with pytest.raises(SpectganError, match="differ in brightness"):  # model A was trained on other counts
         create_study(toy_cohort, SHIPPED_BUNDLE, tmp_path / "model_a")
     assert not any(tmp_path.iterdir())
+
+
+def test_the_same_seed_gives_the_same_cases_in_the_same_orders(study, toy_cohort, toy_bundle, tmp_path):
+    again = create_study(toy_cohort, toy_bundle, tmp_path / "again", n_cases=N_CASES, n_readers=2, seed=3,
+                         n_practice=N_PRACTICE)
+
+    def orders_by_source(folder: Path) -> dict[str, list[str]]:
+        key, info = read_key(folder), json.loads((folder / "study.json").read_text())
+        return {reader: [key[case].source for case in order] for reader, order in info["orders"].items()}
+
+    assert orders_by_source(again) == orders_by_source(study)
+    assert set(read_key(again)).isdisjoint(read_key(study))  # new random ids
 
 
 # --- the real server in a real browser --------------------------------------------------------------------------

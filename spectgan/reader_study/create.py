@@ -128,11 +128,14 @@ def render_case(counts: np.ndarray, upper: float, path: Path) -> None:
     save_figure(figure, path, dpi=100, tight=False)
 
 
-def unique_ids(count: int) -> list[str]:
-    ids: set[str] = set()
+def random_ids(count: int) -> list[str]:
+    """``count`` distinct random hex ids, each drawn independently (so their order says nothing)."""
+    ids: list[str] = []
     while len(ids) < count:
-        ids.add(secrets.token_hex(5))
-    return sorted(ids)
+        candidate = secrets.token_hex(5)
+        if candidate not in ids:
+            ids.append(candidate)
+    return ids
 
 
 def real_pools(cohort_dir: Path, synthesizer: Synthesizer) -> dict[Condition, list[tuple[str, np.ndarray]]]:
@@ -205,12 +208,12 @@ def _write_folder(out: Path, cases: list[Case], synthesizer: Synthesizer, cohort
         staging.chmod(0o755)
         (staging / "private").mkdir(mode=0o700)
         windows = display_windows(cases)
-        blinded = sorted(zip(unique_ids(len(cases)), cases), key=lambda pair: pair[0])  # written in id order
-        for case_id, case in blinded:
+        blinded = list(zip(random_ids(len(cases)), cases))  # in the seeded case order, so the orders below are too
+        for case_id, case in sorted(blinded, key=lambda pair: pair[0]):  # written in id order: file times say nothing
             render_case(case.counts, windows[case.condition.level.value],
                         staging / IMAGE_DIRS[case.block] / f"{case_id}.png")
         entries = [KeyEntry(case_id, case.block, case.truth, case.condition, case.source) for case_id, case in blinded]
-        write_csv(staging / KEY_FILE, KEY_COLUMNS, [entry.to_row() for entry in entries])
+        write_csv(staging / KEY_FILE, KEY_COLUMNS, [entry.to_row() for entry in sorted(entries, key=lambda e: e.id)])
         (staging / SECRET_FILE).write_text(secrets.token_hex(32))
         readers = [f"reader{index + 1}" for index in range(n_readers)]
         tokens = [secrets.token_urlsafe(18) for _ in readers]
