@@ -10,6 +10,7 @@ Practice answers are never analysed.
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,12 +68,12 @@ def proportion(successes: int, n: int) -> dict:
 
 
 def accuracy_summary(trials: list[Trial]) -> dict:
-    """Accuracy (with P against 0.5, two-sided exact binomial), sensitivity and specificity for "synthetic"."""
+    """For one or more trials: accuracy (with P against 0.5, two-sided exact binomial), sensitivity and specificity for "synthetic"."""
     correct = sum(trial.correct for trial in trials)
     synthetic = [trial for trial in trials if trial.truth_synthetic]
     real = [trial for trial in trials if not trial.truth_synthetic]
     accuracy = proportion(correct, len(trials))
-    accuracy["p_vs_half"] = binomtest(correct, len(trials), 0.5).pvalue if trials else None
+    accuracy["p_vs_half"] = binomtest(correct, len(trials), 0.5).pvalue
     return {"accuracy": accuracy,
             "sensitivity": proportion(sum(trial.said_synthetic for trial in synthetic), len(synthetic)),
             "specificity": proportion(sum(not trial.said_synthetic for trial in real), len(real))}
@@ -158,6 +159,9 @@ def analyze_trials(trials: list[Trial], n_cases: int) -> dict:
         return {**accuracy_summary(subset), "roc": roc(subset), "seconds": seconds_summary(subset)}
 
     pooled = summary(trials)
+    power = {"target_accuracy": TARGET_ACCURACY, "alpha": ALPHA,
+             "per_reader": {"n": n_cases, "power": binomial_power(n_cases)},
+             "pooled": {"n": len(trials), "power": binomial_power(len(trials))}}
     return {
         "readers": {reader: {**summary([t for t in trials if t.reader == reader]),
                              "answered": sum(t.reader == reader for t in trials)} for reader in readers},
@@ -165,17 +169,14 @@ def analyze_trials(trials: list[Trial], n_cases: int) -> dict:
         "conditions": {group: accuracy_summary([t for t in trials if group_label(t.condition) == group])
                        for group in groups},
         "agreement": fleiss(trials),
-        "power": {"target_accuracy": TARGET_ACCURACY, "alpha": ALPHA,
-                  "per_reader": {"n": n_cases, "power": binomial_power(n_cases)},
-                  "pooled": {"n": len(trials), "power": binomial_power(len(trials)) if trials else None}},
-        "conclusion": conclusion(pooled["accuracy"], binomial_power(len(trials)) if trials else 0.0),
+        "power": power,
+        "conclusion": conclusion(pooled["accuracy"], power),
     }
 
 
-def conclusion(accuracy: dict, power: float) -> str:
-    """A plain-language conclusion that follows from the pooled accuracy, its CI and the design's power."""
-    if not accuracy["n"]:
-        return "No study answers yet: nothing to conclude."
+def conclusion(accuracy: dict, power: dict) -> str:
+    """A plain-language conclusion that follows from the pooled accuracy, its CI and the design's power
+    (``power``: the "power" entry of the results, per reader and pooled)."""
     value, (low, high), p = accuracy["value"], accuracy["ci"], accuracy["p_vs_half"]
     numbers = f"pooled accuracy {value:.2f}, 95 % CI {low:.2f}-{high:.2f}, P = {p:.2g} against 0.5, {accuracy['n']} answers"
     if low > 0.5:
@@ -185,13 +186,19 @@ def conclusion(accuracy: dict, power: float) -> str:
                    "of slice for the other, so the two were distinguishable, though not in the way they thought.")
     else:
         verdict = f"The readers did not tell synthetic from real slices apart at this sample size ({numbers})."
-    design = (f"With this many answers the design had a power of {power:.0%} to detect an accuracy of "
-              f"{TARGET_ACCURACY} at alpha {ALPHA} (exact binomial test, answers treated as independent, which "
-              "overstates the power when readers judge the same cases)")
+    reader, pooled = power["per_reader"], power["pooled"]
+    design = (f"The design's power to detect an accuracy of {TARGET_ACCURACY} at alpha {ALPHA} (exact binomial test) "
+              f"is {pooled['power']:.0%} for the pooled answers, treated as independent (which overstates it when "
+              f"readers judge the same cases), and {reader['power']:.0%} for one reader's {reader['n']} cases")
     if low > 0.5 or high < 0.5:
         return f"{verdict} {design}."
-    chance = (f"an accuracy of {TARGET_ACCURACY} would very likely have been detected" if power >= 0.8 else
-              f"a modest ability to tell them apart (accuracy {TARGET_ACCURACY}) could well have been missed")
+    if reader["power"] >= 0.8:
+        chance = f"even one reader's accuracy of {TARGET_ACCURACY} would very likely have been detected"
+    elif pooled["power"] >= 0.8:
+        chance = (f"an accuracy of {TARGET_ACCURACY} shared by all readers would likely have been detected, but one "
+                  "reader's could have been missed")
+    else:
+        chance = f"a modest ability to tell them apart (accuracy {TARGET_ACCURACY}) could well have been missed"
     return f"{verdict} {design}, so {chance}."
 
 
@@ -206,8 +213,7 @@ def _row(name: str, result: dict) -> str:
     accuracy, roc_result, seconds = result["accuracy"], result["roc"], result["seconds"]
     auc = "—" if roc_result["auc"] is None else f"{roc_result['auc']:.2f} ({roc_result['ci'][0]:.2f}-{roc_result['ci'][1]:.2f})"
     time = "—" if seconds["median"] is None else f"{seconds['median']:.1f} ({seconds['q1']:.1f}-{seconds['q3']:.1f})"
-    p = "—" if accuracy["p_vs_half"] is None else f"{accuracy['p_vs_half']:.3g}"
-    return (f"| {name} | {accuracy['n']} | {_share(accuracy)} | {p} | {_share(result['sensitivity'])} | "
+    return (f"| {name} | {accuracy['n']} | {_share(accuracy)} | {accuracy['p_vs_half']:.3g} | {_share(result['sensitivity'])} | "
             f"{_share(result['specificity'])} | {auc} | {time} |")
 
 
@@ -247,7 +253,7 @@ Fleiss' kappa of the real/synthetic calls: {kappa}.
 ## Power of the design
 Exact two-sided binomial test at alpha {power['alpha']} against 0.5, for a true accuracy of {power['target_accuracy']}:
 {power['per_reader']['power']:.0%} per reader ({power['per_reader']['n']} cases each),
-{0 if power['pooled']['power'] is None else power['pooled']['power']:.0%} pooled ({power['pooled']['n']} answers,
+{power['pooled']['power']:.0%} pooled ({power['pooled']['n']} answers,
 treated as independent).
 
 ## Figures
@@ -257,7 +263,14 @@ treated as independent).
 """
 
 
-def save_roc_figure(results: dict, path: Path) -> None:
+def _save_noted(figure, path: Path, note: str) -> None:
+    """Write ``figure`` with ``note`` (when given) wrapped above it, so that the figure carries it on its own."""
+    if note:
+        figure.suptitle(textwrap.fill(note, 90), fontsize=8, color="darkred", y=1.0, va="bottom")
+    save_figure(figure, path)
+
+
+def save_roc_figure(results: dict, path: Path, note: str = "") -> None:
     """ROC curves for "synthetic": one per reader (thin) and pooled (thick), with the chance line."""
     figure, axis = pyplot().subplots(figsize=(4.8, 4.6))
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
@@ -273,10 +286,10 @@ def save_roc_figure(results: dict, path: Path) -> None:
              ylabel="sensitivity (synthetic called synthetic)", title="ROC: answer x confidence")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="lower right")
-    save_figure(figure, path)
+    _save_noted(figure, path, note)
 
 
-def save_accuracy_figure(results: dict, path: Path) -> None:
+def save_accuracy_figure(results: dict, path: Path, note: str = "") -> None:
     """Accuracy with its exact 95 % CI per reader (and pooled) and per level x pattern, against chance (0.5)."""
     panels = [("per reader", {**{r: v["accuracy"] for r, v in results["readers"].items()},
                               "pooled": results["pooled"]["accuracy"]}),
@@ -294,7 +307,7 @@ def save_accuracy_figure(results: dict, path: Path) -> None:
         axis.set(xlim=(-0.5, len(names) - 0.5), ylim=(0, 1.02), ylabel="accuracy (95 % CI)", title=title)
         axis.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower left")
-    save_figure(figure, path)
+    _save_noted(figure, path, note)
 
 
 def analyze_study(study_dir: Path, out: Path | None = None, note: str = "") -> Path:
@@ -307,7 +320,7 @@ def analyze_study(study_dir: Path, out: Path | None = None, note: str = "") -> P
     n_cases = len(next(iter(read_info(study_dir)["orders"].values())))
     results = analyze_trials(trials, n_cases)
     atomic_write_bytes(out / "results.json", (json.dumps({"note": note, **results}, indent=1) + "\n").encode())
-    save_roc_figure(results, out / "roc.png")
-    save_accuracy_figure(results, out / "accuracy.png")
+    save_roc_figure(results, out / "roc.png", note)
+    save_accuracy_figure(results, out / "accuracy.png", note)
     atomic_write_bytes(out / "report.md", report_markdown(results, note).encode())
     return out
