@@ -109,6 +109,11 @@ def test_auc_matches_scikit_learn_on_tied_ratings():
 
 
 def test_binomial_power_is_the_size_under_chance_and_grows_with_n():
+    from scipy.stats import binom, binomtest
+
+    for n in (1, 8, 25, 60):  # the rejection region is binomtest's
+        rejected = [k for k in range(n + 1) if binomtest(k, n, 0.5).pvalue <= 0.05]
+        assert binomial_power(n) == pytest.approx(binom.pmf(rejected, n, 0.65).sum(), abs=1e-12)
     assert binomial_power(60, accuracy=0.5) <= 0.05
     assert binomial_power(60) < binomial_power(180) < binomial_power(400)
     assert binomial_power(400) > 0.99

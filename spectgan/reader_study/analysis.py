@@ -133,9 +133,11 @@ def fleiss(trials: list[Trial]) -> dict:
 
 def binomial_power(n: int, accuracy: float = TARGET_ACCURACY, alpha: float = ALPHA) -> float:
     """Power of the two-sided exact binomial test against 0.5 with ``n`` independent answers when the true
-    accuracy is ``accuracy``: the probability of the counts whose P is <= alpha."""
-    rejected = np.array([binomtest(k, n, 0.5).pvalue <= alpha for k in range(n + 1)])
-    return float(binom.pmf(np.arange(n + 1)[rejected], n, accuracy).sum())
+    accuracy is ``accuracy``: the probability of the counts whose P is <= alpha. Under 0.5 the null distribution is
+    symmetric, so each count's two-sided P (as ``binomtest`` gives it) is twice its smaller tail, at most 1."""
+    counts = np.arange(n + 1)
+    p_values = np.minimum(1.0, 2 * np.minimum(binom.cdf(counts, n, 0.5), binom.sf(counts - 1, n, 0.5)))
+    return float(binom.pmf(counts[p_values <= alpha], n, accuracy).sum())
 
 
 def seconds_summary(trials: list[Trial]) -> dict:
