@@ -31,16 +31,19 @@ N_CASES, N_PRACTICE = 8, 2
 # --- analysis on answer sheets with known results ---------------------------------------------------------------
 
 def write_sheets(study: Path, truths: list[str], calls: dict[str, list[tuple[str, int]]]) -> Path:
-    """A minimal study folder: cases c00.. with ``truths``; each reader answered every case with (answer, confidence)."""
+    """A minimal study folder: cases c00.. with ``truths``; each reader answered every case with (answer, confidence),
+    and one practice case wrongly (practice answers are never analysed)."""
     conditions = [Condition(Level.BG, Pattern.NORMAL), Condition(Level.COR, Pattern.UNILATERAL, Side.LEFT)]
     entries = [KeyEntry(f"c{i:02d}", "study", truth, conditions[i % 2], "test") for i, truth in enumerate(truths)]
-    write_csv(study / KEY_FILE, KEY_COLUMNS, [entry.to_row() for entry in entries])
+    practice = KeyEntry("p00", "practice", "synthetic", conditions[0], "test")
+    write_csv(study / KEY_FILE, KEY_COLUMNS, [entry.to_row() for entry in entries + [practice]])
     (study / "study.json").write_text(json.dumps({"orders": {reader: [e.id for e in entries] for reader in calls},
-                                                  "practice": []}))
+                                                  "practice": [practice.id]}))
     for reader, answers in calls.items():
         sheet = [Answer(entry.id, answer, confidence, "", 4.0 + i % 3, "2026-11-29T00:00:00+00:00")
                  for i, (entry, (answer, confidence)) in enumerate(zip(entries, answers))]
-        write_sheet(study, reader, {"practice": [], "study": sheet})
+        wrong = Answer(practice.id, "real", 5, "", 1.0, "2026-11-29T00:00:00+00:00")
+        write_sheet(study, reader, {"practice": [wrong], "study": sheet})
     analyze_study(study)
     return study / "analysis"
 
