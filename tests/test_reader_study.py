@@ -349,7 +349,8 @@ def test_a_cross_site_post_is_refused(served, browser):
     csrf = session.cookies["reader_csrf"]
     body = {"case": case, "answer": "real", "confidence": 5, "seconds": 1}
     for headers in ({"Origin": "http://evil.example", "X-CSRF-Token": csrf}, {"Sec-Fetch-Site": "cross-site",
-                                                                              "X-CSRF-Token": csrf}, {}):
+                                                                              "X-CSRF-Token": csrf}, {},
+                    {"X-CSRF-Token": csrf[:-1]}, {"X-CSRF-Token": "\u00e9" * len(csrf)}):
         assert session.post(f"{url}/api/{first.token}/answer", json=body, headers=headers, timeout=10
                             ).status_code == 403, headers
     assert session.post(f"{url}/api/{first.token}/answer", json=body, headers={"X-CSRF-Token": csrf},

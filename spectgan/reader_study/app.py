@@ -44,7 +44,8 @@ ALLOWED_FETCH_SITES = {"same-origin", "none"}
 
 @dataclass(frozen=True)
 class Session:
-    """What the server knows about one reader: their link, their case order and the practice cases with truth."""
+    """What the server knows about one reader: their link, their case order, the practice order and their CSRF token
+    (an HMAC of the link's token with the study's secret, so it stays valid across server restarts)."""
 
     reader: Reader
     order: list[str]
@@ -114,8 +115,9 @@ def check_same_origin(request: Request, session: Session) -> None:
         raise HTTPException(403, f"cross-origin request refused (Origin {origin})")
     if request.headers.get("sec-fetch-site", "same-origin") not in ALLOWED_FETCH_SITES:
         raise HTTPException(403, "cross-site request refused")
+    expected = session.csrf.encode()
     header, cookie = request.headers.get(CSRF_HEADER, ""), request.cookies.get(CSRF_COOKIE, "")
-    if not (hmac.compare_digest(header, session.csrf) and hmac.compare_digest(cookie, session.csrf)):
+    if not (hmac.compare_digest(header.encode(), expected) and hmac.compare_digest(cookie.encode(), expected)):
         raise HTTPException(403, "missing or wrong CSRF token: reload the page from your link")
 
 
