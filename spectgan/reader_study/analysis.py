@@ -238,6 +238,7 @@ def report_markdown(results: dict, note: str = "") -> str:
 Positive = *synthetic*: sensitivity is the share of synthetic slices called synthetic, specificity the share of real
 slices called real. Exact (Clopper-Pearson) 95 % CIs; P from the exact two-sided binomial test against 0.5; AUC from
 the answers with their 1-5 confidence on one 10-point scale, 95 % CI from {BOOTSTRAP} bootstrap draws of cases.
+Seconds per case as the reading page measured them, from the image on screen to the answer.
 
 | reader | answers | accuracy (95 % CI) | P vs 0.5 | sensitivity | specificity | AUC (95 % CI) | s per case, median (IQR) |
 |---|---|---|---|---|---|---|---|
