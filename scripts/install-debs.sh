@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian packages spectgan needs (PACS server, DICOM tools and validator, openssl for the TLS test);
-# skips what is present.
+# Installs the Debian packages spectgan needs (PACS server, DICOM tools and validator, openssl for the TLS test,
+# headless Chromium and its driver for the page tests); skips what is present.
 set -euo pipefail
-packages=(orthanc orthanc-dicomweb dcmtk dicom3tools openssl)
+packages=(orthanc orthanc-dicomweb dcmtk dicom3tools openssl chromium chromium-driver)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

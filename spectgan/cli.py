@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "export": "spectgan.export.pacs",
     "bench": "spectgan.tools.bench",
     "demo": "spectgan.demo",
+    "reader-study": "spectgan.reader_study.cli",
 }
 
 
