@@ -25,6 +25,8 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -ra
 
+# The heaviest tests, marked slow and left out of `make test`: the server benchmark against a second real server,
+# torchrun DDP training on two processes, the demo chain through a real server and Orthanc.
 test-slow: install
 	$(BIN)/python -m pytest -ra -m slow
 

@@ -3,9 +3,10 @@
 
 - ``EdgeGuard``, in front of every route (MONAI Label's own included): the optional bearer token
   (``SPECTGAN_API_TOKEN`` or conf ``api_token``), plain ids on every datastore write, the upload size limit.
-- ``POST /infer/{model}`` checks the request (model, params, image id: a 4xx naming what is allowed), then runs
-  MONAI Label's own ``run_inference`` in a worker thread, so one inference no longer stalls ``/info/`` or other
-  requests (the stock route runs it on the event loop).
+- ``POST /infer/{model}`` turns the request into one typed ``GenerationRequest`` and a reference image path (a 4xx
+  naming what is allowed otherwise), then has MONAI Label's app run the infer task with that object, in a worker
+  thread, so one inference no longer stalls ``/info/`` or other requests (the stock route runs it on the event
+  loop); MONAI Label's ``send_response`` answers it as the stock route would.
 - ``PUT /datastore/`` and ``/datastore/image`` accept NIfTI or DICOM only, under a plain id.
 - ``POST /train/{model}`` checks the train params and the cohort before MONAI Label starts the task.
 - ``error_response``: the one place where errors of spectgan and MONAI Label become HTTP answers (a 4xx with their
@@ -15,6 +16,7 @@ It also sets torch's intra-op threads for serving (``spectgan.serving.service.us
 requests, one thread each).
 """
 import hmac
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -25,7 +27,7 @@ from fastapi.responses import JSONResponse
 from monailabel.app import app
 from monailabel.config import RBAC_ADMIN, RBAC_ANNOTATOR, RBAC_USER, settings
 from monailabel.endpoints.datastore import add_image
-from monailabel.endpoints.infer import ResultType, run_inference
+from monailabel.endpoints.infer import ResultType, send_response
 from monailabel.endpoints.train import run_model
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.exception import (ImageNotFoundException, LabelNotFoundException, MONAILabelError,
@@ -35,7 +37,8 @@ from starlette.concurrency import run_in_threadpool
 
 from spectgan.errors import (InvalidRequestError, MalformedRequestError, NotFoundError, SpectganError,
                              TooLargeError, UnavailableError)
-from spectgan.serving.service import ServiceError, use_server_threads, without_folder
+from spectgan.serving.request import GENERATION_REQUEST
+from spectgan.serving.service import private_results_dir, use_server_threads, without_folder
 from spectgan.serving.settings import API_TOKEN_ENV, REPOSITORY_ROOT, api_token_from, max_upload_bytes_from
 from spectgan.serving.uploads import check_id, check_size, check_upload
 
@@ -75,8 +78,6 @@ def error_response(error: Exception) -> JSONResponse:
     headers, extra = None, {}
     if isinstance(error, AuthenticationError):
         status, message, headers = 401, str(error), {"WWW-Authenticate": "Bearer"}
-    elif isinstance(error, ServiceError):
-        status, message = error.status, str(error)
     elif isinstance(error, SpectganError):
         status, message = next(code for kind, code in STATUS_OF_ERROR if isinstance(error, kind)), str(error)
     elif isinstance(error, MONAILabelException):
@@ -147,9 +148,19 @@ class EdgeGuard:
         return await self.app(scope, receive, send)
 
 
-def _checked_upload(file: Optional[UploadFile]) -> None:
-    if file is not None:
-        check_upload(file.filename or "", file.file, max_upload_bytes_from(settings.MONAI_LABEL_APP_CONF))
+def _checked_upload(file: UploadFile) -> None:
+    check_upload(file.filename or "", file.file, max_upload_bytes_from(settings.MONAI_LABEL_APP_CONF))
+
+
+def _saved_upload(file: UploadFile, background_tasks: BackgroundTasks) -> Path:
+    """A checked upload saved into this process's private folder (removed after the answer); returns its path."""
+    _checked_upload(file)
+    kind_suffix = "".join(Path(file.filename or "").suffixes[-2:]).lower() or ".nii.gz"
+    handle, path = tempfile.mkstemp(prefix="upload_", suffix=kind_suffix, dir=private_results_dir())
+    with open(handle, "wb") as saved:
+        shutil.copyfileobj(file.file, saved)
+    background_tasks.add_task(Path(path).unlink, missing_ok=True)
+    return Path(path)
 
 
 def _file_stem(filename: str) -> str:
@@ -159,11 +170,16 @@ def _file_stem(filename: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------- routes
 
-def _checked_inference(background_tasks, model, image, session_id, params, file, label, output):
-    _checked_upload(file)
-    app_instance().check_infer_request(model, image, params, output.value if output else None,
-                                       uploaded=bool(file or session_id))
-    return run_inference(background_tasks, model, image, session_id, params, file, label, output)
+def _inference(background_tasks: BackgroundTasks, model: str, image: str, session_id: str, params: str,
+               file: Optional[UploadFile], output: Optional[ResultType]):
+    """Check everything at once (request, then reference image), run the infer task with the typed request, answer
+    as MONAI Label does."""
+    instance = app_instance()
+    request = instance.generation_request(model, params, output.value if output else None)
+    uploaded = _saved_upload(file, background_tasks) if file else None
+    reference = instance.reference_image(image, session_id, uploaded)
+    result = instance.infer({"model": model, "image": reference, GENERATION_REQUEST: request})
+    return send_response(instance.datastore(), result, output, background_tasks)
 
 
 @router.post("/infer/{model}", summary=f"{RBAC_USER}Run Inference for supported model")
@@ -174,12 +190,10 @@ async def infer(
     session_id: str = "",
     params: str = Form("{}"),
     file: UploadFile = File(None),
-    label: UploadFile = File(None),
     output: Optional[ResultType] = None,
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
 ):
-    return await run_in_threadpool(_checked_inference, background_tasks, model, image, session_id, params, file,
-                                   label, output)
+    return await run_in_threadpool(_inference, background_tasks, model, image, session_id, params, file, output)
 
 
 def _checked_add_image(background_tasks, image, params, file, username):

@@ -1,26 +1,28 @@
 """The spectgan MONAI Label app: one infer task and one train task per model bundle (``--conf models all``).
 
-Thin: ``spectgan.serving.service`` does the work. App conf: ``models`` (``all`` or comma-separated names), ``models_dir``
-(default $SPECTGAN_MODELS_DIR, else <repository>/models), ``cohort`` (training cohort; default $SPECTGAN_COHORT,
-else sample_data/cohorts/default), ``generation_workers`` (processes that generate; default
-$SPECTGAN_GENERATION_WORKERS, else one per core; 0: in the server's request threads).
+Thin: ``spectgan.serving`` does the work. The models are the bundles found in the models folder (or the names in
+conf ``models``). App conf: see ``spectgan.serving.settings`` (``models``, ``models_dir``, ``cohort``,
+``generation_workers``, ``api_token``, ``max_upload_mb``).
+
+``generation_request`` and ``reference_image`` are the edge checks the app's ASGI routes (``asgi.py``) run before any
+work: they turn what arrives into a typed request and a reference image path, or raise a domain error.
 """
-import importlib
 import logging
+from pathlib import Path
 from typing import Dict, Optional
 
-import lib.configs
 from lib.configs.spectgan_model import SpectganModelConfig
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
-from monailabel.utils.others.class_utils import get_class_names
 
 import spectgan
+from spectgan.errors import InvalidRequestError, NotFoundError
 from spectgan.serving.generation_pool import GenerationPool
-from spectgan.serving.service import (NOT_FOUND, UNPROCESSABLE, GenerationService, ServiceError, check_cohort,
-                                     parse_params_json, parse_train_params, select_models)
+from spectgan.serving.request import GenerationRequest, parse_params_json
+from spectgan.serving.service import GenerationService, check_cohort, select_models
 from spectgan.serving.settings import generation_workers_from, models_dir_from
+from spectgan.serving.uploads import check_id
 
 logger = logging.getLogger(__name__)
 LISTED_IMAGE_IDS = 10  # image ids an unknown-image message lists
@@ -32,33 +34,22 @@ def shown_id(image: str) -> str:
     return repr(image) if len(image) <= 80 and "/" not in image and "\\" not in image else "(a path-like id)"
 
 
-def _model_configs() -> Dict[str, type]:
-    """Config classes in lib/configs by the model they serve."""
-    configs = {}
-    for class_path in get_class_names(lib.configs, SpectganModelConfig.__name__):
-        module_name, class_name = class_path.rsplit(".", 1)
-        config = getattr(importlib.import_module(module_name), class_name)
-        configs[config.model_name] = config
-    return configs
-
-
 class SpectganApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
-        names = select_models(conf.get("models"))
-        self.service = GenerationService(models_dir_from(conf), names)
+        models_dir = models_dir_from(conf)
+        names = select_models(conf.get("models"), models_dir)
+        self.service = GenerationService(models_dir, names)
         workers = generation_workers_from(conf)
-        self.generator = GenerationPool(self.service.models_dir, names, workers) if workers else self.service
-        configs = _model_configs()
+        self.generator = GenerationPool(models_dir, names, workers) if workers else self.service
         self.models: Dict[str, SpectganModelConfig] = {}
         for name in names:
-            self.models[name] = configs[name]()
-            self.models[name].init(name, str(self.service.models_dir), conf, None, service=self.service,
-                                   generator=self.generator)
-        logger.info(f"spectgan models {', '.join(names)} from {self.service.models_dir}; generation in "
+            self.models[name] = SpectganModelConfig()
+            self.models[name].init(name, str(models_dir), conf, None, service=self.service, generator=self.generator)
+        logger.info(f"spectgan models {', '.join(names) or 'none'} (bundles of {models_dir.name}); generation in "
                     f"{f'{workers} worker processes' if workers else 'the request threads'}")
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="spectgan",
-                         description="Synthetic 123I-IMP brain perfusion SPECT slices (conditional FastGAN), placed "
-                                     "on a reference study with hemisphere statistics. Research use only.",
+                         description="Synthetic 123I-IMP brain perfusion SPECT slices, placed on a reference study "
+                                     "with hemisphere statistics. Research use only.",
                          version=spectgan.__version__)
 
     def on_init_complete(self):
@@ -73,23 +64,33 @@ class SpectganApp(MONAILabelApp):
     def init_trainers(self) -> Dict[str, TrainTask]:
         return {name: config.trainer() for name, config in self.models.items()}
 
-    def check_infer_request(self, model: str, image: str, params: str, output: Optional[str], uploaded: bool
-                            ) -> None:
-        """ServiceError (4xx) for an unknown model, bad params, an unknown image id or an answer format that does not
-        apply, before any work is done. ``uploaded``: the image comes as a file or a session instead of an id.
-        """
-        self.service.check_params(model, parse_params_json(params))
+    def generation_request(self, model: str, params: str, output: Optional[str]) -> GenerationRequest:
+        """The infer request, validated once: unknown model, bad params or an answer format that does not apply
+        raise a domain error naming what is allowed."""
+        request = self.service.request(model, parse_params_json(params))
         if output is not None and output not in OUTPUTS:
-            raise ServiceError(UNPROCESSABLE, f"output {output!r} is not available here; allowed: "
-                                              f"{', '.join(OUTPUTS)}")
-        if uploaded:
-            return
+            raise InvalidRequestError(f"output {output!r} is not available here; allowed: {', '.join(OUTPUTS)}")
+        return request
+
+    def reference_image(self, image: str, session_id: str, uploaded: Optional[Path]) -> str:
+        """The path of the reference study: a checked upload, a session's image, or a datastore object named by its
+        id (never a path: NotFoundError listing valid ids)."""
+        if uploaded is not None:
+            return str(uploaded)
+        if session_id:
+            sessions = self.sessions()
+            session = sessions.get_session(check_id(session_id, "session id")) if sessions else None
+            if session is None:
+                raise NotFoundError(f"unknown session {shown_id(session_id)}; create one with PUT /session/")
+            return session.image
         if not image:
-            raise ServiceError(UNPROCESSABLE, f"image is required: pass ?image=<id> of a reference study; available: "
-                                              f"{self._listed_images()}")
-        if not self.datastore().get_image_uri(image):
-            raise ServiceError(NOT_FOUND, f"unknown image {shown_id(image)}: an image id names a study of this "
-                                          f"server's datastore, never a file; available: {self._listed_images()}")
+            raise InvalidRequestError(f"image is required: pass ?image=<id> of a reference study; available: "
+                                      f"{self._listed_images()}")
+        path = self.datastore().get_image_uri(image)
+        if not path:
+            raise NotFoundError(f"unknown image {shown_id(image)}: an image id names a study of this server's "
+                                f"datastore, never a file; available: {self._listed_images()}")
+        return path
 
     def _listed_images(self) -> str:
         """The first image ids of the datastore, for error messages."""
@@ -97,8 +98,8 @@ class SpectganApp(MONAILabelApp):
         return ", ".join(available[:LISTED_IMAGE_IDS]) + (" ..." if len(available) > LISTED_IMAGE_IDS else "")
 
     def check_train_request(self, model: str, params: dict) -> None:
-        """ServiceError (4xx) for an unknown model, bad train params or a missing cohort."""
+        """A domain error for an unknown model, bad train params or a missing cohort."""
         if model not in self.models:
-            raise ServiceError(NOT_FOUND, f"unknown model {model!r}; this server trains: {', '.join(self.models)}")
-        parse_train_params(model, params)
+            raise NotFoundError(f"unknown model {model!r}; this server trains: {', '.join(self.models) or 'none'}")
+        self.service.train_request(model, params)
         check_cohort(self.models[model].cohort_dir)

@@ -39,7 +39,7 @@ import requests
 import SimpleITK as sitk
 
 from spectgan.cohorts.format import atomic_write_bytes, atomic_write_image
-from spectgan.conditions import Condition, Pattern, Side, parse_member, parse_condition, parse_levels
+from spectgan.conditions import Condition, Pattern, Side, parse_condition, parse_levels, parse_member, takes_side
 from spectgan.errors import SpectganError
 from spectgan.figures import pyplot, save_figure
 from spectgan.geometry.registration import OUTPUT_SPACES
@@ -432,9 +432,10 @@ def expand_conditions(available: Sequence[Condition], levels=None, patterns=None
         raise ValueError(f"the model has no level {', '.join(missing)}; its conditions: {allowed}")
     wanted_patterns = {parse_member(Pattern, item, "pattern") for item in pattern_items or Pattern}
     wanted_sides = {parse_member(Side, item, "side") for item in side_items or Side}
-    if side_items and Pattern.UNILATERAL not in wanted_patterns:
-        raise ValueError("sides apply to the unilateral pattern only; add unilateral to the patterns or leave "
-                         "the side out")
+    if side_items and not any(takes_side(pattern) for pattern in wanted_patterns):
+        sided = ", ".join(pattern.value for pattern in Pattern if takes_side(pattern))
+        raise ValueError(f"sides apply to the {sided} pattern only; add {sided} to the patterns or leave the side "
+                         "out")
     chosen = [condition for condition in available
               if condition.level in wanted_levels and condition.pattern in wanted_patterns
               and (condition.side is None or condition.side in wanted_sides)]

@@ -55,6 +55,9 @@ PAPER_COUNTS: dict[tuple[Level, Pattern], int] = {
 
 ALL_LEVELS: tuple[Level, ...] = tuple(Level)
 
+# Patterns whose defect lies in one hemisphere, so that a condition names its side (the only place this rule lives).
+SIDED_PATTERNS: frozenset[Pattern] = frozenset({Pattern.UNILATERAL})
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -109,7 +112,7 @@ def valid_conditions(levels: Sequence[Level] = ALL_LEVELS) -> list[Condition]:
         for pattern in Pattern:
             if not is_trainable(level, pattern):
                 continue
-            sides = list(Side) if pattern is Pattern.UNILATERAL else [None]
+            sides = list(Side) if takes_side(pattern) else [None]
             conditions.extend(Condition(level, pattern, side) for side in sides)
     return conditions
 
@@ -130,14 +133,42 @@ def parse_condition(level, pattern, side=None, levels: Sequence[Level] = ALL_LEV
                          f"allowed patterns at {level.value}: {', '.join(allowed)}")
     if side in ("", None):
         side = None
-    if pattern is Pattern.UNILATERAL:
+    sided = ", ".join(p.value for p in Pattern if takes_side(p))
+    if takes_side(pattern):
         if side is None:
-            raise ValueError("a unilateral pattern needs side; allowed: left, right")
+            raise ValueError(f"a {pattern.value} pattern needs side; allowed: {', '.join(s.value for s in Side)}")
         side = parse_member(Side, side, "side")
     elif side is not None:
-        raise ValueError(f"side is only allowed with the unilateral pattern, not with {pattern.value}; "
+        raise ValueError(f"side is only allowed with the {sided} pattern, not with {pattern.value}; "
                          "leave side empty")
     return Condition(level, pattern, side)
+
+
+def takes_side(pattern: Pattern) -> bool:
+    """True when a condition of this pattern names a side (``SIDED_PATTERNS``)."""
+    return pattern in SIDED_PATTERNS
+
+
+def vocabulary() -> dict[str, list[str]]:
+    """The condition vocabulary a model is trained with, in index order: levels, patterns, sides and the patterns
+    that take a side. Bundles record it; loading one compares it with ``check_vocabulary``."""
+    return {"levels": [level.value for level in Level], "patterns": [pattern.value for pattern in Pattern],
+            "sides": [side.value for side in Side],
+            "sided_patterns": [pattern.value for pattern in Pattern if takes_side(pattern)]}
+
+
+def check_vocabulary(recorded: dict | None, what: str) -> None:
+    """ValueError unless ``recorded`` (a bundle's ``vocabulary()`` at training time) is this version's vocabulary; the
+    message names both. None (a bundle made before bundles recorded it) counts as this version's vocabulary."""
+    current = vocabulary()
+    if recorded is None or recorded == current:
+        return
+    differences = "; ".join(f"{key}: trained with {', '.join(recorded.get(key) or ['none'])}, this spectgan has "
+                            f"{', '.join(values) or 'none'}" for key, values in current.items()
+                            if recorded.get(key) != values)
+    raise ValueError(f"{what} was trained with another condition vocabulary than spectgan.conditions defines "
+                     f"({differences}); its condition embeddings cannot be used with it: retrain the model or use "
+                     "the spectgan version it was made with")
 
 
 def describe_allowed(levels: Sequence[Level] = ALL_LEVELS) -> str:

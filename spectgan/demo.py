@@ -19,6 +19,7 @@ from pathlib import Path
 
 from spectgan.cohorts.simulated import build_cohort, draw_preview
 from spectgan.cohorts.format import read_cohort_info
+from spectgan.conditions import ALL_LEVELS, Level
 from spectgan.errors import SpectganError
 from spectgan.geometry.roi import hemisphere_stats, read_image
 
@@ -27,6 +28,8 @@ STUDIES = REPOSITORY / "sample_data" / "studies"
 DEMO_STUDY = "study_unilateral_left_oblique"
 TRAINING_COHORT = "sample_data/cohorts/default"
 TRAINING_RUNS = REPOSITORY / "models" / "training"
+# The models the demo shows and the levels each is trained on (the server serves whatever bundles it finds).
+SHIPPED_MODELS: dict[str, tuple[Level, ...]] = {"spect_fastgan_A": ALL_LEVELS, "spect_fastgan_B": (Level.COR,)}
 
 
 def add_demo_command(subparsers) -> None:
@@ -42,15 +45,15 @@ def add_demo_command(subparsers) -> None:
 
 def require_bundles(models_dir: Path) -> None:
     """SpectganError naming each served model without a trained bundle in ``models_dir`` and how to make it."""
-    from spectgan.serving.service import MODELS, GenerationService
+    from spectgan.models.synthesizer import is_bundle
 
-    service = GenerationService(models_dir)
-    missing = [spec for name, spec in MODELS.items() if not service.has_bundle(name)]
+    missing = [name for name in SHIPPED_MODELS if not is_bundle(models_dir / name)]
     if missing:
         steps = [f"spectgan cohort --out {TRAINING_COHORT} --seed 0"] + [
-            f"spectgan train --cohort {TRAINING_COHORT} --levels {','.join(level.value for level in spec.levels)} "
-            f"--out runs/{spec.name} --export-bundle {models_dir / spec.name}" for spec in missing]
-        folders = ", ".join(str(models_dir / spec.name) for spec in missing)
+            f"spectgan train --cohort {TRAINING_COHORT} --levels "
+            f"{','.join(level.value for level in SHIPPED_MODELS[name])} --out runs/{name} --export-bundle "
+            f"{models_dir / name}" for name in missing]
+        folders = ", ".join(str(models_dir / name) for name in missing)
         raise SpectganError(f"missing trained model bundle(s): {folders} (each needs configs/metadata.json and "
                             "models/model.pt). Make them, from the repository root, with:\n  " + "\n  ".join(steps))
 
@@ -60,12 +63,11 @@ def bundles_for_demo(models_dir: Path, out: Path) -> Path:
     ``out/models`` (not the shipped weights: the run's current step); else SpectganError (see require_bundles)."""
     from spectgan.models.fastgan import export_bundle
     from spectgan.models.fastgan.checkpoint import checkpoint_path
-    from spectgan.serving.service import MODELS, GenerationService
+    from spectgan.models.synthesizer import is_bundle
 
-    service = GenerationService(models_dir)
-    if all(service.has_bundle(name) for name in MODELS):
+    if all(is_bundle(models_dir / name) for name in SHIPPED_MODELS):
         return models_dir
-    runs = {name: TRAINING_RUNS / name for name in MODELS}
+    runs = {name: TRAINING_RUNS / name for name in SHIPPED_MODELS}
     if not all(checkpoint_path(run).is_file() for run in runs.values()):
         require_bundles(models_dir)
     snapshots = out / "models"
@@ -107,7 +109,6 @@ def run_chain(out: Path, models_dir: Path, study: str, seed: int) -> tuple[Path,
     before it returns."""
     from spectgan.client import DICOM_DIR, GenerationJob, SpectGANClient, export_results
     from spectgan.export.orthanc import ORTHANC_BINARY, LocalOrthanc
-    from spectgan.serving.service import MODELS
     from spectgan.tools.server import ServerProcess
 
     generated, orthanc_dir, datastore = out / "generated", out / "orthanc", out / "datastore"
@@ -121,7 +122,7 @@ def run_chain(out: Path, models_dir: Path, study: str, seed: int) -> tuple[Path,
         os.environ.update(pacs.client_environment())  # spectgan.export.pacs reads the credentials from the environment
         reference = client.upload(STUDIES / f"{study}.nii.gz")  # as a workstation sends the scan it has open
         print(f"   uploaded {study} as the reference: image id {reference}")
-        for name, pacs_url in zip(MODELS, itertools.cycle((pacs.dicomweb_url, pacs.dicom_url))):
+        for name, pacs_url in zip(SHIPPED_MODELS, itertools.cycle((pacs.dicomweb_url, pacs.dicom_url))):
             job = GenerationJob(client, reference, name, client.conditions(name), [seed])
             print("   " + job.run_to_folder(generated / name).replace("\n", "\n   "))
             print(f"   {export_results(job.results, generated / name / DICOM_DIR, pacs_url)}")

@@ -27,7 +27,7 @@ from spectgan.demo import STUDIES, require_bundles, run_chain
 from spectgan.export.dicom import read_scan, write_series
 from spectgan.errors import InvalidImageError, SpectganError
 from spectgan.geometry.registration import pose_from_dict
-from spectgan.export.orthanc import LocalOrthanc, free_ports
+from spectgan.export.orthanc import LocalOrthanc
 from spectgan.export.pacs import pending_count
 from spectgan.geometry.roi import hemisphere_stats
 from test_dicom import make_oblique_scan
@@ -57,8 +57,8 @@ def test_persistent_5xx_names_the_server_the_attempts_and_its_message(tmp_path):
         assert len(server.received) == 3
 
 
-def test_a_server_that_is_down_is_a_clear_error_after_the_retries():
-    (port,) = free_ports(1)
+def test_a_server_that_is_down_is_a_clear_error_after_the_retries(closed_port):
+    port = closed_port
     started = time.monotonic()
     with pytest.raises(ServerUnavailableError, match=rf"server at http://127.0.0.1:{port} failed .* \(3 attempts\); "
                                                      r"last: cannot connect \(.*refused.*\)\. Is the server running"):
@@ -85,11 +85,9 @@ def test_4xx_is_a_typed_error_with_the_servers_message_and_is_not_retried(tmp_pa
 
 def test_a_slow_answer_is_a_timeout_error_without_a_retry(tmp_path):
     with ScriptedServer(tmp_path, failures=[1.5]) as server:
-        started = time.monotonic()
         with pytest.raises(ServerTimeoutError, match=r"did not answer the GET /info/ within 0.3 s"):
             SpectGANClient(server.url, timeout=(2.0, 0.3), **FAST).info()
-        assert time.monotonic() - started < 1.2
-        assert len(server.received) == 1
+        assert len(server.received) == 1  # no retry
 
 
 def test_multipart_parts_come_back_byte_for_byte():
@@ -306,6 +304,7 @@ def test_demo_refuses_to_start_without_bundles_and_says_how_to_make_them(tmp_pat
         require_bundles(tmp_path)
 
 
+@pytest.mark.slow
 def test_demo_chain_through_the_real_server_and_orthanc(tiny_models, tmp_path, monkeypatch, capsys):
     """Upload a sample study, generate every valid condition of A and B over it, overviews, export to Orthanc."""
     for name in ("SPECTGAN_PACS_USERNAME", "SPECTGAN_PACS_PASSWORD"):

@@ -139,6 +139,7 @@ def test_run_killed_with_sigkill_resumes_to_identical_state(toy_cohort, tmp_path
     assert_same_state(load_checkpoint(killed), load_checkpoint(uninterrupted))
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_on_two_cpu_processes(toy_cohort, tmp_path):
     run = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")

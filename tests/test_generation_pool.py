@@ -1,10 +1,11 @@
 """spectgan.serving.generation_pool: generation in worker processes gives what the service gives in-process, keeps the
-error statuses, picks up a retrained bundle without a restart, and replaces a worker that dies."""
+domain errors as they are, picks up a retrained bundle without a restart, and replaces a worker that dies."""
 from __future__ import annotations
 
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,10 @@ import pytest
 import SimpleITK as sitk
 from gan_toy_cohort import one_thread, toy_cohort, toy_run  # noqa: F401 (fixtures)
 
+from spectgan.errors import InvalidRequestError, NotFoundError, UnavailableError
 from spectgan.models.fastgan import export_bundle
 from spectgan.serving.generation_pool import GenerationPool
-from spectgan.serving.service import NOT_FOUND, SERVICE_UNAVAILABLE, UNPROCESSABLE, GenerationService, ServiceError
+from spectgan.serving.service import GenerationService
 from spectgan.serving.settings import SAMPLE_STUDIES_DIR, generation_workers_from
 
 MODEL = "spect_fastgan_A"
@@ -23,12 +25,21 @@ PARAMS = {"level": "BG", "pattern": "unilateral", "side": "left", "seed": 5, "ou
 WORKERS = 2
 
 
-@pytest.fixture(scope="module")
-def models(toy_run, tmp_path_factory) -> Path:  # noqa: F811
-    folder = tmp_path_factory.mktemp("pool_models")
+def _models(toy_run, folder: Path) -> Path:  # noqa: F811
     with one_thread():
         export_bundle(toy_run, folder / MODEL, name=MODEL)
     return folder
+
+
+@pytest.fixture(scope="module")
+def models(toy_run, tmp_path_factory) -> Path:  # noqa: F811
+    """Bundles no test changes (a test that retrains gets its own folder)."""
+    return _models(toy_run, tmp_path_factory.mktemp("pool_models"))
+
+
+@pytest.fixture(scope="module")
+def service(models) -> GenerationService:
+    return GenerationService(models, [MODEL])
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +57,16 @@ def _read(path: Path) -> sitk.Image:
         path.unlink()
 
 
-def test_the_pool_gives_the_in_process_result_also_under_concurrent_requests(pool, models):
-    service = GenerationService(models, [MODEL])
-    seeds = range(8)
+def test_the_pool_gives_the_in_process_result_also_under_concurrent_requests(pool, service):
+    requests = {seed: service.request(MODEL, {**PARAMS, "seed": seed}) for seed in range(8)}
     expected = {}
-    for seed in seeds:
-        path, result = service.generate_file(MODEL, STUDY, {**PARAMS, "seed": seed})
+    for seed, request in requests.items():
+        path, result = service.generate_file(request, STUDY)
         expected[seed] = (sitk.GetArrayFromImage(_read(path)), result)
     with ThreadPoolExecutor(max_workers=4) as clients:
-        answers = list(clients.map(lambda seed: pool.generate_file(MODEL, STUDY, {**PARAMS, "seed": seed}), seeds))
+        answers = list(clients.map(lambda request: pool.generate_file(request, STUDY), requests.values()))
     # Each process registers the study on its own: the same pose to rounding (about 1e-14 mm), so nearly equal images.
-    for seed, (path, result) in zip(seeds, answers):
+    for seed, (path, result) in zip(requests, answers):
         image = _read(path)
         array, local = expected[seed]
         np.testing.assert_allclose(sitk.GetArrayFromImage(image), array, rtol=1e-5, atol=1e-4)
@@ -68,41 +78,47 @@ def test_the_pool_gives_the_in_process_result_also_under_concurrent_requests(poo
         np.testing.assert_allclose(image.GetDirection(), result["geometry"]["direction"], atol=1e-6)
 
 
-@pytest.mark.parametrize("params, image, model, status, message", [
-    ({"level": "CER", "pattern": "bilateral"}, STUDY, MODEL, UNPROCESSABLE, "allowed patterns at CER"),
-    ({"level": "BG", "pattern": "normal"}, STUDY.with_name("missing.nii.gz"), MODEL, NOT_FOUND, "does not exist"),
-    ({"level": "COR", "pattern": "normal"}, STUDY, "spect_fastgan_B", NOT_FOUND, "this server has: " + MODEL),
+@pytest.mark.parametrize("change, image, error, message", [
+    ({}, STUDY.with_name("missing.nii.gz"), NotFoundError, "does not exist"),
+    ({}, Path(__file__), InvalidRequestError, "cannot be used"),
+    ({"model": "spect_fastgan_B"}, STUDY, NotFoundError, "this server has: " + MODEL),
 ])
-def test_errors_keep_their_status_and_message(pool, params, image, model, status, message):
-    with pytest.raises(ServiceError) as raised:
-        pool.generate_file(model, image, params)
-    assert raised.value.status == status and message in str(raised.value)
+def test_errors_cross_from_the_worker_as_they_are(pool, service, change, image, error, message):
+    with pytest.raises(error, match=message):
+        pool.generate_file(replace(service.request(MODEL, PARAMS), **change), image)
 
 
-def test_a_retrained_bundle_is_used_without_a_restart(pool, models, toy_run):  # noqa: F811
-    path, before = pool.generate_file(MODEL, STUDY, PARAMS)
-    path.unlink()
-    with one_thread():
-        export_bundle(toy_run, models / MODEL, name=MODEL, version="1.0.1")
-    for _ in range(WORKERS):  # every worker serves the new version
-        path, after = pool.generate_file(MODEL, STUDY, PARAMS)
+def test_a_retrained_bundle_is_used_without_a_restart(toy_run, tmp_path):  # noqa: F811
+    models = _models(toy_run, tmp_path)
+    request = GenerationService(models, [MODEL]).request(MODEL, PARAMS)
+    pool = GenerationPool(models, [MODEL], WORKERS)
+    try:
+        path, before = pool.generate_file(request, STUDY)
         path.unlink()
-        assert after["version"] == "1.0.1" != before["version"]
+        with one_thread():
+            export_bundle(toy_run, models / MODEL, name=MODEL, version="1.0.1")
+        for _ in range(WORKERS):  # every worker serves the new version
+            path, after = pool.generate_file(request, STUDY)
+            path.unlink()
+            assert after["version"] == "1.0.1" != before["version"]
+    finally:
+        pool.close()
 
 
-def test_a_worker_that_dies_fails_its_request_with_503_and_is_replaced(pool):
+def test_a_worker_that_dies_fails_its_request_as_unavailable_and_is_replaced(pool, service):
+    request = service.request(MODEL, PARAMS)
     killed = pool.worker_pids[0]
     os.kill(killed, signal.SIGKILL)
-    statuses = []
+    outcomes = []
     for _ in range(WORKERS + 1):
         try:
-            path, _ = pool.generate_file(MODEL, STUDY, PARAMS)
+            path, _ = pool.generate_file(request, STUDY)
             path.unlink()
-            statuses.append(200)
-        except ServiceError as error:
-            statuses.append(error.status)
+            outcomes.append("ok")
+        except UnavailableError as error:
+            outcomes.append("unavailable")
             assert "send the request again" in str(error)
-    assert statuses.count(SERVICE_UNAVAILABLE) == 1 and statuses[-1] == 200, statuses
+    assert outcomes.count("unavailable") == 1 and outcomes[-1] == "ok", outcomes
     assert len(pool.worker_pids) == WORKERS and killed not in pool.worker_pids
 
 

@@ -23,6 +23,7 @@ import SimpleITK as sitk
 
 from spectgan import cli
 from spectgan.cohorts import importer
+from spectgan.models.fastgan import train as fastgan_train
 from spectgan.cohorts.format import compute_count_scale, load_split, read_cohort_info, read_manifest
 from spectgan.conditions import Level
 from spectgan.geometry.registration import pose_from_dict
@@ -448,8 +449,7 @@ def test_a_cohort_inside_the_source_folder_is_not_imported_again(tmp_path):
 # ------------------------------------------------------------------------------------------------- training
 
 def test_a_short_training_run_works_on_the_imported_cohort(imported, tmp_path):
-    train = pytest.importorskip("spectgan.models.fastgan.train")
-    checkpoint = train.train(tmp_path / "run", cohort=str(imported.out), iterations=2, batch_size=4,
+    checkpoint = fastgan_train.train(tmp_path / "run", cohort=str(imported.out), iterations=2, batch_size=4,
                              generator_width=4, discriminator_width=4, checkpoint_every=2, sample_every=2,
                              log_every=1, progress=False)
     assert Path(checkpoint).is_file()

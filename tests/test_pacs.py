@@ -12,7 +12,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
 from spectgan.cli import main
 from spectgan.export.dicom import SyntheticStudy, encode_scan, read_scan, write_series
-from spectgan.export.orthanc import LocalOrthanc, free_ports
+from spectgan.export.orthanc import LocalOrthanc
 from spectgan.export.pacs import (CONFIRMED, PENDING, PacsAuthenticationError, PacsError, PacsTarget,
                            PacsUnavailableError, export_folder, pending_count, read_outbox, retry_pending)
 from test_dicom import Scan, assert_same_scan, make_oblique_scan
@@ -121,9 +121,8 @@ def test_wrong_password_is_an_authentication_error_and_keeps_the_series(pacs_log
         export_folder(tmp_path, pacs_login.dicomweb_url)
 
 
-def test_unreachable_pacs_and_wrong_ae_title_are_named(pacs_login, tmp_path):
+def test_unreachable_pacs_and_wrong_ae_title_are_named(pacs_login, tmp_path, closed_port):
     write_scans(tmp_path)
-    (closed_port,) = free_ports(1)
     with pytest.raises(PacsUnavailableError, match="cannot reach the PACS"):
         export_folder(tmp_path, f"dicom://ANY@127.0.0.1:{closed_port}")
     with pytest.raises(PacsUnavailableError, match="cannot reach the PACS"):

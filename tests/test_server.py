@@ -29,13 +29,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from monailabel.client import MONAILabelClient
 from requests_toolbelt.multipart.decoder import MultipartDecoder
+from stand_in_family import left_low_counts
 
-from spectgan.conditions import LEVEL_Z_MM, Level, valid_conditions
+from spectgan.conditions import ALL_LEVELS, LEVEL_Z_MM, Level, valid_conditions
 from spectgan.models.fastgan import export_bundle
 from spectgan.models.fastgan.train import train
 from spectgan.geometry.registration import pose_from_sidecar
 from spectgan.geometry.roi import hemisphere_stats
-from spectgan.serving.service import INFER_PARAMS, MODELS, GenerationService
+from spectgan.serving.request import BASE_INFER_PARAMS
+from spectgan.serving.service import GenerationService
 from spectgan.serving.settings import DEFAULT_MODELS_DIR, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR, generation_workers_from
 from spectgan.tools.server import ServerProcess
 from spectgan.tools.server_bench import format_server_figures, measure_server
@@ -47,8 +49,8 @@ OBLIQUE_STUDY = "study_unilateral_left_oblique"
 CACHED_STUDY = "study_normal_axial"  # the fuzz test's one valid image (registered once)
 POSITION_TOLERANCE_MM = 4.0  # registration error allowed on the slice centre (2 voxels of the 3.5 mm studies)
 ANGLE_TOLERANCE_DEG = 4.0
-INFO_LATENCY_LIMIT_S = 1.0  # /info/ answers in milliseconds on an idle machine; this allows for a loaded one
 TRAIN_TIMEOUT_S = 300.0
+MODELS = {"spect_fastgan_A": ALL_LEVELS, "spect_fastgan_B": (Level.COR,)}  # the bundles the tests make, and levels
 
 
 # --------------------------------------------------------------------------------------------------------- fixtures
@@ -57,12 +59,17 @@ TRAIN_TIMEOUT_S = 300.0
 def tiny_models(tmp_path_factory, toy_cohort) -> Path:  # noqa: F811
     """Bundles spect_fastgan_A (all levels) and spect_fastgan_B (COR) after one training step each."""
     models = tmp_path_factory.mktemp("models")
-    for name, spec in MODELS.items():
+    for name, levels in MODELS.items():
         run = tmp_path_factory.mktemp(f"run_{name}")
-        train(run, progress=False, cohort=str(toy_cohort), levels=[level.value for level in spec.levels],
+        train(run, progress=False, cohort=str(toy_cohort), levels=[level.value for level in levels],
               iterations=1, batch_size=4, generator_width=4, discriminator_width=4)
         export_bundle(run, models / name, name=name)
     return models
+
+
+def _models_copy(tmp_path_factory, tiny_models: Path) -> Path:  # noqa: F811
+    """The tiny bundles in a folder of their own (a train task publishes new versions into it)."""
+    return Path(shutil.copytree(tiny_models, tmp_path_factory.mktemp("models") / "models"))
 
 
 def _studies_copy(tmp_path_factory) -> Path:
@@ -75,7 +82,8 @@ def _studies_copy(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_models, toy_cohort):  # noqa: F811
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with ServerProcess(_studies_copy(tmp_path_factory), tiny_models, log_path, cohort_dir=toy_cohort) as process:
+    with ServerProcess(_studies_copy(tmp_path_factory), _models_copy(tmp_path_factory, tiny_models), log_path,
+                       cohort_dir=toy_cohort) as process:
         yield process
 
 
@@ -95,7 +103,8 @@ def in_process(tmp_path_factory, tiny_models, toy_cohort):  # noqa: F811
     monailabel_settings.MONAI_LABEL_APP_DIR = str(APP_DIR)
     studies = _studies_copy(tmp_path_factory)
     monailabel_settings.MONAI_LABEL_STUDIES = str(studies)
-    monailabel_settings.MONAI_LABEL_APP_CONF = {"models": "all", "models_dir": str(tiny_models),
+    monailabel_settings.MONAI_LABEL_APP_CONF = {"models": "all",
+                                                "models_dir": str(_models_copy(tmp_path_factory, tiny_models)),
                                                 "cohort": str(toy_cohort), "generation_workers": "0"}
     sys.path.insert(0, str(APP_DIR))  # start_server puts the app folder on the path (its `lib` package)
     try:
@@ -148,15 +157,17 @@ def _assert_same_geometry(actual: dict, expected: dict) -> None:
 def test_info_lists_one_infer_and_train_task_per_bundle(server):
     info = requests.get(f"{server.url}/info/", timeout=30).json()
     assert set(info["models"]) == set(MODELS) and set(info["trainers"]) == set(MODELS)
-    for name, spec in MODELS.items():
+    for name, model_levels in MODELS.items():
         model = info["models"][name]
-        levels = [level.value for level in spec.levels]
+        levels = [level.value for level in model_levels]
         assert model["params"]["level"]["allowed"] == levels
         assert model["params"]["pattern"]["allowed"] == ["normal", "unilateral", "bilateral"]
         assert model["params"]["side"]["allowed"] == ["left", "right"]
         assert model["params"]["output_space"]["allowed"] == ["slice", "reference"]
-        assert {"seed", "psi"} <= set(model["params"]) and set(model["params"]) == set(INFER_PARAMS)
-        assert model["conditions"] == [condition.label for condition in valid_conditions(spec.levels)]
+        assert set(model["params"]) == {*BASE_INFER_PARAMS, "psi"}  # psi: an option of the FastGAN family
+        assert model["params"]["psi"] == {"type": "number", "minimum": 0.0, "maximum": 1.0, "default": 1.0,
+                                          "description": "truncation of the latent toward its mean; 1: none"}
+        assert model["conditions"] == [condition.label for condition in valid_conditions(model_levels)]
         assert model["config"]["level"] == levels and model["config"]["output_space"] == ["slice", "reference"]
         assert model["bundle"]["name"] == name and len(model["bundle"]["sha256"]) == 64
         assert info["trainers"][name]["config"]["levels"] == ",".join(levels)
@@ -168,8 +179,8 @@ def test_info_lists_one_infer_and_train_task_per_bundle(server):
 def test_every_valid_condition_of_both_bundles(server, tmp_path):
     info = requests.get(f"{server.url}/info/", timeout=30).json()
     with requests.Session() as session:
-        for name, spec in MODELS.items():
-            for seed, condition in enumerate(valid_conditions(spec.levels)):
+        for name, levels in MODELS.items():
+            for seed, condition in enumerate(valid_conditions(levels)):
                 params = {**condition.to_dict(), "seed": seed, "psi": 0.7}
                 result, image = _parts(_infer(server.url, name, OBLIQUE_STUDY, params, session=session), tmp_path)
                 assert result["condition"] == {**condition.to_dict(), "label": condition.label}
@@ -302,13 +313,9 @@ def test_no_error_answer_shows_a_server_path(server, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ statistics side
 
-def _left_low_slice(bundle, request):
-    """A canonical slice whose patient-LEFT half (higher column index) has 60 % of the right half's counts."""
-    size = bundle.metadata["image_size"]
-    rows, cols = np.mgrid[0:size, 0:size] - (size - 1) / 2
-    brain = (rows / (0.38 * size)) ** 2 + (cols / (0.32 * size)) ** 2 <= 1.0
-    counts = np.where(brain, np.where(cols > 0, 60.0, 100.0), 0.0)
-    return canonical_image(counts, request.condition.level), 11
+def _left_low_slice(synthesizer, request):
+    """The stand-in family's known left-low slice in place of the generator's."""
+    return canonical_image(left_low_counts(synthesizer.describe()["image_size"]), request.condition.level), 11
 
 
 @pytest.mark.parametrize("output_space", ["slice", "reference"])
@@ -321,7 +328,7 @@ def test_statistics_split_by_the_registered_midline_put_left_low_on_the_left(in_
         assert result["stats"]["left"] < result["stats"]["right"] and result["stats"]["ai"] < 0, (study, result)
 
         path = in_process.studies / f"{study}.nii.gz"
-        outcome = in_process.service.generate("spect_fastgan_A", path, params)
+        outcome = in_process.service.generate(in_process.service.request("spect_fastgan_A", params), path)
         midline = in_process.service.registrations.get(path)[0].registration.midline()
         assert outcome.result["midline"] == {"point": list(midline.point), "normal": list(midline.normal)}
         assert outcome.result["stats"] == hemisphere_stats(outcome.image, midline).to_dict()
@@ -334,8 +341,9 @@ def test_shipped_model_a_gives_left_low_statistics_for_unilateral_left(in_proces
     shipped.registrations = in_process.service.registrations  # each study is registered once
     for study in STUDY_IDS:
         for level in ("CER", "BG", "COR"):
-            result = shipped.generate("spect_fastgan_A", in_process.studies / f"{study}.nii.gz",
-                                      {"level": level, "pattern": "unilateral", "side": "left", "seed": 1}).result
+            request = shipped.request("spect_fastgan_A", {"level": level, "pattern": "unilateral", "side": "left",
+                                                          "seed": 1})
+            result = shipped.generate(request, in_process.studies / f"{study}.nii.gz").result
             assert result["stats"]["left"] < result["stats"]["right"], (study, level, result["stats"])
 
 
@@ -367,43 +375,45 @@ def test_no_request_gets_a_500(in_process, model, image, params, output):
 
 # ---------------------------------------------------------------------------------------------------- concurrency
 
+@pytest.mark.skipif(generation_workers_from() < 2, reason="parallel generation needs 2 workers (one per core)")
 def test_info_answers_while_four_inferences_run_in_parallel(server):
+    """No timing limit: the server's own clock says when each generation ran; two of them must overlap (the
+    workers run in parallel) and /info/ must have answered while generations ran."""
     studies = STUDY_IDS[:4]
     for study in studies:  # a new modification time: each inference registers its study again (seconds of work)
         path = server.studies / f"{study}.nii.gz"
         os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns + 1_000_000))
-    info_latencies, running = [], threading.Event()
+    info_answered, running = [], threading.Event()
     running.set()
 
     def poll_info():
         with requests.Session() as session:
             while running.is_set():
-                started = time.perf_counter()
                 assert session.get(f"{server.url}/info/", timeout=30).status_code == 200
-                info_latencies.append(time.perf_counter() - started)
+                info_answered.append(time.time())
                 time.sleep(0.05)
 
-    def timed_inference(study):
-        started = time.perf_counter()
+    def inference(study):
         response = _infer(server.url, "spect_fastgan_A", study, {"level": "BG", "pattern": "normal"}, "json")
         assert response.status_code == 200, response.text
-        return time.perf_counter() - started, response.json()["timings_s"]
+        return response.json()["timings_s"]
 
     poller = threading.Thread(target=poll_info)
     poller.start()
     try:
         with ThreadPoolExecutor(max_workers=4) as pool:
-            outcomes = list(pool.map(timed_inference, studies))
+            timings = list(pool.map(inference, studies))
     finally:
         running.clear()
         poller.join()
-    assert all(timings["registration"] > 0 for _, timings in outcomes), "the studies were not registered again"
-    assert len(info_latencies) >= 5 and max(info_latencies) < INFO_LATENCY_LIMIT_S, info_latencies
-    # Served one after another, the last client would wait for all four; in parallel it waits for less.
-    slowest_client = max(latency for latency, _ in outcomes)
-    assert slowest_client < 0.9 * sum(timings["total"] for _, timings in outcomes), outcomes
+    assert all(timing["registration"] > 0 for timing in timings), "the studies were not registered again"
+    intervals = sorted(tuple(timing["interval_unix_s"]) for timing in timings)
+    assert any(later[0] < earlier[1] for earlier, later in zip(intervals, intervals[1:])), intervals
+    assert any(any(start < answered < end for start, end in intervals) for answered in info_answered), \
+        (intervals, info_answered)
 
 
+@pytest.mark.slow
 def test_server_benchmark_measures_a_real_server_with_its_generation_workers(tiny_models, tmp_path):
     """``spectgan bench server`` end to end on the tiny bundle: the figures it reports, no speed asserted."""
     figures = measure_server(tiny_models, tmp_path)

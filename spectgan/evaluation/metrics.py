@@ -15,7 +15,7 @@ from scipy.linalg import LinAlgWarning
 from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import StratifiedKFold
 
-from spectgan.conditions import Condition
+from spectgan.conditions import Condition, Level, Pattern, Side
 from spectgan.evaluation.data import class_indices
 from spectgan.evaluation.features import classify, saliency, train_classifier
 from spectgan.evaluation.statistics import accuracy_interval
@@ -118,7 +118,8 @@ def condition_accuracy(logits: dict[str, torch.Tensor], conditions: Sequence[Con
     predicted["side"] = 1 + logits["side"][:, 1:].argmax(dim=1).numpy()
     scored = {"level": np.ones(len(conditions), dtype=bool), "pattern": np.ones(len(conditions), dtype=bool),
               "side": truth["side"] > 0}
-    labels = {"level": [0, 1, 2], "pattern": [0, 1, 2], "side": [1, 2]}
+    labels = {"level": list(range(len(Level))), "pattern": list(range(len(Pattern))),
+              "side": list(range(1, len(Side) + 1))}
     result: dict[str, dict] = {"accuracy": {}, "n": {}, "confusion": {}}
     for name, mask in scored.items():
         hits = predicted[name][mask] == truth[name][mask]

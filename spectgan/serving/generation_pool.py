@@ -20,17 +20,18 @@ import threading
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
-from spectgan.errors import SpectganError
-from spectgan.serving.service import SERVICE_UNAVAILABLE, GenerationService, ServiceError, use_server_threads
+from spectgan.errors import SpectganError, UnavailableError
+from spectgan.serving.request import GenerationRequest
+from spectgan.serving.service import GenerationService, use_server_threads
 
 STOP_TIMEOUT_S = 10.0
 
 
 def _portable_error(error: Exception) -> Exception:
     """An exception that survives the trip to the server process: a spectgan error as it is (the server answers it
-    as in its own threads: a ServiceError keeps its status), anything else as a RuntimeError with the worker's
+    as in its own threads: a domain error keeps its kind), anything else as a RuntimeError with the worker's
     traceback (an exception of another library may not unpickle)."""
     if isinstance(error, SpectganError):
         return error
@@ -38,22 +39,22 @@ def _portable_error(error: Exception) -> Exception:
 
 
 def _serve(connection: Connection, models_dir: str, model_names: tuple[str, ...]) -> None:
-    """A worker process: load the bundles, then answer (name, image path, params) with (True, (path, result)) or
-    (False, exception) until the server closes the pipe."""
+    """A worker process: load the bundles, then answer (GenerationRequest, image path) with (True, (path, result))
+    or (False, exception) until the server closes the pipe. The request arrives validated: nothing is parsed here."""
     use_server_threads()
     service = GenerationService(models_dir, model_names)
     for name in model_names:  # loaded now rather than by the first request (a missing one is that request's 503)
         try:
-            service.bundle(name)
-        except ServiceError:
+            service.synthesizer(name)
+        except SpectganError:
             pass
     while True:
         try:
-            name, image_path, params = connection.recv()
+            request, image_path = connection.recv()
         except (EOFError, OSError):  # the server closed the pipe or went away
             return
         try:
-            path, result = service.generate_file(name, image_path, params)
+            path, result = service.generate_file(request, image_path)
             reply = (True, (str(path), result))
         except Exception as error:  # every failure goes back to the request that caused it
             reply = (False, _portable_error(error))
@@ -83,7 +84,7 @@ class GenerationPool:
 
     ``start`` starts the processes (the server calls it once it serves; a pool that was never started starts on its
     first request); each loads the bundles at once. A request waits for an idle worker. A worker that dies (killed,
-    out of memory) fails its request with ServiceError 503 and is replaced for the next ones.
+    out of memory) fails its request with UnavailableError and is replaced for the next ones.
     """
 
     def __init__(self, models_dir: str | Path, model_names: Sequence[str], workers: int):
@@ -108,22 +109,21 @@ class GenerationPool:
                 self._all.append(worker)
                 self._idle.put(worker)
 
-    def generate_file(self, name: str, image_path: str | Path, params: Mapping[str, Any]) -> tuple[Path, dict]:
-        """Like ``GenerationService.generate_file``, in a worker process."""
+    def generate_file(self, request: GenerationRequest, image_path: str | Path) -> tuple[Path, dict]:
+        """Like ``GenerationService.generate_file``, in a worker process (the request object crosses as it is)."""
         self.start()
         worker = self._idle.get()
         try:
-            worker.connection.send((name, str(image_path), dict(params)))
+            worker.connection.send((request, str(image_path)))
             succeeded, payload = worker.connection.recv()
         except (EOFError, OSError):
             with self._lock:
                 self._all.remove(worker)
             worker.stop()
             self.start()
-            raise ServiceError(SERVICE_UNAVAILABLE, f"the generation worker process serving this request ended (exit "
-                                                    f"code {worker.process.exitcode}: killed, out of memory, or it "
-                                                    "could not start; the server log says more) and was replaced: "
-                                                    "send the request again") from None
+            raise UnavailableError(f"the generation worker process serving this request ended (exit code "
+                                   f"{worker.process.exitcode}: killed, out of memory, or it could not start; the "
+                                   "server log says more) and was replaced: send the request again") from None
         self._idle.put(worker)
         if not succeeded:
             raise payload

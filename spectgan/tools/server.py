@@ -47,20 +47,22 @@ class ServerProcess:
     A context manager: entering starts it and waits until ``/info/`` answers; leaving stops the whole process group
     (the server and any training task it started). Its output goes to ``log_path``. ``token``: the server's API token
     (given to it through its environment, never its command line); ``tls``: (key file, certificate file) to serve
-    HTTPS, with ``verify`` what requests trusts (the certificate file); ``conf``: more app conf settings.
+    HTTPS, with ``verify`` what requests trusts (the certificate file); ``conf``: more app conf settings;
+    ``environment``: more environment variables.
     """
 
     def __init__(self, studies: Path, models_dir: Path, log_path: Path, models: str = "all",
                  cohort_dir: Path | None = None, start_timeout_s: float = 240.0, token: str | None = None,
-                 tls: tuple[Path, Path] | None = None, conf: Mapping[str, str] | None = None):
+                 tls: tuple[Path, Path] | None = None, conf: Mapping[str, str] | None = None,
+                 environment: Mapping[str, str] | None = None):
         self.studies, self.models, self.tls, self.conf = Path(studies), models, tls, dict(conf or {})
         self.scheme = "https" if tls else "http"
         self.verify: str | bool = str(tls[1]) if tls else True
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        environment = {key: value for key, value in os.environ.items() if key != API_TOKEN_ENV}
-        self.environment = {**environment, MODELS_DIR_ENV: str(models_dir), "MONAILABEL_PYEXE": sys.executable,
+        inherited = {key: value for key, value in os.environ.items() if key != API_TOKEN_ENV}
+        self.environment = {**inherited, MODELS_DIR_ENV: str(models_dir), "MONAILABEL_PYEXE": sys.executable,
                             **({COHORT_ENV: str(cohort_dir)} if cohort_dir else {}),
-                            **({API_TOKEN_ENV: token} if token else {})}
+                            **({API_TOKEN_ENV: token} if token else {}), **(environment or {})}
         self.log_path, self.start_timeout_s = Path(log_path), start_timeout_s
         self.process: subprocess.Popen | None = None
         self.port, self.url = 0, ""
@@ -103,6 +105,18 @@ class ServerProcess:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+    def generation_worker_pids(self) -> set[int]:
+        """Process ids of the server's generation workers (spawned processes in its process group; Linux /proc)."""
+        pids = set()
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdecimal() and os.getpgid(int(entry.name)) == self.process.pid and \
+                        b"spawn_main" in (entry / "cmdline").read_bytes():
+                    pids.add(int(entry.name))
+            except (OSError, ProcessLookupError):
+                pass
+        return pids
 
     def log_tail(self, characters: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-characters:] if self.log_path.exists() else ""

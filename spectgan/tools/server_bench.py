@@ -92,7 +92,8 @@ def measure_server(models_dir: Path, work: Path) -> dict:
     study_path = studies / f"{BENCH_STUDY}.nii.gz"
 
     def in_process(seed: int) -> None:
-        path, _ = service.generate_file(BENCH_MODEL, study_path, {**BENCH_PARAMS, "seed": seed})
+        request = service.request(BENCH_MODEL, {**BENCH_PARAMS, "seed": seed})  # checked, as the server does
+        path, _ = service.generate_file(request, study_path)
         path.read_bytes()
         path.unlink()
 
@@ -114,10 +115,10 @@ def measure_server(models_dir: Path, work: Path) -> dict:
             for clients in BENCH_CLIENTS:
                 rounds[clients].append(_throughput(server.url, clients, BENCH_THROUGHPUT_REQUESTS))
     throughput = {clients: float(np.median(rates)) for clients, rates in rounds.items()}
-    metadata = service.bundle(BENCH_MODEL).metadata
+    bundle = service.synthesizer(BENCH_MODEL).describe()
     figures = {
-        "bundle": {"name": metadata["name"], "version": metadata["version"], "image_size": metadata["image_size"],
-                   "trained_iterations": metadata["training"]["iterations"]},
+        "bundle": {"name": bundle["name"], "version": bundle["version"], "image_size": bundle["image_size"],
+                   "trained_iterations": bundle["trained_iterations"]},
         "request": {"image": BENCH_STUDY, **BENCH_PARAMS}, "requests": BENCH_LATENCY_REQUESTS,
         "server_ms": {"p50": _percentile_ms(remote, 50), "p95": _percentile_ms(remote, 95)},
         "in_process_ms": {"p50": _percentile_ms(local, 50), "p95": _percentile_ms(local, 95)},

@@ -1,1 +1,1 @@
-"""One small TaskConfig per served model bundle; ``main.SpectganApp`` finds them by their ``model_name``."""
+"""The TaskConfig of a served model bundle (one class for every bundle: ``main.SpectganApp`` makes one per model)."""

@@ -4,7 +4,8 @@ from typing import Any, Dict, Tuple, Union
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from spectgan.serving.generation_pool import GenerationPool
-from spectgan.serving.service import INFER_PARAMS, MODELS, GenerationService
+from spectgan.serving.request import GENERATION_REQUEST
+from spectgan.serving.service import GenerationService
 
 
 class SpectganInfer(InferTask):
@@ -17,7 +18,8 @@ class SpectganInfer(InferTask):
     """
 
     def __init__(self, name: str, service: GenerationService, generator: Union[GenerationPool, GenerationService]):
-        super().__init__(type=InferType.OTHERS, labels=None, dimension=3, description=MODELS[name].description)
+        super().__init__(type=InferType.OTHERS, labels=None, dimension=3,
+                         description=service.describe(name)["description"])
         self.name, self.service, self.generator = name, service, generator
 
     def config(self) -> Dict[str, Any]:
@@ -25,13 +27,14 @@ class SpectganInfer(InferTask):
 
     def info(self) -> Dict[str, Any]:
         description = self.service.describe(self.name)
-        return {"type": self.type, "labels": self.labels, "dimension": self.dimension,
-                "description": self.description, **description}
+        return {"type": self.type, "labels": self.labels, "dimension": self.dimension, **description}
 
     def is_valid(self) -> bool:
         return self.service.has_bundle(self.name)
 
     def __call__(self, request) -> Tuple[str, Dict]:
-        params = {key: request[key] for key in INFER_PARAMS if key in request}
-        path, result = self.generator.generate_file(self.name, request.get("image"), params)
+        """``request[GENERATION_REQUEST]``: the request the app's route checked; from another caller of MONAI Label's
+        ``infer`` (batch inference), the params in ``request`` are checked here."""
+        generation = request.get(GENERATION_REQUEST) or self.service.request(self.name, request)
+        path, result = self.generator.generate_file(generation, request["image"])
         return str(path), result

@@ -3,28 +3,41 @@
 MONAI Label runs it in a subprocess whose output lines are the task's progress (``GET /train/``); stopping the task
 (``DELETE /train/``) kills that subprocess before it publishes, so the previous bundle stays in place.
 """
+import json
 from pathlib import Path
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
-from spectgan.serving.service import MODELS, TRAIN_PARAMS, GenerationService, retrain, train_client_config
+from spectgan.errors import SpectganError
+from spectgan.serving.request import TRAIN_PARAMS
+from spectgan.serving.service import GenerationService, retrain
 
 
 class SpectganTrain(TrainTask):
     def __init__(self, name: str, service: GenerationService, cohort_dir: Path):
-        super().__init__(f"Retrain {name}: {MODELS[name].description}")
+        super().__init__(f"Retrain {name} on the training cohort")
         self.name, self.service, self.cohort_dir = name, service, cohort_dir
 
     def config(self):
-        return {**train_client_config(self.name), "cohort": self.cohort_dir.name}
+        try:
+            request = self.service.train_request(self.name, {})
+        except SpectganError as error:  # a bundle of a family this server lacks: /info/ says so instead of failing
+            return {"cohort": self.cohort_dir.name, "unavailable": str(error)}
+        return {"iterations": request.iterations, "batch": request.batch_size,
+                "levels": ",".join(level.value for level in request.levels), "cohort": self.cohort_dir.name}
 
     def stats(self):
         return self.service.describe(self.name)["bundle"] or {}
 
     def __call__(self, request, datastore: Datastore):
+        """Runs in MONAI Label's train subprocess, which gets the request as JSON: the params are checked again there
+        (the app's route checked them before starting it)."""
         params = {key: request[key] for key in TRAIN_PARAMS if key in request}
-        return retrain(self.name, self.service.models_dir, self.cohort_dir, params, report=print_progress)
+        checked = self.service.train_request(self.name, params)
+        return retrain(self.name, self.service.models_dir, self.cohort_dir, checked,
+                       command=f"monailabel train {self.name} {json.dumps(params, default=str)}",
+                       report=print_progress)
 
 
 def print_progress(line: str) -> None:

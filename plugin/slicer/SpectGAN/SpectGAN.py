@@ -71,6 +71,7 @@ class SpectGANWidget(ScriptedLoadableModuleWidget):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SpectGANLogic()
+        self.sidedPatterns = set()  # patterns whose conditions name a side, from the model's conditions
 
         settings = qt.QSettings()
         self.ui.serverUrlEdit.text = settings.value(SERVER_URL_SETTING, DEFAULT_SERVER_URL)
@@ -97,11 +98,13 @@ class SpectGANWidget(ScriptedLoadableModuleWidget):
             conditions = self.logic.conditions(model) if model else []
         self._setItems(self.ui.levelComboBox, [ALL] + list(dict.fromkeys(c.level.value for c in conditions)))
         self._setItems(self.ui.patternComboBox, [ALL] + list(dict.fromkeys(c.pattern.value for c in conditions)))
-        self._setItems(self.ui.sideComboBox, [ALL, "left", "right"])
+        self._setItems(self.ui.sideComboBox, [ALL] + list(dict.fromkeys(c.side.value for c in conditions if c.side)))
+        self.sidedPatterns = {c.pattern.value for c in conditions if c.side}  # the model's conditions say which
         self.ui.generateButton.enabled = bool(conditions)
 
     def onPatternChanged(self):
-        self.ui.sideComboBox.enabled = self.ui.patternComboBox.currentText in (ALL, "unilateral")
+        pattern = self.ui.patternComboBox.currentText
+        self.ui.sideComboBox.enabled = pattern == ALL or pattern in self.sidedPatterns
 
     def onGenerate(self):
         reference = self.ui.referenceSelector.currentNode()

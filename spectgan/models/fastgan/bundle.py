@@ -24,7 +24,8 @@ from typing import NamedTuple
 
 import torch
 
-from spectgan.conditions import LEVEL_Z_MM, Level, Pattern, describe_allowed, parse_levels, valid_conditions
+from spectgan.conditions import (LEVEL_Z_MM, Level, Pattern, check_vocabulary, describe_allowed, parse_levels,
+                                 valid_conditions, vocabulary)
 from spectgan.errors import SpectganError
 from spectgan.models.fastgan.checkpoint import ema_generator, load_checkpoint
 from spectgan.models.fastgan.figures import save_loss_curves
@@ -39,6 +40,8 @@ BUNDLE_VERSION = "1.0.0"
 MAX_WEIGHTS_BYTES = 50 * 1024 * 1024
 MONAI_METADATA_SCHEMA = ("https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
                          "meta_schema_20240725.json")
+FAMILY = "conditional_fastgan"  # the model family (spectgan.models.synthesizer) that loads these bundles
+VOCABULARY_KEY = "condition_vocabulary"  # metadata: spectgan.conditions.vocabulary() at export
 INTENDED_USE = ("Research only. Every image is synthetic (made by a GAN); not for diagnosis, treatment or any "
                 "clinical decision.")
 
@@ -72,6 +75,10 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
 @functools.lru_cache(maxsize=8)
 def _load_bundle(path: str, stamp: tuple) -> Bundle:
     metadata = json.loads((Path(path) / METADATA_FILE).read_text())
+    try:
+        check_vocabulary(metadata.get(VOCABULARY_KEY), f"model bundle {metadata.get('name', Path(path).name)}")
+    except ValueError as error:
+        raise SpectganError(str(error)) from None
     weights_path = Path(path) / WEIGHTS_FILE
     actual = sha256_file(weights_path)
     if actual != metadata.get("weights_sha256"):
@@ -91,7 +98,8 @@ def _network_data_format(generator: dict, count_scale: float) -> dict:
                        "spatial_shape": [], "dtype": "float32", "value_range": [], "is_patch_data": False,
                        "channel_def": {"0": "standard normal (times psi for truncation)"}},
             "condition": {"type": "tensor", "format": "class indices", "num_channels": 3, "spatial_shape": [],
-                          "dtype": "int64", "value_range": [0, 2], "is_patch_data": False,
+                          "dtype": "int64", "value_range": [0, max(len(Level), len(Pattern), len(SIDE_INDEX)) - 1],
+                          "is_patch_data": False,
                           "channel_def": {"0": "level: " + ", ".join(f"{i} {v.value}" for i, v in enumerate(Level)),
                                           "1": "pattern: " + ", ".join(f"{i} {v.value}" for i, v in enumerate(Pattern)),
                                           "2": "side: " + ", ".join(f"{i} {s.value if s else 'none'}"
@@ -109,7 +117,7 @@ def _metadata(checkpoint: dict, name: str, version: str, weights_sha256: str) ->
     levels = parse_levels(settings["levels"])
     generator = checkpoint["network"]["generator"]
     return {
-        "schema": MONAI_METADATA_SCHEMA, "name": name, "version": version,
+        "schema": MONAI_METADATA_SCHEMA, "name": name, "version": version, "family": FAMILY,
         "changelog": {version: "exported from a spectgan training run"},
         "monai_version": package_version("monai"), "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": package_version("numpy"), "required_packages_version": {"spectgan": package_version("spectgan")},
@@ -120,7 +128,7 @@ def _metadata(checkpoint: dict, name: str, version: str, weights_sha256: str) ->
         "intended_use": INTENDED_USE, "synthetic": True,
         "network_data_format": _network_data_format(generator, data["count_scale"]),
         "count_scale": data["count_scale"], "pixel_spacing_mm": data["pixel_spacing_mm"],
-        "image_size": data["image_size"], "levels": [lv.value for lv in levels],
+        "image_size": data["image_size"], "levels": [lv.value for lv in levels], VOCABULARY_KEY: vocabulary(),
         "level_planes_mm": {lv.value: LEVEL_Z_MM[lv] for lv in levels},
         "valid_conditions": [condition.to_dict() for condition in valid_conditions(levels)],
         "network": {"generator": generator},

@@ -1,0 +1,91 @@
+"""The conditional FastGAN as a ``spectgan.models.synthesizer`` family: its bundles loaded as Synthesizers, its
+retraining, and its one option (``psi``, truncation of the latent toward its mean)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from spectgan.conditions import Condition, Level, parse_levels, valid_conditions
+from spectgan.models.fastgan.bundle import FAMILY as FAMILY_NAME
+from spectgan.models.fastgan.bundle import Bundle, export_bundle, load_bundle
+from spectgan.models.fastgan.inference import generate
+from spectgan.models.fastgan.networks import to_counts
+from spectgan.models.fastgan.train import TrainSettings, train
+from spectgan.models.synthesizer import Option, TrainPlan
+
+PSI = Option("psi", 0.0, 1.0, 1.0, "truncation of the latent toward its mean; 1: none")
+
+
+@dataclass(frozen=True)
+class FastGANSynthesizer:
+    """A loaded FastGAN bundle (``spectgan.models.fastgan.bundle.Bundle``) behind the Synthesizer contract."""
+
+    bundle: Bundle
+
+    @property
+    def name(self) -> str:
+        return self.bundle.metadata["name"]
+
+    @property
+    def levels(self) -> tuple[Level, ...]:
+        return parse_levels(self.bundle.metadata["levels"])
+
+    def conditions(self) -> list[Condition]:
+        return valid_conditions(self.levels)
+
+    def options(self) -> tuple[Option, ...]:
+        return (PSI,)
+
+    def describe(self) -> dict:
+        metadata = self.bundle.metadata
+        return {"name": metadata["name"], "family": FAMILY_NAME, "version": metadata["version"],
+                "sha256": metadata["weights_sha256"], "description": metadata["description"],
+                "image_size": metadata["image_size"], "pixel_spacing_mm": metadata["pixel_spacing_mm"],
+                "count_scale": metadata["count_scale"], "levels": metadata["levels"],
+                "trained_iterations": metadata["training"]["iterations"], "exported": metadata["exported"]}
+
+    def sample(self, conditions: Sequence[Condition], seed: int, options: Mapping[str, float]) -> np.ndarray:
+        """Float32 counts [n, H, W]: the EMA generator's output mapped through the bundle's one count scale."""
+        images = generate(self.bundle.generator, list(conditions), seed, options.get(PSI.name, PSI.default))
+        return to_counts(images[:, 0], self.bundle.metadata["count_scale"]).numpy()
+
+
+class FastGANFamily:
+    """Loads ``conditional_fastgan`` bundles and retrains them with ``spectgan.models.fastgan.train``."""
+
+    name = FAMILY_NAME
+    default_iterations = TrainSettings.iterations
+    default_batch_size = TrainSettings.batch_size
+
+    def __init__(self):
+        self._loaded: dict[str, FastGANSynthesizer] = {}  # by bundle folder: the same object while unchanged
+
+    def load(self, bundle_dir: Path) -> FastGANSynthesizer:
+        bundle = load_bundle(bundle_dir)  # cached per path and file modification times
+        key = str(Path(bundle_dir).resolve())
+        synthesizer = self._loaded.get(key)
+        if synthesizer is None or synthesizer.bundle is not bundle:
+            synthesizer = self._loaded[key] = FastGANSynthesizer(bundle)
+        return synthesizer
+
+    def retrain(self, plan: TrainPlan, progress: bool) -> None:
+        """Train ``plan.run_dir`` afresh with the architecture of the bundle it replaces (image size, width, latent
+        and condition sizes; the training defaults when there is none), then export it to ``plan.bundle_dir``."""
+        try:
+            architecture = json.loads((plan.bundle_dir / "configs" / "metadata.json").read_text())["network"][
+                "generator"]
+        except (OSError, ValueError, KeyError):
+            architecture = {}
+        train(plan.run_dir, progress=progress, command=plan.command, cohort=str(plan.cohort_dir),
+              levels=",".join(level.value for level in plan.levels), iterations=plan.iterations,
+              batch_size=plan.batch_size, image_size=architecture.get("image_size"),
+              generator_width=architecture.get("width"), latent_dim=architecture.get("latent_dim"),
+              condition_dim=architecture.get("condition_dim"))
+        export_bundle(plan.run_dir, plan.bundle_dir, name=plan.name, version=plan.version)
+
+
+FAMILY = FastGANFamily()

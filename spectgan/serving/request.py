@@ -1,0 +1,175 @@
+"""Requests to the server, validated once at its edge into typed objects that every later step takes as they are.
+
+An infer request (MONAI Label's form field ``params``, a JSON object) becomes a ``GenerationRequest``: the model, a
+``Condition`` valid for it, a seed (or None: drawn at generation and echoed back), the values of the model
+family's own options (FastGAN: ``psi``) and the output space. A train request becomes a ``TrainRequest``. Errors
+are ``spectgan.errors`` domain errors whose message names what is allowed; ``monai_app`` maps them to HTTP.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from spectgan.conditions import (Condition, Level, Pattern, Side, describe_allowed, parse_condition, parse_levels,
+                                 valid_conditions)
+from spectgan.errors import InvalidRequestError, MalformedRequestError
+from spectgan.geometry.registration import OUTPUT_SPACES
+from spectgan.models.synthesizer import Option, Synthesizer
+
+GENERATION_REQUEST = "spectgan_request"  # key of the checked GenerationRequest in MONAI Label's infer request dict
+CONDITION_PARAMS = ("level", "pattern", "side")
+BASE_INFER_PARAMS = (*CONDITION_PARAMS, "seed", "output_space")  # plus the model family's options
+TRAIN_PARAMS = ("iterations", "batch", "levels")
+MAX_SEED = 2 ** 63 - 1
+DRAWN_SEEDS = 2 ** 31  # a seed drawn for a request that gave none is below this
+MAX_TRAIN_ITERATIONS = 1_000_000
+MAX_TRAIN_BATCH = 1024
+NUMBER_TEXT_LIMIT = 40  # characters of a number sent as a string
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One validated infer request."""
+
+    model: str
+    condition: Condition
+    seed: int | None  # None: drawn at generation (``resolved_seed``) and echoed back
+    options: Mapping[str, float] = field(default_factory=dict)  # every option of the model family, defaults filled
+    output_space: str = OUTPUT_SPACES[0]
+
+    def resolved_seed(self) -> int:
+        """The request's seed, or a fresh random one in [0, 2^31)."""
+        return secrets.randbelow(DRAWN_SEEDS) if self.seed is None else self.seed
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """One validated train request."""
+
+    iterations: int
+    batch_size: int
+    levels: tuple[Level, ...]
+
+
+def parse_params_json(text: str | None) -> dict:
+    """The ``params`` form field of a MONAI Label request -> dict; MalformedRequestError when it is not a JSON
+    object."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise MalformedRequestError(f"params is not valid JSON ({error.msg} at line {error.lineno} column "
+                                    f"{error.colno}); send a JSON object such as "
+                                    '{"level": "BG", "pattern": "unilateral", "side": "left"}') from None
+    except RecursionError:
+        raise MalformedRequestError("params is nested too deeply; send a flat JSON object") from None
+    if not isinstance(params, dict):
+        raise MalformedRequestError(f"params must be a JSON object of named params, got a JSON "
+                                    f"{type(params).__name__}")
+    return params
+
+
+def _is_empty(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def parse_integer(value, name: str, low: int, high: int, hint: str = "") -> int:
+    """An integer param (a JSON integer or a string of digits) in [low, high]; InvalidRequestError otherwise."""
+    parsed = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        parsed = value
+    elif isinstance(value, str) and value.strip().lstrip("+").isdecimal() and len(value.strip()) <= NUMBER_TEXT_LIMIT:
+        parsed = int(value.strip())
+    if parsed is None or not low <= parsed <= high:
+        raise InvalidRequestError(f"{name} must be an integer in [{low}, {high}]{hint}, got {value!r}")
+    return parsed
+
+
+def parse_condition_params(params: Mapping[str, Any], synthesizer: Synthesizer) -> Condition:
+    """``level``, ``pattern`` and ``side`` as a condition the model can make; InvalidRequestError naming the allowed
+    values and the model's valid conditions otherwise."""
+    levels = synthesizer.levels
+    valid = f"Valid conditions for {synthesizer.name}: {describe_allowed(levels)}"
+    for name, allowed in (("level", [level.value for level in levels]), ("pattern", [p.value for p in Pattern])):
+        if _is_empty(params.get(name)):
+            raise InvalidRequestError(f"{name} is required; allowed: {', '.join(allowed)}. {valid}")
+    side = params.get("side")
+    try:
+        return parse_condition(params["level"], params["pattern"], None if _is_empty(side) else side, levels=levels)
+    except ValueError as error:
+        raise InvalidRequestError(f"{error}. {valid}") from None
+
+
+def parse_generation_request(model: str, params: Mapping[str, Any], synthesizer: Synthesizer) -> GenerationRequest:
+    """Validate an infer request's params against the model (``BASE_INFER_PARAMS`` and its family's options; other
+    keys are ignored: MONAI Label adds its own)."""
+    if not isinstance(params, Mapping):
+        raise MalformedRequestError(f"params must be a JSON object of named params, got {type(params).__name__}")
+    condition = parse_condition_params(params, synthesizer)
+    seed = params.get("seed")
+    seed = None if _is_empty(seed) else parse_integer(seed, "seed", 0, MAX_SEED, " (or empty for a random seed)")
+    options = {option.name: option.parse(params.get(option.name)) for option in synthesizer.options()}
+    output_space = params.get("output_space")
+    output_space = OUTPUT_SPACES[0] if _is_empty(output_space) else output_space
+    if output_space not in OUTPUT_SPACES:
+        raise InvalidRequestError(f"invalid output_space {output_space!r}; allowed: {', '.join(OUTPUT_SPACES)} "
+                                  "(slice: the one-slice plane; reference: resampled onto the study's grid)")
+    return GenerationRequest(model, condition, seed, options, output_space)
+
+
+def infer_param_spec(levels: Sequence[Level], options: Sequence[Option]) -> dict:
+    """What a client may send, per param: allowed values or range, default and meaning (for ``/info/``)."""
+    patterns = list(dict.fromkeys(condition.pattern.value for condition in valid_conditions(levels)))
+    return {
+        "level": {"allowed": [level.value for level in levels], "required": True,
+                  "description": "anatomical level: an axial plane of the template"},
+        "pattern": {"allowed": patterns, "required": True, "description": "perfusion defect pattern"},
+        "side": {"allowed": [side.value for side in Side], "default": None,
+                 "description": "hemisphere of a one-sided defect (the patient's side); empty otherwise"},
+        "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "default": None,
+                 "description": "random seed; empty for a random one (always echoed back)"},
+        **{option.name: option.spec() for option in options},
+        "output_space": {"allowed": list(OUTPUT_SPACES), "default": OUTPUT_SPACES[0],
+                         "description": "slice: a one-slice (possibly oblique) volume on the level's plane; "
+                                        "reference: resampled onto the reference study's grid"},
+    }
+
+
+def infer_client_config(spec: Mapping[str, dict]) -> dict:
+    """Defaults in MONAI Label's config convention (a list offers choices, its first item is the default; an
+    optional choice such as ``side`` starts with the empty one; an empty number means none)."""
+    config = {}
+    for name, entry in spec.items():
+        if "allowed" in entry:
+            config[name] = ([""] if not entry.get("required") and entry.get("default") is None else []) + \
+                entry["allowed"]
+        else:
+            config[name] = "" if entry["default"] is None else entry["default"]
+    return config
+
+
+def parse_train_request(name: str, params: Mapping[str, Any], levels: Sequence[Level], default_iterations: int,
+                        default_batch_size: int) -> TrainRequest:
+    """Validate ``TRAIN_PARAMS`` for a model whose bundle covers ``levels``; InvalidRequestError names what is
+    allowed."""
+    if not isinstance(params, Mapping):
+        raise MalformedRequestError(f"train params must be a JSON object, got {type(params).__name__}")
+    iterations = params.get("iterations")
+    iterations = default_iterations if _is_empty(iterations) else parse_integer(
+        iterations, "iterations", 1, MAX_TRAIN_ITERATIONS)
+    batch = params.get("batch")
+    batch = default_batch_size if _is_empty(batch) else parse_integer(batch, "batch", 2, MAX_TRAIN_BATCH)
+    allowed = ", ".join(level.value for level in levels)
+    wanted = params.get("levels")
+    if _is_empty(wanted):
+        return TrainRequest(iterations, batch, tuple(levels))
+    try:
+        parsed = parse_levels(wanted) if isinstance(wanted, (str, list, tuple)) else None
+    except ValueError as error:
+        raise InvalidRequestError(f"{error} (levels of {name}: {allowed})") from None
+    if parsed is None or not set(parsed) <= set(levels):
+        raise InvalidRequestError(f"levels for {name} must be among {allowed} (comma-separated), got {wanted!r}")
+    return TrainRequest(iterations, batch, parsed)
