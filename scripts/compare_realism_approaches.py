@@ -31,7 +31,7 @@ class RescaledBundle(BundleSource):
     def __init__(self, bundle_dir: Path, name: str, count_scale: float, post_filter_sigma_px: float = 0.0):
         super().__init__(bundle_dir)
         self.name = name
-        self.gain = count_scale / float(self.bundle.metadata["count_scale"])
+        self.gain = count_scale / self.count_scale
         self.sigma = post_filter_sigma_px
 
     def generate(self, condition: Condition, n: int, seed: int) -> np.ndarray:

@@ -2,10 +2,11 @@
 ``spectgan.cohorts.format``), for any training pipeline: ``spectgan train``, the evaluation's TSTR, or a MONAI
 Dataset of the manifest's files.
 
-Every slice has its own seed (the manifest's ``seed`` column): ``spectgan sample --bundle B --level L --pattern P
-[--side S] --seed SEED --n 1`` draws the same inputs again (the same image to float rounding; a slice is computed in a
-batch of others here). Work is split in fixed chunks written atomically, one worker process per core: an interrupted
-run continues where it stopped, and the same bundle, counts and seed give the same files.
+The model is reached only through the model contract (``spectgan.models.synthesizer``), so any model family's
+bundle works. Every slice has its own seed (the manifest's ``seed`` column): ``spectgan sample --bundle B --level L
+--pattern P [--side S] --seed SEED --n 1`` makes the same slice again. Work is split in fixed chunks written
+atomically, one worker process per core: an interrupted run continues where it stopped, and the same bundle, counts
+and seed give the same files.
 """
 from __future__ import annotations
 
@@ -24,12 +25,10 @@ from tqdm import tqdm
 from spectgan.tools.bench import print_figures
 from spectgan.cohorts.format import (CohortRecord, atomic_write_bytes, atomic_write_image, finished_cohort,
                                      read_cohort_info, read_manifest, write_cohort_info, write_manifest)
-from spectgan.conditions import Condition, parse_condition, parse_levels, valid_conditions
+from spectgan.conditions import Condition, parse_condition, valid_conditions
 from spectgan.errors import SpectganError
-from spectgan.models.fastgan.bundle import load_bundle
-from spectgan.models.fastgan.inference import generate_seeded
-from spectgan.models.fastgan.networks import to_counts
 from spectgan.geometry.template import SLAB_THICKNESS_MM, canonical_image
+from spectgan.models.synthesizer import load_synthesizer
 
 CHUNK_SIZE = 512  # slices written by one task
 SPLIT = "train"  # a synthetic cohort is training data: every slice goes to the train split
@@ -71,20 +70,20 @@ _WORKER: dict = {}
 
 def _start_worker(bundle_dir: str) -> None:
     torch.set_num_threads(1)
-    _WORKER["bundle"] = load_bundle(bundle_dir)
+    _WORKER["model"] = load_synthesizer(bundle_dir)
 
 
 def _run_chunk(number: int, first: int, jobs: list[tuple[str, str, str | None, int]], out: str) -> int:
-    """Worker: generate one chunk, write its slices, then its manifest rows (which mark it done)."""
-    generator, metadata = _WORKER["bundle"]
-    conditions = [parse_condition(level, pattern, side) for level, pattern, side, _ in jobs]
-    images = generate_seeded(generator, conditions, [seed for *_, seed in jobs])
-    counts = to_counts(images[:, 0], metadata["count_scale"]).numpy()
+    """Worker: generate one chunk slice by slice (each from its own seed), write its slices, then its manifest rows
+    (which mark it done)."""
+    model = _WORKER["model"]
     rows = []
-    for offset, (condition, array, (*_, seed)) in enumerate(zip(conditions, counts, jobs)):
+    for offset, (level, pattern, side, seed) in enumerate(jobs):
+        condition = parse_condition(level, pattern, side)
+        counts = model.sample([condition], seed, {})[0]
         identifier = f"synth_{first + offset:07d}"
         record = CohortRecord(SPLIT, identifier, condition, "", None, f"{SPLIT}/{identifier}.nii.gz", seed)
-        atomic_write_image(canonical_image(array, condition.level), Path(out) / record.file)
+        atomic_write_image(canonical_image(counts, condition.level), Path(out) / record.file)
         rows.append(record.to_row())
     atomic_write_bytes(_chunk_file(Path(out), number), json.dumps(rows).encode())
     return len(jobs)
@@ -94,10 +93,9 @@ def synthesize_cohort(bundle_dir: Path, out: Path, conditions_and_counts: Sequen
                       seed: int = 0, workers: int | None = None, progress: bool = True) -> Path:
     """Write (or continue, or reuse) a synthetic cohort in ``out``; returns ``out``."""
     out = Path(out)
-    bundle = load_bundle(bundle_dir)
-    metadata = bundle.metadata
+    model = load_synthesizer(bundle_dir).describe()
     jobs = plan(conditions_and_counts, seed)
-    key = {"bundle": metadata["name"], "version": metadata["version"], "weights_sha256": metadata["weights_sha256"],
+    key = {"bundle": model["name"], "version": model["version"], "weights_sha256": model["sha256"],
            "seed": seed, "slices": {condition.label: count for condition, count in conditions_and_counts}}
     if finished_cohort(out, key, progress):
         return out
@@ -120,10 +118,9 @@ def synthesize_cohort(bundle_dir: Path, out: Path, conditions_and_counts: Sequen
     write_manifest(out, records)
     write_cohort_info(out, {
         "format": "spectgan-cohort", "source": "synthetic", "key": key, "state": "complete", "synthetic": True,
-        "bundle": {"name": metadata["name"], "version": metadata["version"],
-                   "weights_sha256": metadata["weights_sha256"]},
-        "matrix": metadata["image_size"], "pixel_spacing_mm": metadata["pixel_spacing_mm"],
-        "slab_thickness_mm": SLAB_THICKNESS_MM, "count_scale": metadata["count_scale"], "seed": seed,
+        "bundle": {"name": model["name"], "version": model["version"], "weights_sha256": model["sha256"]},
+        "matrix": model["image_size"], "pixel_spacing_mm": model["pixel_spacing_mm"],
+        "slab_thickness_mm": SLAB_THICKNESS_MM, "count_scale": model["count_scale"], "seed": seed,
         "counts": {SPLIT: len(jobs)}, "slices_per_condition": key["slices"],
         "synthesis_seconds": round(time.perf_counter() - started, 1),
         "note": "every slice is synthetic (made by a GAN); research use only",
@@ -150,13 +147,13 @@ def add_synthesize_command(subparsers) -> None:
 
 
 def _run_synthesize(args) -> int:
-    levels = parse_levels(load_bundle(args.bundle).metadata["levels"])
+    model = load_synthesizer(args.bundle)
     if args.per_condition is not None:
         if args.per_condition < 1:
             raise SpectganError(f"--per-condition must be a positive integer, got {args.per_condition}")
-        wanted = [(condition, args.per_condition) for condition in valid_conditions(levels)]
+        wanted = [(condition, args.per_condition) for condition in model.conditions()]
     else:
-        wanted = counts_like(args.like_cohort, levels)
+        wanted = counts_like(args.like_cohort, model.levels)
     out = synthesize_cohort(args.bundle, args.out, wanted, args.seed, args.workers, progress=not args.no_progress)
     info = read_cohort_info(out)
     print(f"synthetic cohort of {info['counts'][SPLIT]} slices from {info['bundle']['name']} "
@@ -169,9 +166,9 @@ def run_synthesize_benchmark(as_json: bool = False) -> int:
     import tempfile
 
     bundle = Path("models/spect_fastgan_A")
-    levels = parse_levels(load_bundle(bundle).metadata["levels"])
-    per_condition = 2 * CHUNK_SIZE // len(valid_conditions(levels)) + 1
-    wanted = [(condition, per_condition) for condition in valid_conditions(levels)]
+    conditions = load_synthesizer(bundle).conditions()
+    per_condition = 2 * CHUNK_SIZE // len(conditions) + 1
+    wanted = [(condition, per_condition) for condition in conditions]
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         synthesize_cohort(bundle, Path(folder) / "cohort", wanted, seed=0, progress=False)

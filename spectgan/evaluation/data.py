@@ -12,7 +12,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from spectgan.cohorts.format import load_split
-from spectgan.conditions import ALL_LEVELS, Condition, Level, Pattern, Side, parse_levels, valid_conditions
+from spectgan.conditions import ALL_LEVELS, Condition, Level, Pattern, Side, valid_conditions
 
 
 @dataclass(frozen=True)
@@ -86,22 +86,21 @@ class SyntheticSource(Protocol):
 
 
 class BundleSource:
-    """A trained model bundle, sampled through ``spectgan.models.fastgan.sample``."""
+    """A trained model bundle of any family, sampled through the model contract (``spectgan.models.synthesizer``)
+    with its default options."""
 
     def __init__(self, bundle_dir: str | Path):
-        from spectgan.models.fastgan import load_bundle
+        from spectgan.models.synthesizer import load_synthesizer
 
-        self.bundle = load_bundle(bundle_dir)
-        self.name = self.bundle.metadata.get("name") or Path(bundle_dir).name
-        self.levels = parse_levels(self.bundle.metadata["levels"])
-        self.image_size = int(self.bundle.metadata["image_size"])
+        self.model = load_synthesizer(bundle_dir)
+        described = self.model.describe()
+        self.name = described.get("name") or Path(bundle_dir).name
+        self.levels = self.model.levels
+        self.image_size = int(described["image_size"])
+        self.count_scale = float(described["count_scale"])
 
     def generate(self, condition: Condition, n: int, seed: int) -> np.ndarray:
-        from spectgan.models.fastgan import sample
-
-        side = condition.side.value if condition.side else None
-        counts, _ = sample(self.bundle, condition.level.value, condition.pattern.value, side, seed=seed, n=n)
-        return counts
+        return self.model.sample([condition] * n, seed, {})
 
 
 class ArraySource:

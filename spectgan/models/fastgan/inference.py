@@ -70,26 +70,6 @@ def generate(generator: Generator, conditions: Sequence[Condition], seed: int, p
     return torch.cat(images)
 
 
-def generate_seeded(generator: Generator, conditions: Sequence[Condition], seeds: Sequence[int]) -> torch.Tensor:
-    """Images [n, 1, S, S] in the network range, image i from its own ``seeds[i]`` (its inputs are those of
-    ``generate(generator, [conditions[i]], seeds[i])``), computed in batches."""
-    if len(conditions) != len(seeds):
-        raise ValueError(f"one seed per condition: got {len(conditions)} conditions and {len(seeds)} seeds")
-    device = next(generator.parameters()).device
-    codes = encode_conditions(conditions)
-    batch = SAMPLE_BATCH.get(device.type, SAMPLE_BATCH["cpu"])
-    images = []
-    with torch.inference_mode(), autocast(device):
-        for start in range(0, len(seeds), batch):
-            drawn = [draw_inputs(generator, 1, torch.Generator().manual_seed(int(seed)))
-                     for seed in seeds[start:start + batch]]
-            latent = torch.cat([latent for latent, _ in drawn])
-            noise = [torch.cat(maps) for maps in zip(*(noise for _, noise in drawn))]
-            images.append(generator(latent.to(device), codes[start:start + batch].to(device),
-                                    [maps.to(device) for maps in noise]).float().cpu())
-    return torch.cat(images)
-
-
 def recalibrate_batch_norm(generator: Generator, conditions: torch.Tensor, seed: int) -> None:
     """Set the generator's batch-norm statistics to exact averages over images of ``conditions`` [M, 3].
 
