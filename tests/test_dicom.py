@@ -10,10 +10,11 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from spectgan.export.dicom import (SYNTHETIC_DATA_TAG, DicomError, SyntheticStudy, encode_scan, quantize_counts,
-                            read_scan, write_series)
+from spectgan.export.dicom import (SYNTHETIC_DATA_TAG, DicomError, SyntheticStudy, counts_slope, encode_scan,
+                                   quantize_counts, read_scan, real_world_counts, write_series)
 from spectgan.errors import InvalidImageError
 from spectgan.geometry.roi import TEMPLATE_MIDLINE, hemisphere_masks, hemisphere_stats
+from spectgan.simulation.protocol import protocol_for
 
 # dciodvfy 2022-06 predates the Synthetic Data attribute (0008,001C) that every object must carry, so it reports
 # that one standard attribute as unknown; every other error fails the test.
@@ -80,10 +81,14 @@ def assert_same_scan(image: sitk.Image, stats: dict, scan: Scan, slope: float) -
     assert set(stats) == {"mc", "left", "right", "lr", "ai", "brain_size", "left_size", "right_size", "size_unit"}
 
 
-def dciodvfy_errors(path) -> list[str]:
+def dciodvfy_findings(path) -> list[str]:
+    """dciodvfy's Error and Warning lines for a file."""
     result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    lines = (result.stdout + result.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error") and UNKNOWN_TO_VALIDATOR not in line]
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("Error", "Warning"))]
+
+
+def dciodvfy_errors(path) -> list[str]:
+    return [line for line in dciodvfy_findings(path) if line.startswith("Error") and UNKNOWN_TO_VALIDATOR not in line]
 
 
 def test_round_trip_keeps_oblique_geometry_values_and_stats(tmp_path):
@@ -93,7 +98,7 @@ def test_round_trip_keeps_oblique_geometry_values_and_stats(tmp_path):
     write_series([nm, seg, sr], tmp_path)
     image, stats = read_scan(tmp_path)
     assert image.GetPixelID() == sitk.sitkFloat32
-    assert_same_scan(image, stats, scan, float(nm.RescaleSlope))
+    assert_same_scan(image, stats, scan, counts_slope(nm))
     assert read_scan(sorted(tmp_path.glob("*.dcm")))[1] == stats
 
 
@@ -162,6 +167,67 @@ def test_dciodvfy_finds_no_errors_in_nm_seg_and_sr(tmp_path):
     assert {path.name.split("_")[0] for path in paths} == {"NM", "SEG", "SR"}
     for path in paths:
         assert dciodvfy_errors(path) == [], path.name
+
+
+def test_nm_counts_travel_in_the_real_world_value_mapping_not_rescale(tmp_path):
+    scan = make_oblique_scan()
+    nm = pydicom.dcmread(write_series(encode(scan)[:1], tmp_path)[0])
+    assert "RescaleSlope" not in nm and "RescaleIntercept" not in nm
+    (mapping,) = nm.RealWorldValueMappingSequence
+    unit = mapping.MeasurementUnitsCodeSequence[0]
+    assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("{propcounts}", "UCUM")
+    assert (mapping.RealWorldValueFirstValueMapped, mapping.RealWorldValueLastValueMapped) == (0, 65535)
+    counts = sitk.GetArrayFromImage(scan.image)[0]
+    np.testing.assert_allclose(real_world_counts(nm), counts, atol=counts_slope(nm) / 2 + 1e-9)
+    assert abs(nm.pixel_array.max() * counts_slope(nm) - counts.max()) < 1e-9 * counts.max()
+    findings = dciodvfy_findings(tmp_path / f"NM_{nm.SOPInstanceUID}.dcm")
+    assert not [line for line in findings if "Rescale" in line], findings
+
+
+def test_nm_with_negative_counts_maps_the_signed_range(tmp_path):
+    scan = make_oblique_scan()
+    counts = sitk.GetArrayFromImage(scan.image)[0] - 20.0
+    scan.image = _with_pixels(scan.image, counts)
+    nm = pydicom.dcmread(write_series(encode(scan)[:1], tmp_path)[0])
+    mapping = nm.RealWorldValueMappingSequence[0]
+    assert nm.PixelRepresentation == 1
+    assert (mapping.RealWorldValueFirstValueMapped, mapping.RealWorldValueLastValueMapped) == (-32767, 32767)
+    np.testing.assert_allclose(real_world_counts(nm), counts, atol=counts_slope(nm) / 2 + 1e-9)
+
+
+def test_foreign_nm_without_a_counts_mapping_is_named():
+    nm = encode(make_oblique_scan())[0]
+    del nm.RealWorldValueMappingSequence
+    with pytest.raises(DicomError, match=r"no Real World Value Mapping in UCUM \{propcounts\}"):
+        real_world_counts(nm)
+
+
+@pytest.mark.parametrize("matrix, views", [(128, 96), (64, 60)])
+def test_nm_modules_state_the_simulated_acquisition(matrix, views):
+    scan = make_oblique_scan()
+    nm = encode_scan(scan.image, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy(),
+                     protocol=protocol_for(matrix))[0]
+    (window,) = nm.EnergyWindowInformationSequence
+    assert nm.NumberOfEnergyWindows == 1
+    window_range = window.EnergyWindowRangeSequence[0]
+    assert (window_range.EnergyWindowLowerLimit, window_range.EnergyWindowUpperLimit) == (143.1, 174.9)
+    (rotation,) = nm.RotationInformationSequence
+    assert nm.NumberOfRotations == 1 and nm.NumberOfDetectors == len(nm.DetectorInformationSequence) == 1
+    assert (rotation.NumberOfFramesInRotation, rotation.ScanArc, rotation.StartAngle) == (views, 360, 0)
+    assert rotation.AngularStep * views == rotation.ScanArc
+    assert rotation.RadialPosition == nm.DetectorInformationSequence[0].RadialPosition == 140
+    assert rotation.ActualFrameDuration > 0
+    assert nm.DetectorInformationSequence[0].CollimatorType == "PARA"
+    (pharmaceutical,) = nm.RadiopharmaceuticalInformationSequence
+    codes_of = lambda sequence: [(item.CodeValue, item.CodingSchemeDesignator) for item in sequence]
+    assert codes_of(pharmaceutical.RadionuclideCodeSequence) == [("21572004", "SCT")]
+    assert codes_of(pharmaceutical.RadiopharmaceuticalCodeSequence) == [("78481003", "SCT")]
+    assert codes_of(pharmaceutical.AdministrationRouteCodeSequence) == [("47625008", "SCT")]
+    orientation = nm.PatientOrientationCodeSequence[0]
+    assert codes_of([orientation]) == [("102538003", "SCT")]
+    assert codes_of(orientation.PatientOrientationModifierCodeSequence) == [("40199007", "SCT")]
+    assert codes_of(nm.PatientGantryRelationshipCodeSequence) == [("102540008", "SCT")]
+    assert nm.BurnedInAnnotation == "NO"
 
 
 def test_negative_counts_are_stored_signed():

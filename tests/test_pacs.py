@@ -11,7 +11,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
 from spectgan.cli import main
-from spectgan.export.dicom import SyntheticStudy, encode_scan, read_scan, write_series
+from spectgan.export.dicom import SyntheticStudy, counts_slope, encode_scan, read_scan, write_series
 from spectgan.export.orthanc import LocalOrthanc, free_ports
 from spectgan.export.pacs import (CONFIRMED, PENDING, PacsAuthenticationError, PacsError, PacsTarget,
                            PacsUnavailableError, export_folder, pending_count, read_outbox, retry_pending)
@@ -80,7 +80,7 @@ def test_export_query_and_retrieve_the_same_scan(protocol, pacs_login, tmp_path)
                                           dataset.SOPInstanceUID) for dataset in datasets]
     write_series(retrieved, tmp_path / "retrieved")
     image, stats = read_scan(tmp_path / "retrieved")
-    assert_same_scan(image, stats, scan, float(nm.RescaleSlope))
+    assert_same_scan(image, stats, scan, counts_slope(nm))
 
 
 @pytest.mark.parametrize("protocol", ["dicom", "dicomweb"])

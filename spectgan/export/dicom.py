@@ -3,7 +3,8 @@
 One scan is three objects in three series of one study (``SyntheticStudy``, shared by every scan of a generate
 call):
 
-- NM image (one-frame RECON TOMO multi-frame). Its plane is the Detector Information Sequence's Image Position /
+- NM image (one-frame RECON TOMO multi-frame), its acquisition modules (123I-IMP, the photopeak window, the orbit,
+  a parallel-hole collimator) stated from ``spectgan.simulation.protocol``. Its plane is the Detector Information Sequence's Image Position /
   Image Orientation (Patient), which is where SimpleITK (GDCM) reads an NM image's geometry; the slice thickness
   is Spacing Between Slices. The one-slice image's normal is implicit in DICOM (row x column direction), so a
   left-handed direction matrix comes back with its third column negated: the same plane and the same pixel
@@ -14,9 +15,12 @@ call):
 - Comprehensive 3D SR (TID 1500): one group per hemisphere (mean counts and size) referencing its SEG segment and
   the NM frame, and one image group (MC, LR and AI) referencing the NM.
 
-Quantization: counts are stored as 16-bit integers with Rescale Slope = max |counts| / 65535 (unsigned; 32767
-signed when a count is negative) and Rescale Intercept 0, so a read value differs from the original by at most
-half the slope (7.6e-6 x the maximum). The statistics travel in the SR at full double precision.
+Quantization: counts are stored as 16-bit integers, counts = stored value x slope with slope = max |counts| / 65535
+(unsigned; 32767 signed when a count is negative), so a read value differs from the original by at most half the
+slope (7.6e-6 x the maximum). The slope travels in the Real World Value Mapping Sequence (0040,9096) in UCUM
+``{propcounts}`` (proportional to counts, not calibrated), not in Rescale Slope / Intercept, which the NM IOD does
+not define: NM software reads the stored values (proportional to counts) or maps them. The statistics travel in the
+SR at full double precision.
 
 Every object says it is synthetic: Synthetic Data (0008,001C) YES, Content Qualification RESEARCH, Patient Identity
 Removed YES, "SYNTHETIC" in Patient Name and Series Description; every identifier is generated.
@@ -47,6 +51,9 @@ from spectgan import __version__
 from spectgan.cohorts.format import atomic_write_bytes
 from spectgan.conditions import Condition, parse_condition
 from spectgan.errors import InvalidImageError, SpectganError
+from spectgan.simulation.protocol import (COLLIMATOR_TYPE, DEFAULT_MATRIX, ENERGY_WINDOW_FRACTION, PHOTOPEAK_KEV,
+                                          RADIUS_OF_ROTATION_CM, ROTATION_DIRECTION, SCAN_ARC_DEG, START_ANGLE_DEG,
+                                          Protocol, energy_window_kev, protocol_for)
 
 # Synthetic Data (0008,001C) is newer than pydicom 2.4's dictionary (and dciodvfy 2022-06's): set by tag.
 SYNTHETIC_DATA_TAG = 0x0008001C
@@ -68,6 +75,14 @@ UNITS = {"counts": codes.UCUM.Counts, "ratio": codes.UCUM.Ratio, "percent": code
          "mm2": Code("mm2", "UCUM", "mm2"), "mm3": Code("mm3", "UCUM", "mm3")}
 LATERALITY = {"left": codes.SCT.Left, "right": codes.SCT.Right}
 ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
+
+# Coded concepts of the NM image (NM Isotope, NM/PET Patient Orientation, Real World Value Mapping).
+IODINE_123 = Code("21572004", "SCT", "^123^Iodine")
+IOFETAMINE_I123 = Code("78481003", "SCT", "Iofetamine I^123^")
+INTRAVENOUS = Code("47625008", "SCT", "Intravenous route")
+RECUMBENT, SUPINE = Code("102538003", "SCT", "recumbent"), Code("40199007", "SCT", "supine")
+HEAD_FIRST = Code("102540008", "SCT", "headfirst")
+PROPORTIONAL_TO_COUNTS = Code("{propcounts}", "UCUM", "Proportional to counts")
 
 
 class DicomError(SpectganError):
@@ -130,13 +145,16 @@ class Provenance:
 
 
 def encode_scan(image: sitk.Image, left_mask: np.ndarray | sitk.Image, right_mask: np.ndarray | sitk.Image,
-                stats: dict, metadata: dict, study: SyntheticStudy) -> list[Dataset]:
+                stats: dict, metadata: dict, study: SyntheticStudy,
+                protocol: Protocol = protocol_for(DEFAULT_MATRIX)) -> list[Dataset]:
     """[NM, SEG, SR] of one synthetic slice.
 
     ``image``: a one-slice volume (or 2D image) in counts, any direction; ``left_mask`` / ``right_mask``: binary
     masks on its grid (patient sides); ``stats``: ``mc``, ``left``, ``right``, ``lr``, ``ai`` and, optionally,
     ``brain_size``, ``left_size``, ``right_size`` in ``size_unit`` (mm2 or mm3), as ``spectgan.geometry.roi`` reports them;
-    ``metadata``: ``condition`` (level, pattern, side), ``seed``, ``model``, ``version``, ``sha256``.
+    ``metadata``: ``condition`` (level, pattern, side), ``seed``, ``model``, ``version``, ``sha256``;
+    ``protocol``: the simulated acquisition of the model's training cohort, which the NM header states (views,
+    orbit).
     """
     image = _one_slice_image(image)
     masks = [_mask_array(mask, image, side) for side, mask in zip(SIDES, (left_mask, right_mask))]
@@ -144,7 +162,7 @@ def encode_scan(image: sitk.Image, left_mask: np.ndarray | sitk.Image, right_mas
         raise DicomError(f"the left and right masks overlap in {np.count_nonzero(masks[0] & masks[1])} pixels")
     stats = _validated_stats(stats)
     provenance = Provenance.from_metadata(metadata)
-    nm = _nm_image(image, provenance, study)
+    nm = _nm_image(image, provenance, study, protocol)
     seg = _hemisphere_segmentation(nm, masks, provenance, study)
     sr = _measurement_report(nm, seg, stats, provenance, study)
     return [nm, seg, sr]
@@ -177,7 +195,9 @@ def read_scan(source: str | Path | Sequence[str | Path]) -> tuple[sitk.Image, di
     reports = [path for path, header in headers.items() if header.Modality == "SR" and nm_uid in _evidence(header)]
     if len(reports) != 1:
         raise DicomError(f"{source}: expected one SR with the statistics of NM {nm_uid}, found {len(reports)}")
-    image = sitk.Cast(sitk.ReadImage(str(images[0])), sitk.sitkFloat32)
+    geometry = sitk.ReadImage(str(images[0]))  # SimpleITK reads the plane from the Detector Information Sequence
+    image = sitk.GetImageFromArray(real_world_counts(pydicom.dcmread(images[0]))[None].astype(np.float32))
+    image.CopyInformation(geometry)
     return image, _stats_from_report(headers[reports[0]])
 
 
@@ -267,8 +287,9 @@ def _with_file_meta(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def _nm_image(image: sitk.Image, provenance: Provenance, study: SyntheticStudy) -> Dataset:
-    """NM Image IOD: one-frame RECON TOMO with the plane in the Detector Information Sequence."""
+def _nm_image(image: sitk.Image, provenance: Provenance, study: SyntheticStudy, protocol: Protocol) -> Dataset:
+    """NM Image IOD: one-frame RECON TOMO with the plane in the Detector Information Sequence, the acquisition
+    modules filled from ``protocol`` and the counts scaled by the Real World Value Mapping Sequence."""
     stored, slope = quantize_counts(sitk.GetArrayViewFromImage(image)[0].astype(np.float64))
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     spacing_x, spacing_y, thickness = image.GetSpacing()
@@ -291,36 +312,118 @@ def _nm_image(image: sitk.Image, provenance: Provenance, study: SyntheticStudy) 
     ds.Manufacturer, ds.ManufacturerModelName = MANUFACTURER, provenance.model
     ds.SoftwareVersions = [__version__, provenance.version]
     ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = study.frame_of_reference_uid, ""
-    ds.PatientOrientationCodeSequence, ds.PatientGantryRelationshipCodeSequence = DicomSequence(), DicomSequence()
+    _add_patient_orientation(ds)
     # Image
     ds.InstanceNumber = 1
     ds.ImageType = ["DERIVED", "PRIMARY", "RECON TOMO", "EMISSION"]
     ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     ds.ImageComments = provenance.comment()
+    ds.BurnedInAnnotation = "NO"
     ds.AcquisitionContextSequence = DicomSequence()
     ds.CountsAccumulated = None
-    # NM multi-frame: one slice of a reconstructed volume
+    # NM multi-frame: one slice of a reconstructed volume, one energy window, one detector, one rotation
     ds.NumberOfFrames, ds.FrameIncrementPointer = 1, SLICE_VECTOR_TAG
     ds.SliceVector, ds.NumberOfSlices = [1], 1
-    ds.NumberOfEnergyWindows, ds.NumberOfDetectors, ds.NumberOfRotations = 1, 1, 1
-    ds.EnergyWindowInformationSequence, ds.RadiopharmaceuticalInformationSequence = DicomSequence(), DicomSequence()
-    ds.RotationInformationSequence = DicomSequence()
+    _add_isotope_and_acquisition(ds, protocol)
     detector = Dataset()
     detector.ImagePositionPatient = [_ds(value) for value in image.GetOrigin()]
     detector.ImageOrientationPatient = [_ds(value) for value in (*direction[:, 0], *direction[:, 1])]
-    detector.CollimatorType, detector.FocalDistance = "", None
+    detector.CollimatorType, detector.FocalDistance = COLLIMATOR_TYPE, None
+    detector.RadialPosition = _ds(RADIUS_OF_ROTATION_CM * 10)
     ds.DetectorInformationSequence = DicomSequence([detector])
+    ds.NumberOfDetectors = len(ds.DetectorInformationSequence)
     ds.SliceThickness = ds.SpacingBetweenSlices = _ds(thickness)
-    # Pixels: rows run along the image's y axis, columns along x
+    # Pixels: rows run along the image's y axis, columns along x; counts = stored x slope (RWVM, not Rescale)
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = stored.shape
     ds.PixelSpacing = [_ds(spacing_y), _ds(spacing_x)]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelRepresentation = int(stored.dtype == np.int16)
-    ds.RescaleIntercept, ds.RescaleSlope = 0, _ds(slope)
+    ds.RealWorldValueMappingSequence = [_counts_mapping(stored.dtype, slope)]
     ds.PixelData = stored.tobytes()
     _mark_synthetic(ds, provenance.series_description("SPECT"))
     return _with_file_meta(ds)
+
+
+def _code_item(code: Code, **nested: Code) -> Dataset:
+    """A code sequence item; ``nested`` adds one-item code sequences to it by keyword."""
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, code.meaning
+    for keyword, value in nested.items():
+        setattr(item, keyword, [_code_item(value)])
+    return item
+
+
+def _add_patient_orientation(ds: Dataset) -> None:
+    """NM/PET Patient Orientation: supine, head first, as a brain SPECT is acquired."""
+    ds.PatientOrientationCodeSequence = [_code_item(RECUMBENT, PatientOrientationModifierCodeSequence=SUPINE)]
+    ds.PatientGantryRelationshipCodeSequence = [_code_item(HEAD_FIRST)]
+
+
+def _add_isotope_and_acquisition(ds: Dataset, protocol: Protocol) -> None:
+    """NM Isotope (123I-IMP given intravenously, the 123I photopeak window) and NM TOMO Acquisition (the simulated
+    orbit) modules, with their counts (Number of Energy Windows, Number of Rotations) matching the sequences."""
+    lower, upper = energy_window_kev()
+    window_range = Dataset()
+    window_range.EnergyWindowLowerLimit, window_range.EnergyWindowUpperLimit = _ds(lower), _ds(upper)
+    window = Dataset()
+    window.EnergyWindowRangeSequence = [window_range]
+    window.EnergyWindowName = f"123I {PHOTOPEAK_KEV:g} keV {ENERGY_WINDOW_FRACTION:.0%}"
+    ds.EnergyWindowInformationSequence = [window]
+    ds.NumberOfEnergyWindows = len(ds.EnergyWindowInformationSequence)
+    pharmaceutical = Dataset()
+    pharmaceutical.RadionuclideCodeSequence = [_code_item(IODINE_123)]
+    pharmaceutical.Radiopharmaceutical = "123I-IMP (iofetamine I-123)"
+    pharmaceutical.RadiopharmaceuticalCodeSequence = [_code_item(IOFETAMINE_I123)]
+    pharmaceutical.RadiopharmaceuticalRoute = "Intravenous"
+    pharmaceutical.AdministrationRouteCodeSequence = [_code_item(INTRAVENOUS)]
+    ds.RadiopharmaceuticalInformationSequence = [pharmaceutical]
+    rotation = Dataset()
+    rotation.StartAngle, rotation.AngularStep = _ds(START_ANGLE_DEG), _ds(protocol.angular_step_deg)
+    rotation.RotationDirection, rotation.ScanArc = ROTATION_DIRECTION, _ds(SCAN_ARC_DEG)
+    rotation.NumberOfFramesInRotation = protocol.n_views
+    rotation.ActualFrameDuration = protocol.view_duration_ms
+    rotation.RadialPosition = _ds(RADIUS_OF_ROTATION_CM * 10)
+    ds.RotationInformationSequence = [rotation]
+    ds.NumberOfRotations = len(ds.RotationInformationSequence)
+
+
+def _counts_mapping(dtype: np.dtype, slope: float) -> Dataset:
+    """A Real World Value Mapping item: counts = stored value x ``slope`` over the whole stored range, in UCUM
+    ``{propcounts}`` (proportional to counts: reconstructed counts per voxel, not calibrated activity)."""
+    limits = np.iinfo(dtype)
+    mapping = Dataset()
+    mapping.RealWorldValueFirstValueMapped = -limits.max if limits.min < 0 else 0
+    mapping.RealWorldValueLastValueMapped = limits.max
+    mapping.RealWorldValueIntercept, mapping.RealWorldValueSlope = 0.0, float(slope)
+    mapping.LUTExplanation = "Counts per voxel, proportional to counts, not calibrated"
+    mapping.LUTLabel = "COUNTS"
+    mapping.MeasurementUnitsCodeSequence = [_code_item(PROPORTIONAL_TO_COUNTS)]
+    return mapping
+
+
+def counts_slope(nm: Dataset) -> float:
+    """Counts per stored pixel value of an NM ``encode_scan`` wrote (its Real World Value Mapping slope)."""
+    return float(_counts_mapping_item(nm).RealWorldValueSlope)
+
+
+def real_world_counts(nm: Dataset) -> np.ndarray:
+    """The counts of a one-frame NM ``encode_scan`` wrote, [rows, columns] float64, from its stored values and
+    Real World Value Mapping (``{propcounts}``)."""
+    mapping = _counts_mapping_item(nm)
+    return nm.pixel_array.astype(np.float64) * float(mapping.RealWorldValueSlope) + \
+        float(mapping.RealWorldValueIntercept)
+
+
+def _counts_mapping_item(nm: Dataset) -> Dataset:
+    """The ``{propcounts}`` Real World Value Mapping item of an NM; DicomError when it has none."""
+    for mapping in nm.get("RealWorldValueMappingSequence", []):
+        units = mapping.get("MeasurementUnitsCodeSequence", [])
+        if units and (units[0].CodeValue, units[0].CodingSchemeDesignator) == (
+                PROPORTIONAL_TO_COUNTS.value, PROPORTIONAL_TO_COUNTS.scheme_designator):
+            return mapping
+    raise DicomError(f"NM {nm.SOPInstanceUID} has no Real World Value Mapping in UCUM "
+                     f"{PROPORTIONAL_TO_COUNTS.value}; only spectgan's NM images can be read as counts")
 
 
 def _single_frame_view(nm: Dataset) -> Dataset:
