@@ -9,9 +9,11 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from matplotlib.path import Path
 
 from spectgan.export.dicom import (SYNTHETIC_DATA_TAG, DicomError, SyntheticStudy, counts_slope, encode_scan,
-                                   quantize_counts, read_scan, real_world_counts, write_series)
+                                   outline, quantize_counts, read_scan, real_world_counts,
+                                   write_series)
 from spectgan.errors import InvalidImageError
 from spectgan.geometry.roi import TEMPLATE_MIDLINE, hemisphere_masks, hemisphere_stats
 from spectgan.simulation.protocol import protocol_for
@@ -160,6 +162,45 @@ def test_sr_references_the_seg_segments_and_the_nm_image(tmp_path):
     evidence = {item.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
                 for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
     assert evidence == {nm.SOPInstanceUID, seg.SOPInstanceUID}
+
+
+def test_sr_outlines_each_hemisphere_on_the_nm_frame_with_the_segments_tracking_uids(tmp_path):
+    scan = make_oblique_scan()
+    nm, seg, sr = encode(scan)
+    paths = write_series([seg, sr], tmp_path)
+    report = hd.sr.MeasurementReport.from_sequence([pydicom.dcmread(paths[1])])
+    outlines = report.get_planar_roi_measurement_groups()
+    volumes = report.get_volumetric_roi_measurement_groups()
+    segments = hd.seg.segread(paths[0]).SegmentSequence
+    assert [group.finding_sites[0].laterality.meaning for group in outlines] == ["Left", "Right"]
+    assert [group.tracking_uid for group in outlines] == [group.tracking_uid for group in volumes] == \
+        [segment.TrackingUID for segment in segments]
+    assert [segment.TrackingID for segment in segments] == ["left hemisphere", "right hemisphere"]
+    assert len({tuple(segment.RecommendedDisplayCIELabValue) for segment in segments}) == 2
+    for group, volume, mask in zip(outlines, volumes, (scan.left, scan.right)):
+        region = group.roi
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        points = region.value
+        np.testing.assert_array_equal(points[0], points[-1])
+        source = region.ContentSequence[0].ReferencedSOPSequence[0]
+        assert (source.ReferencedSOPInstanceUID, source.ReferencedFrameNumber) == (nm.SOPInstanceUID, 1)
+        rows, columns = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
+        centres = np.stack([columns.ravel() + 0.5, rows.ravel() + 0.5], axis=1)
+        inside = Path(points).contains_points(centres).reshape(mask.shape)
+        np.testing.assert_array_equal(inside, mask)
+        assert [item.value for item in group.get_measurements()] == [item.value for item in volume.get_measurements()]
+
+
+def test_outline_traces_the_largest_region_closed_at_the_image_edge():
+    mask = np.zeros((6, 8), dtype=bool)
+    mask[0:4, 0:3] = True  # at the corner: the outline must close
+    mask[5, 6] = True  # a smaller region: left out
+    points = outline(mask)
+    np.testing.assert_array_equal(points[0], points[-1])
+    assert {tuple(point) for point in points} == {(0.5, 0.0), (2.5, 0.0), (3.0, 0.5), (3.0, 3.5), (2.5, 4.0),
+                                                  (0.5, 4.0), (0.0, 3.5), (0.0, 0.5)}
+    with pytest.raises(DicomError, match="empty mask"):
+        outline(np.zeros((3, 3), dtype=bool))
 
 
 def test_dciodvfy_finds_no_errors_in_nm_seg_and_sr(tmp_path):

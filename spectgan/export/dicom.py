@@ -12,8 +12,10 @@ call):
 - SEG with two binary segments on the slice grid: 1 = left hemisphere, 2 = right hemisphere (patient sides).
   highdicom 0.22 builds a SEG only from single-frame sources, so it is given a single-frame view of the NM (the
   plane at top level); the SEG references the NM instance.
-- Comprehensive 3D SR (TID 1500): one group per hemisphere (mean counts and size) referencing its SEG segment and
-  the NM frame, and one image group (MC, LR and AI) referencing the NM.
+- Comprehensive 3D SR (TID 1500): per hemisphere (mean counts and size) a TID 1411 group referencing its SEG
+  segment and a TID 1410 group with its outline as a closed SCOORD polyline on the NM frame (what OHIF's SR
+  handler draws); one image group (MC, LR and AI) referencing the NM. A hemisphere's two groups and its SEG
+  segment share one tracking UID; the segments carry display colours.
 
 Quantization: counts are stored as 16-bit integers, counts = stored value x slope with slope = max |counts| / 65535
 (unsigned; 32767 signed when a count is negative), so a read value differs from the original by at most half the
@@ -36,6 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import contourpy
 import highdicom as hd
 import numpy as np
 import pydicom
@@ -74,6 +77,9 @@ SIZE_CODES = {"mm2": codes.SCT.Area, "mm3": codes.SCT.Volume}
 UNITS = {"counts": codes.UCUM.Counts, "ratio": codes.UCUM.Ratio, "percent": codes.UCUM.Percent,
          "mm2": Code("mm2", "UCUM", "mm2"), "mm3": Code("mm3", "UCUM", "mm3")}
 LATERALITY = {"left": codes.SCT.Left, "right": codes.SCT.Right}
+# CIELab display colours of the hemisphere segments: matplotlib's tab:orange (left) and tab:blue (right), the
+# colours of the outlines in spectgan's overview pictures.
+DISPLAY_LAB = {"left": (66.9, 43.4, 71.9), "right": (48.0, -3.2, -39.3)}
 ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
 
 # Coded concepts of the NM image (NM Isotope, NM/PET Patient Orientation, Real World Value Mapping).
@@ -163,8 +169,9 @@ def encode_scan(image: sitk.Image, left_mask: np.ndarray | sitk.Image, right_mas
     stats = _validated_stats(stats)
     provenance = Provenance.from_metadata(metadata)
     nm = _nm_image(image, provenance, study, protocol)
-    seg = _hemisphere_segmentation(nm, masks, provenance, study)
-    sr = _measurement_report(nm, seg, stats, provenance, study)
+    tracking = {side: generate_uid() for side in SIDES}
+    seg = _hemisphere_segmentation(nm, masks, tracking, provenance, study)
+    sr = _measurement_report(nm, seg, masks, tracking, stats, provenance, study)
     return [nm, seg, sr]
 
 
@@ -426,6 +433,32 @@ def _counts_mapping_item(nm: Dataset) -> Dataset:
                      f"{PROPORTIONAL_TO_COUNTS.value}; only spectgan's NM images can be read as counts")
 
 
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The closed outline of a binary [rows, columns] mask's largest region, for an SR polyline.
+
+    Returns (n, 2) float (column, row) DICOM pixel coordinates (the centre of pixel [r, c] is (c + 0.5, r + 0.5)),
+    first point == last. Traced by marching squares at 0.5 (contourpy, matplotlib's tracer) on the mask padded with
+    zeros, so a region at the image's edge closes too; points inside straight runs are dropped. Holes and smaller
+    regions are left out: the SEG holds the exact mask.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise DicomError("cannot outline an empty mask; a hemisphere ROI needs at least one pixel")
+    lines = contourpy.contour_generator(z=np.pad(mask, 1).astype(np.float64), line_type="Separate").lines(0.5)
+    largest = max(lines, key=lambda line: abs(_shoelace_area(line)))
+    if not np.array_equal(largest[0], largest[-1]):
+        largest = np.vstack([largest, largest[:1]])
+    turns = np.cross(largest[1:-1] - largest[:-2], largest[2:] - largest[1:-1]) != 0
+    kept = np.vstack([largest[:1], largest[1:-1][turns], largest[-1:]])
+    return kept - 0.5  # padded index (x = column + 1, y = row + 1) -> DICOM pixel coordinates
+
+
+def _shoelace_area(points: np.ndarray) -> float:
+    """Signed area of a polygon given as (n, 2) points."""
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
 def _single_frame_view(nm: Dataset) -> Dataset:
     """The NM as the single-frame image highdicom 0.22 can segment: plane at top level, no NumberOfFrames."""
     view = copy.deepcopy(nm)
@@ -436,8 +469,9 @@ def _single_frame_view(nm: Dataset) -> Dataset:
     return view
 
 
-def _hemisphere_segmentation(nm: Dataset, masks: list[np.ndarray], provenance: Provenance,
-                             study: SyntheticStudy) -> Dataset:
+def _hemisphere_segmentation(nm: Dataset, masks: list[np.ndarray], tracking: dict[str, str],
+                             provenance: Provenance, study: SyntheticStudy) -> Dataset:
+    """SEG of the hemisphere masks (segment 1 left, 2 right) with the SR's tracking UIDs and display colours."""
     algorithm = hd.AlgorithmIdentificationSequence(
         name="spectgan hemisphere split", family=codes.DCM.HistogramAnalysis, version=__version__)
     descriptions = []
@@ -446,7 +480,9 @@ def _hemisphere_segmentation(nm: Dataset, masks: list[np.ndarray], provenance: P
             segment_number=number, segment_label=f"{side} hemisphere",
             segmented_property_category=ANATOMICAL_STRUCTURE,
             segmented_property_type=codes.SCT.CerebralHemisphere,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+            tracking_uid=tracking[side], tracking_id=f"{side} hemisphere")
+        description.RecommendedDisplayCIELabValue = list(hd.color.CIELabColor(*DISPLAY_LAB[side]).value)
         description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
             hd.sr.CodedConcept.from_code(LATERALITY[side])]
         descriptions.append(description)
@@ -467,8 +503,11 @@ def _measurement(name: Code, value: float, unit: str, derivation: Code | None = 
     return hd.sr.Measurement(name=name, value=value, unit=UNITS[unit], derivation=derivation)
 
 
-def _measurement_report(nm: Dataset, seg: Dataset, stats: dict, provenance: Provenance,
-                        study: SyntheticStudy) -> Dataset:
+def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], tracking: dict[str, str], stats: dict,
+                        provenance: Provenance, study: SyntheticStudy) -> Dataset:
+    """TID 1500 SR: per hemisphere a TID 1411 group (its SEG segment) and a TID 1410 group (its outline on the NM
+    frame, which viewers such as OHIF draw), both with the hemisphere's tracking UID; a TID 1501 group for the
+    brain (MC, LR, AI)."""
     algorithm = hd.sr.AlgorithmIdentification(name="spectgan hemisphere statistics", version=__version__)
     nm_frame = dict(referenced_sop_class_uid=nm.SOPClassUID, referenced_sop_instance_uid=nm.SOPInstanceUID,
                     referenced_frame_numbers=[1])
@@ -478,16 +517,21 @@ def _measurement_report(nm: Dataset, seg: Dataset, stats: dict, provenance: Prov
         return measurements + ([_measurement(SIZE_CODES[size_unit], stats[key], size_unit)] if key in stats else [])
 
     groups: list = []
-    for number, side in enumerate(SIDES, start=1):
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{side} hemisphere"),
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
-                source_images=[hd.sr.SourceImageForSegmentation(**nm_frame)]),
+    for number, (side, mask) in enumerate(zip(SIDES, masks), start=1):
+        hemisphere = dict(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[side], identifier=f"{side} hemisphere"),
             finding_type=codes.SCT.CerebralHemisphere,
             finding_sites=[hd.sr.FindingSite(codes.SCT.CerebralHemisphere, laterality=LATERALITY[side])],
             algorithm_id=algorithm,
-            measurements=sized([_measurement(MEAN_COUNTS, stats[side], "counts", codes.SCT.Mean)], f"{side}_size")))
+            measurements=sized([_measurement(MEAN_COUNTS, stats[side], "counts", codes.SCT.Mean)], f"{side}_size"))
+        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
+                source_images=[hd.sr.SourceImageForSegmentation(**nm_frame)]), **hemisphere))
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            referenced_region=hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(mask),
+                source_image=hd.sr.SourceImageForRegion(**nm_frame)), **hemisphere))
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="brain"),
         finding_type=codes.SCT.Brain, finding_sites=[hd.sr.FindingSite(codes.SCT.Brain)], algorithm_id=algorithm,
