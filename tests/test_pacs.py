@@ -83,6 +83,18 @@ def test_export_query_and_retrieve_the_same_scan(protocol, pacs_login, tmp_path)
     assert_same_scan(image, stats, scan, counts_slope(nm))
 
 
+def test_orthanc_names_synthetic_data(pacs_login, tmp_path):
+    _, datasets = write_scans(tmp_path)
+    export_folder(tmp_path, pacs_login.dicomweb_url)
+    exported = {dataset.SOPInstanceUID for dataset in datasets}
+    identifiers = [instance["ID"] for instance in pacs_login.get("/instances?expand")
+                   if instance["MainDicomTags"]["SOPInstanceUID"] in exported]
+    assert len(identifiers) == 3
+    for identifier in identifiers:
+        tags = pacs_login.get(f"/instances/{identifier}/simplified-tags")
+        assert tags["SyntheticData"] == "YES", tags["Modality"]
+
+
 @pytest.mark.parametrize("protocol", ["dicom", "dicomweb"])
 def test_outage_mid_export_keeps_the_rest_pending_and_retry_adds_no_duplicate(protocol, tmp_path, monkeypatch):
     _, datasets = write_scans(tmp_path, count=2)
