@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import time
 from urllib.parse import parse_qs
 
@@ -278,6 +279,26 @@ def _header(path):
     return pydicom.dcmread(path, stop_before_pixels=True)
 
 
+def test_exports_of_one_run_over_one_reference_land_in_one_study(pacs_login, tmp_path, capsys):
+    common = ["--image", "study", "--model", MODEL, "--pattern", "normal", "--seeds", "1", "--pacs",
+              pacs_login.dicomweb_url, "--no-progress"]
+    with ScriptedServer(tmp_path) as server:
+        generate = ["generate", "--server", server.url, *common]
+        assert main([*generate, "--level", "BG", "--out", str(tmp_path / "first")]) == 0
+        run_id = re.search(r"with --run (\S+)", capsys.readouterr().out).group(1)
+        assert main([*generate, "--level", "COR", "--out", str(tmp_path / "second"), "--run", run_id]) == 0
+        assert main([*generate, "--level", "CER", "--out", str(tmp_path / "third")]) == 0  # a new run
+        received = len(server.received)
+        assert main([*generate, "--level", "CER", "--out", str(tmp_path / "fourth"), "--run", "yesterday"]) == 2
+        assert len(server.received) == received  # refused before anything was generated
+    assert "run id 'yesterday' is not of the form YYYYMMDDTHHMMSS-<hex>" in capsys.readouterr().err
+    studies = {batch: {header.StudyInstanceUID for header in map(_header, (tmp_path / batch / "dicom").rglob("*.dcm"))}
+               for batch in ("first", "second", "third")}
+    assert len(studies["first"]) == 1 and studies["second"] == studies["first"] != studies["third"]
+    (study_uid,) = studies["first"]
+    assert sorted(cfind_series(pacs_login, study_uid).values()) == ["NM", "NM", "SEG", "SEG", "SR", "SR"]
+
+
 def test_wrong_pacs_password_is_a_clear_error_and_the_scans_stay_pending(pacs_login, tmp_path, capsys,
                                                                          monkeypatch):
     monkeypatch.setenv("SPECTGAN_PACS_PASSWORD", "not-the-password")
@@ -331,5 +352,6 @@ def test_demo_chain_through_the_real_server_and_orthanc(tiny_models, tmp_path, m
         assert f"{model} in Orthanc: http://127.0.0.1:" in printed
     with LocalOrthanc(storage_dir=orthanc_dir) as pacs:  # the storage the demo leaves, served again
         modalities = [series["MainDicomTags"]["Modality"] for series in pacs.get("/series?expand")]
+        assert len(pacs.get("/studies")) == len(pacs.get("/patients")) == 1  # A and B over one reference: one study
     conditions = len(valid_conditions()) + len(valid_conditions([Level.COR]))
     assert sorted(modalities) == sorted(["NM", "SEG", "SR"] * conditions)

@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 from matplotlib.path import Path
 
-from spectgan.export.dicom import (SYNTHETIC_DATA_TAG, DicomError, SyntheticStudy, counts_slope, encode_scan,
+from spectgan.export.dicom import (SYNTHETIC_DATA_TAG, DicomError, SyntheticRun, SyntheticStudy, counts_slope,
+                                   encode_scan, reference_label,
                                    outline, quantize_counts, read_scan, real_world_counts,
                                    write_series)
 from spectgan.errors import InvalidImageError
@@ -21,6 +22,7 @@ from spectgan.simulation.protocol import protocol_for
 # dciodvfy 2022-06 predates the Synthetic Data attribute (0008,001C) that every object must carry, so it reports
 # that one standard attribute as unknown; every other error fails the test.
 UNKNOWN_TO_VALIDATOR = "not a recognized standard attribute - (0x0008,0x001c)"
+REFERENCE = "Doe_Jane-0123456789ab"  # a datastore id made from a file name, which may be a real name
 METADATA = {"condition": {"level": "BG", "pattern": "unilateral", "side": "left"}, "seed": 42,
             "model": "spect_fastgan_A", "version": "1.0.0", "sha256": "0123456789abcdef" * 4}
 
@@ -68,7 +70,7 @@ def _with_pixels(reference: sitk.Image, array: np.ndarray) -> sitk.Image:
 
 
 def encode(scan: Scan, study: SyntheticStudy | None = None) -> list[pydicom.Dataset]:
-    return encode_scan(scan.image, scan.left, scan.right, scan.stats, scan.metadata, study or SyntheticStudy())
+    return encode_scan(scan.image, scan.left, scan.right, scan.stats, scan.metadata, study or SyntheticStudy(REFERENCE))
 
 
 def assert_same_scan(image: sitk.Image, stats: dict, scan: Scan, slope: float) -> None:
@@ -117,20 +119,59 @@ def test_left_handed_direction_keeps_every_pixel_position(tmp_path):
 
 
 def test_objects_say_synthetic_and_share_one_generated_study():
-    study = SyntheticStudy()
+    study = SyntheticStudy(REFERENCE)
     first, second = encode(make_oblique_scan(0), study), encode(make_oblique_scan(1), study)
     for dataset in first + second:
         assert dataset[SYNTHETIC_DATA_TAG].value == "YES"
         assert dataset.ContentQualification == "RESEARCH"
         assert dataset.PatientIdentityRemoved == "YES"
         assert "SYNTHETIC" in str(dataset.PatientName) and "SYNTHETIC" in dataset.SeriesDescription
+        assert "spect_fastgan_A" in dataset.SeriesDescription
         assert "BG-unilateral-left seed 42" in dataset.SeriesDescription
         assert (dataset.StudyInstanceUID, dataset.PatientID) == (study.study_instance_uid, study.patient_id)
     assert len({dataset.SeriesInstanceUID for dataset in first + second}) == 6
     assert [dataset.SeriesNumber for dataset in first + second] == [1, 2, 3, 4, 5, 6]
     assert first[0].FrameOfReferenceUID == second[1].FrameOfReferenceUID == study.frame_of_reference_uid
     assert '"sha256": "0123456789abcdef' in first[0].ImageComments and '"seed": 42' in first[0].ImageComments
-    assert SyntheticStudy().patient_id != study.patient_id
+    assert SyntheticStudy(REFERENCE).patient_id != study.patient_id  # another run
+
+
+def test_one_run_over_one_reference_is_one_patient_study_and_frame_of_reference_for_every_model():
+    run = SyntheticRun()
+    scan = make_oblique_scan()
+    model_a = encode(scan, run.study(REFERENCE))
+    scan.metadata = {**METADATA, "model": "spect_fastgan_B"}
+    model_b = encode(scan, SyntheticStudy(REFERENCE, SyntheticRun(run.run_id)))  # the same run in another process
+    keys = ("PatientID", "PatientName", "StudyInstanceUID", "StudyID", "AccessionNumber", "StudyDate", "StudyTime")
+    first = model_a[0]
+    for dataset in model_a + model_b:
+        assert [dataset.get(key) for key in keys] == [first.get(key) for key in keys], dataset.Modality
+    assert {dataset.FrameOfReferenceUID for dataset in model_a + model_b if dataset.Modality != "SR"} == \
+        {first.FrameOfReferenceUID}
+    assert model_a[0].StudyDate + "T" + model_a[0].StudyTime == run.run_id.split("-")[0]
+    assert "spect_fastgan_B" in model_b[0].SeriesDescription and "spect_fastgan_A" in model_a[0].SeriesDescription
+    for nm, model in ((model_a[0], "spect_fastgan_A"), (model_b[0], "spect_fastgan_B")):
+        assert model in nm.DerivationDescription and run.run_id in nm.DerivationDescription
+        assert reference_label(REFERENCE) in nm.DerivationDescription
+    for dataset in model_a + model_b:  # the reference's id (a file name here) is nowhere
+        assert "Doe" not in str(dataset) and REFERENCE not in str(dataset)
+    other_reference, other_run = SyntheticStudy("another-study", run), SyntheticStudy(REFERENCE)
+    study = run.study(REFERENCE)
+    for other in (other_reference, other_run):
+        assert (other.patient_id, other.study_instance_uid, other.frame_of_reference_uid) != \
+            (study.patient_id, study.study_instance_uid, study.frame_of_reference_uid)
+    assert run.study(REFERENCE) is study and study.series_count == 3
+
+
+@pytest.mark.parametrize("run_id", ["", "20261129-abc", "20261129T210300", "20261129T210300-xyz", "today-12"])
+def test_malformed_run_ids_are_named(run_id):
+    with pytest.raises(DicomError, match="is not of the form YYYYMMDDTHHMMSS-<hex>"):
+        SyntheticRun(run_id)
+
+
+def test_a_study_needs_a_reference():
+    with pytest.raises(DicomError, match="needs the id of its reference study"):
+        SyntheticStudy(" ")
 
 
 def test_seg_holds_the_hemisphere_masks_of_the_nm_image(tmp_path):
@@ -246,7 +287,7 @@ def test_foreign_nm_without_a_counts_mapping_is_named():
 @pytest.mark.parametrize("matrix, views", [(128, 96), (64, 60)])
 def test_nm_modules_state_the_simulated_acquisition(matrix, views):
     scan = make_oblique_scan()
-    nm = encode_scan(scan.image, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy(),
+    nm = encode_scan(scan.image, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy(REFERENCE),
                      protocol=protocol_for(matrix))[0]
     (window,) = nm.EnergyWindowInformationSequence
     assert nm.NumberOfEnergyWindows == 1
@@ -283,7 +324,7 @@ def test_roi_masks_and_stats_go_straight_in(tmp_path):
     image = make_oblique_scan().image
     _, left, right = hemisphere_masks(image, TEMPLATE_MIDLINE)
     stats = hemisphere_stats(image, TEMPLATE_MIDLINE).to_dict()
-    write_series(encode_scan(image, left, right, stats, METADATA, SyntheticStudy()), tmp_path)
+    write_series(encode_scan(image, left, right, stats, METADATA, SyntheticStudy(REFERENCE)), tmp_path)
     _, read_stats = read_scan(tmp_path)
     assert read_stats == {key: stats[key] for key in read_stats}
     assert read_stats["size_unit"] == "mm2" and read_stats["left"] > read_stats["right"]
@@ -292,10 +333,10 @@ def test_roi_masks_and_stats_go_straight_in(tmp_path):
 def test_sitk_masks_and_2d_images_are_accepted(tmp_path):
     scan = make_oblique_scan()
     masks = [sitk.GetImageFromArray(mask[None].astype(np.uint8)) for mask in (scan.left, scan.right)]
-    nm, seg, _ = encode_scan(scan.image, *masks, scan.stats, scan.metadata, SyntheticStudy())
+    nm, seg, _ = encode_scan(scan.image, *masks, scan.stats, scan.metadata, SyntheticStudy(REFERENCE))
     assert seg.NumberOfFrames == 2
     plane = scan.image[:, :, 0]
-    assert encode_scan(plane, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy())[0].Rows == 64
+    assert encode_scan(plane, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy(REFERENCE))[0].Rows == 64
 
 
 @pytest.mark.parametrize("change, message", [
@@ -319,10 +360,10 @@ def test_bad_images_are_named():
     scan = make_oblique_scan()
     volume = sitk.Image(48, 64, 2, sitk.sitkFloat32)
     with pytest.raises(InvalidImageError, match="one-slice"):
-        encode_scan(volume, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy())
+        encode_scan(volume, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy(REFERENCE))
     infinite = _with_pixels(scan.image, np.full((64, 48), np.inf))
     with pytest.raises(InvalidImageError, match="infinite"):
-        encode_scan(infinite, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy())
+        encode_scan(infinite, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy(REFERENCE))
 
 
 def test_read_scan_names_a_folder_without_one_scan(tmp_path):

@@ -15,12 +15,12 @@ from spectgan.export.dicom import SyntheticStudy, counts_slope, encode_scan, rea
 from spectgan.export.orthanc import LocalOrthanc, free_ports
 from spectgan.export.pacs import (CONFIRMED, PENDING, PacsAuthenticationError, PacsError, PacsTarget,
                            PacsUnavailableError, export_folder, pending_count, read_outbox, retry_pending)
-from test_dicom import Scan, assert_same_scan, make_oblique_scan
+from test_dicom import REFERENCE, Scan, assert_same_scan, make_oblique_scan
 
 
 def write_scans(folder, count: int = 1) -> tuple[list[Scan], list[Dataset]]:
     """``count`` scans of one new study, written to ``folder``; the scans and their datasets."""
-    study = SyntheticStudy()
+    study = SyntheticStudy(REFERENCE)
     scans = [make_oblique_scan(index) for index in range(count)]
     datasets = []
     for index, scan in enumerate(scans):

@@ -1,14 +1,16 @@
 """DICOM encoding of synthetic scans: an NM image with full geometry, a hemisphere SEG and a TID 1500 SR.
 
-One scan is three objects in three series of one study (``SyntheticStudy``, shared by every scan of a generate
-call):
+One scan is three objects in three series of one study: the ``SyntheticStudy`` of its reference study and run
+(``SyntheticRun``), shared by every scan a run makes over that reference, by any model, with one frame of
+reference. The NM's Derivation Description names the model, the reference (by a digest of its id) and the run;
+every Series Description the model.
 
 - NM image (one-frame RECON TOMO multi-frame), its acquisition modules (123I-IMP, the photopeak window, the orbit,
-  a parallel-hole collimator) stated from ``spectgan.simulation.protocol``. Its plane is the Detector Information Sequence's Image Position /
-  Image Orientation (Patient), which is where SimpleITK (GDCM) reads an NM image's geometry; the slice thickness
-  is Spacing Between Slices. The one-slice image's normal is implicit in DICOM (row x column direction), so a
-  left-handed direction matrix comes back with its third column negated: the same plane and the same pixel
-  positions, nothing flipped in the plane.
+  a parallel-hole collimator) stated from ``spectgan.simulation.protocol``. Its plane is the Detector Information
+  Sequence's Image Position / Image Orientation (Patient), which is where SimpleITK (GDCM) reads an NM image's
+  geometry; the slice thickness is Spacing Between Slices. The one-slice image's normal is implicit in DICOM (row x
+  column direction), so a left-handed direction matrix comes back with its third column negated: the same plane
+  and the same pixel positions, nothing flipped in the plane.
 - SEG with two binary segments on the slice grid: 1 = left hemisphere, 2 = right hemisphere (patient sides).
   highdicom 0.22 builds a SEG only from single-frame sources, so it is given a single-frame view of the NM (the
   plane at top level); the SEG references the NM instance.
@@ -25,13 +27,16 @@ not define: NM software reads the stored values (proportional to counts) or maps
 SR at full double precision.
 
 Every object says it is synthetic: Synthetic Data (0008,001C) YES, Content Qualification RESEARCH, Patient Identity
-Removed YES, "SYNTHETIC" in Patient Name and Series Description; every identifier is generated.
+Removed YES, "SYNTHETIC" in Patient Name and Series Description; every identifier is generated (derived from the
+reference's id and the run's, or random).
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -95,23 +100,108 @@ class DicomError(SpectganError):
     """DICOM objects that spectgan cannot write or read back (bad inputs, an incomplete or foreign series)."""
 
 
+RUN_ID_FORM = "YYYYMMDDTHHMMSS-<hex>"  # the start of the run (local time), then random hex digits
+
+
+def new_run_id() -> str:
+    """A new run id: the time now and 6 random hex digits, e.g. ``20261129T210300-3fa2c1``."""
+    return f"{datetime.now():%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+
+
+def _digest(*parts: str) -> str:
+    """SHA-256 hex digest of the parts (separated by NUL)."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def reference_label(reference_id: str) -> str:
+    """How DICOM names a reference study: ``ref-`` and 16 hex digits of the SHA-256 of its datastore id (an id may
+    hold a file name, and a file name may hold a real name, so the id itself is never written)."""
+    return "ref-" + _digest(reference_id)[:16]
+
+
+@dataclass
+class SyntheticRun:
+    """One run of generation (a demo, a session, or CLI calls given the same ``--run``): every scan it makes over
+    one reference study, by any model, lands in that reference's ``SyntheticStudy``. The id starts with the run's
+    start time, which is the studies' date and time."""
+
+    run_id: str = field(default_factory=new_run_id)
+    studies: dict[str, "SyntheticStudy"] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.started  # a clear error for a malformed id
+
+    @property
+    def started(self) -> datetime:
+        try:
+            stamp, suffix = self.run_id.split("-", 1)
+            if not re.fullmatch(r"[0-9a-f]{1,32}", suffix):
+                raise ValueError(suffix)
+            return datetime.strptime(stamp, "%Y%m%dT%H%M%S")
+        except ValueError:
+            raise DicomError(f"run id {self.run_id!r} is not of the form {RUN_ID_FORM}, e.g. {new_run_id()}") \
+                from None
+
+    def study(self, reference_id: str) -> "SyntheticStudy":
+        """The synthetic study of the scans this run makes over ``reference_id`` (the same object each time, so
+        series numbers keep counting)."""
+        return self.studies.setdefault(reference_id, SyntheticStudy(reference_id, self))
+
+
 @dataclass
 class SyntheticStudy:
-    """What every scan of one generate call shares: one generated patient, one study, one frame of reference
-    (the reference study's physical space). Nothing here comes from a real patient."""
+    """One generated patient, study and frame of reference (the reference study's physical space) per reference
+    study and run. Every id is derived from (reference id, run id) by SHA-256, so the scans of a run over one
+    reference land together in the PACS whichever model made them and whichever process encoded them. Nothing
+    here comes from a real patient, and the reference is named only by ``reference_label``."""
 
-    patient_id: str = field(default_factory=lambda: "SYN" + secrets.token_hex(5).upper())
-    study_instance_uid: str = field(default_factory=generate_uid)
-    frame_of_reference_uid: str = field(default_factory=generate_uid)
-    study_id: str = field(default_factory=lambda: secrets.token_hex(4).upper())
-    accession_number: str = field(default_factory=lambda: "SYN" + secrets.token_hex(4).upper())
-    created: datetime = field(default_factory=lambda: datetime.now().replace(microsecond=0))
+    reference_id: str
+    run: SyntheticRun = field(default_factory=SyntheticRun)
     description: str = "SYNTHETIC 123I-IMP brain perfusion SPECT"
     series_count: int = 0
+
+    def __post_init__(self) -> None:
+        if not str(self.reference_id).strip():
+            raise DicomError("a synthetic study needs the id of its reference study (the datastore image id)")
+
+    def _derived(self, kind: str) -> str:
+        return _digest(kind, self.reference_id, self.run.run_id)
+
+    def _derived_uid(self, kind: str) -> str:
+        return generate_uid(entropy_srcs=[kind, self.reference_id, self.run.run_id])
+
+    @property
+    def patient_id(self) -> str:
+        return "SYN" + self._derived("patient")[:10].upper()
 
     @property
     def patient_name(self) -> str:
         return f"SYNTHETIC^{self.patient_id}"
+
+    @property
+    def study_instance_uid(self) -> str:
+        return self._derived_uid("study")
+
+    @property
+    def frame_of_reference_uid(self) -> str:
+        return self._derived_uid("frame of reference")
+
+    @property
+    def study_id(self) -> str:
+        return self._derived("study id")[:8].upper()
+
+    @property
+    def accession_number(self) -> str:
+        return "SYN" + self._derived("accession")[:8].upper()
+
+    @property
+    def created(self) -> datetime:
+        return self.run.started
+
+    def derivation(self, model: str) -> str:
+        """Derivation Description of a scan in this study: the model, the reference (by label) and the run."""
+        return (f"SYNTHETIC: generated by the GAN {model} (spectgan) and placed over reference study "
+                f"{reference_label(self.reference_id)} in run {self.run.run_id}; no real patient")
 
     def next_series_number(self) -> int:
         self.series_count += 1
@@ -140,8 +230,8 @@ class Provenance:
                    str(metadata["sha256"]))
 
     def series_description(self, content: str) -> str:
-        """``SYNTHETIC <content> <condition> seed <seed>``, cut to the 64 characters of a DICOM LO."""
-        return f"SYNTHETIC {content} {self.condition.label} seed {self.seed}"[:64]
+        """``SYNTHETIC <model> <content> <condition> seed <seed>``, cut to the 64 characters of a DICOM LO."""
+        return f"SYNTHETIC {self.model} {content} {self.condition.label} seed {self.seed}"[:64]
 
     def comment(self) -> str:
         """Human- and machine-readable provenance for Image Comments."""
@@ -325,6 +415,7 @@ def _nm_image(image: sitk.Image, provenance: Provenance, study: SyntheticStudy, 
     ds.ImageType = ["DERIVED", "PRIMARY", "RECON TOMO", "EMISSION"]
     ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     ds.ImageComments = provenance.comment()
+    ds.DerivationDescription = study.derivation(provenance.model)
     ds.BurnedInAnnotation = "NO"
     ds.AcquisitionContextSequence = DicomSequence()
     ds.CountsAccumulated = None
@@ -495,7 +586,7 @@ def _hemisphere_segmentation(nm: Dataset, masks: list[np.ndarray], tracking: dic
         device_serial_number=provenance.sha256[:64], content_label="HEMISPHERES",
         content_description="Left and right hemisphere ROIs split at the midsagittal plane",
         omit_empty_frames=False)
-    _mark_synthetic(seg, provenance.series_description("hemispheres"))
+    _mark_synthetic(seg, provenance.series_description("ROIs"))
     return _with_file_meta(seg)
 
 
@@ -555,7 +646,7 @@ def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], trac
     scheme.CodingSchemeName = "spectgan hemisphere statistics"
     scheme.CodingSchemeResponsibleOrganization = "spectgan"
     sr.CodingSchemeIdentificationSequence = [scheme]
-    _mark_synthetic(sr, provenance.series_description("hemisphere stats"))
+    _mark_synthetic(sr, provenance.series_description("stats"))
     return _with_file_meta(sr)
 
 

@@ -2,8 +2,8 @@
 
 Free ports for DICOM and HTTP, authentication on (a generated user and password), the DICOMweb plugin, storage in
 a folder of its own, a dictionary that names Synthetic Data (0008,001C). Any calling AE title may store and query
-(C-STORE, C-FIND); the called AE title must be Orthanc's. ``LocalOrthanc`` is a context manager and can be stopped (or killed) and started again on the same
-ports and storage, which is what a PACS outage looks like::
+(C-STORE, C-FIND); the called AE title must be Orthanc's. ``LocalOrthanc`` is a context manager and can be stopped
+(or killed) and started again on the same ports and storage, which is what a PACS outage looks like::
 
     with LocalOrthanc() as pacs:
         os.environ.update(pacs.client_environment())
