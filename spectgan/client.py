@@ -31,7 +31,7 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 from urllib.parse import quote, urlsplit
 
 import numpy as np
@@ -45,6 +45,9 @@ from spectgan.figures import pyplot, save_figure
 from spectgan.geometry.registration import OUTPUT_SPACES
 from spectgan.geometry.roi import MidlinePlane, hemisphere_masks, read_image
 from spectgan.serving.settings import API_TOKEN_ENV
+
+if TYPE_CHECKING:  # spectgan.export.dicom (highdicom) is imported when DICOM is written, not with the client
+    from spectgan.export.dicom import SyntheticRun
 
 DEFAULT_TIMEOUT_S = (5.0, 300.0)  # (connect, read): a first request on a new reference registers it (seconds)
 DEFAULT_RETRIES = 3
@@ -153,6 +156,11 @@ class GenerationResult:
         return MidlinePlane(point=midline["point"], normal=midline["normal"])
 
     @property
+    def reference(self) -> str:
+        """The datastore id of the reference study the scan was placed over (the server's ``image``)."""
+        return str(self.metadata["image"])
+
+    @property
     def name(self) -> str:
         """``<condition>_seed<seed>``, e.g. ``BG-unilateral-left_seed3``."""
         return f"{self.condition.label}_seed{self.seed}"
@@ -182,7 +190,7 @@ class GenerationResult:
         return row
 
 
-REQUIRED_METADATA = ("condition", "seed", "model", "version", "sha256", "stats", "midline")
+REQUIRED_METADATA = ("condition", "seed", "model", "version", "sha256", "stats", "midline", "image")
 
 
 def _result_from_answer(metadata: dict, image: sitk.Image) -> GenerationResult:
@@ -547,21 +555,23 @@ def require_new_dicom_folder(folder: str | Path) -> Path:
     return folder
 
 
-def write_dicom(results: Sequence[GenerationResult], folder: str | Path) -> Path:
-    """Encode each scan as DICOM (NM + hemisphere SEG + SR; one synthetic study for the whole batch) into
-    ``folder/<scan name>/``; ``folder`` must hold no files yet. The hemisphere masks are ``spectgan.geometry.roi``'s, split
-    by the registered midline the server returned."""
-    from spectgan.export.dicom import SyntheticStudy, encode_scan, write_series
+def write_dicom(results: Sequence[GenerationResult], folder: str | Path, run: SyntheticRun | None = None) -> Path:
+    """Encode each scan as DICOM (NM + hemisphere SEG + SR) into ``folder/<scan name>/``; ``folder`` must hold no
+    files yet. The scans over one reference study go into the synthetic study of that reference and ``run`` (a new
+    run when None): pass the same run for the batches of several models to put them in one study. The hemisphere
+    masks are ``spectgan.geometry.roi``'s, split by the registered midline the server returned."""
+    from spectgan.export.dicom import SyntheticRun, encode_scan, write_series
 
     unmeasured = [f"{result.name} ({result.metadata.get('stats_error', 'no statistics')})" for result in results
                   if result.stats is None]
     if unmeasured:
         raise ClientError(f"cannot encode scans without hemisphere statistics as DICOM: {'; '.join(unmeasured)}")
     folder = require_new_dicom_folder(folder)
-    study = SyntheticStudy()
+    run = run or SyntheticRun()
     for result in results:
         _, left, right = result.hemisphere_masks()
-        datasets = encode_scan(result.image, left, right, result.stats, result.provenance(), study)
+        datasets = encode_scan(result.image, left, right, result.stats, result.provenance(),
+                               run.study(result.reference))
         write_series(datasets, folder / result.name)
     return folder
 
@@ -578,9 +588,11 @@ def send_to_pacs(folder: str | Path, pacs_url: str):
                           "--retry") from error
 
 
-def export_results(results: Sequence[GenerationResult], folder: str | Path, pacs_url: str):
-    """``write_dicom`` then ``send_to_pacs``: the scans of one batch as one synthetic study in the PACS."""
-    return send_to_pacs(write_dicom(results, folder), pacs_url)
+def export_results(results: Sequence[GenerationResult], folder: str | Path, pacs_url: str,
+                   run: SyntheticRun | None = None):
+    """``write_dicom`` then ``send_to_pacs``: the scans of one batch, over one reference, as the synthetic study of
+    that reference and ``run`` in the PACS."""
+    return send_to_pacs(write_dicom(results, folder, run), pacs_url)
 
 
 # ---------------------------------------------------------------------------------------------------- overview
@@ -694,6 +706,10 @@ def add_generate_command(subparsers) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     parser.add_argument("--pacs", metavar="URL",
                         help="also export DICOM to this PACS: dicom://AET@host:port or http(s)://host/dicom-web")
+    parser.add_argument("--run", metavar="ID",
+                        help="with --pacs: export into the synthetic studies of this run (an id an earlier export "
+                             "printed), so that the scans of several models over one reference land in one study "
+                             "(default: a new run)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S[1], help="seconds per request "
                         "(default %(default)g)")
     parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="retries of a failed connection "
@@ -720,7 +736,10 @@ def run_generate(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds is not None else [None] * args.count
     out = args.out.resolve()
     if args.pacs:
+        from spectgan.export.dicom import SyntheticRun
+
         require_new_dicom_folder(out / DICOM_DIR)
+        run = SyntheticRun(args.run) if args.run else SyntheticRun()
     with SpectGANClient(args.server, timeout=(DEFAULT_TIMEOUT_S[0], args.timeout), retries=args.retries,
                         token=_token_from_file(args.token_file), verify=args.ca_cert or True) as client:
         conditions = expand_conditions(client.conditions(args.model), args.level, args.pattern, args.side)
@@ -728,5 +747,7 @@ def run_generate(args: argparse.Namespace) -> int:
         job = GenerationJob(client, image, args.model, conditions, seeds, psi=args.psi)
         print(job.run_to_folder(out, progress=not args.no_progress))
     if args.pacs:
-        print(export_results(job.results, out / DICOM_DIR, args.pacs))
+        print(export_results(job.results, out / DICOM_DIR, args.pacs, run))
+        print(f"synthetic run {run.run_id}: export another model's scans over the same reference into the same "
+              f"study with --run {run.run_id}")
     return 0

@@ -105,9 +105,11 @@ def run_demo(args) -> int:
 
 def run_chain(out: Path, models_dir: Path, study: str, seed: int) -> tuple[Path, Path]:
     """Orthanc + the server on free ports; ``study`` uploaded; every valid condition of each model over it;
-    overview pictures; export. Returns the folder of the scans and Orthanc's storage folder. Both servers stop
+    overview pictures; export (one run: the scans of every model over the study land in one synthetic study).
+    Returns the folder of the scans and Orthanc's storage folder. Both servers stop
     before it returns."""
     from spectgan.client import DICOM_DIR, GenerationJob, SpectGANClient, export_results
+    from spectgan.export.dicom import SyntheticRun
     from spectgan.export.orthanc import ORTHANC_BINARY, LocalOrthanc
     from spectgan.tools.server import ServerProcess
 
@@ -122,10 +124,11 @@ def run_chain(out: Path, models_dir: Path, study: str, seed: int) -> tuple[Path,
         os.environ.update(pacs.client_environment())  # spectgan.export.pacs reads the credentials from the environment
         reference = client.upload(STUDIES / f"{study}.nii.gz")  # as a workstation sends the scan it has open
         print(f"   uploaded {study} as the reference: image id {reference}")
+        run = SyntheticRun()  # one synthetic study over the reference for the scans of every model
         for name, pacs_url in zip(SHIPPED_MODELS, itertools.cycle((pacs.dicomweb_url, pacs.dicom_url))):
             job = GenerationJob(client, reference, name, client.conditions(name), [seed])
             print("   " + job.run_to_folder(generated / name).replace("\n", "\n   "))
-            print(f"   {export_results(job.results, generated / name / DICOM_DIR, pacs_url)}")
+            print(f"   {export_results(job.results, generated / name / DICOM_DIR, pacs_url, run)}")
             print(f"   {name} in Orthanc: {orthanc_study_url(pacs, generated / name / DICOM_DIR)}")
         print(f"   Orthanc login: user {pacs.username}, password {pacs.password}; to browse it again after the demo: "
               f"{ORTHANC_BINARY} {pacs.work_dir / 'orthanc.json'}")

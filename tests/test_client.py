@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import time
 from urllib.parse import parse_qs
 
@@ -24,7 +25,7 @@ from spectgan.client import (GenerationResult, InvalidResponseError, NotFoundErr
                              parse_seeds)
 from spectgan.conditions import LEVEL_Z_MM, Condition, Level, Pattern, Side, valid_conditions
 from spectgan.demo import STUDIES, require_bundles, run_chain
-from spectgan.export.dicom import read_scan, write_series
+from spectgan.export.dicom import counts_slope, read_scan, write_series
 from spectgan.errors import InvalidImageError, SpectganError
 from spectgan.geometry.registration import pose_from_dict
 from spectgan.export.orthanc import LocalOrthanc
@@ -265,7 +266,7 @@ def test_generate_command_exports_and_the_pacs_gives_back_the_same_scans(protoco
         written = sitk.ReadImage(str(out / entry["file"]))
         for getter in ("GetSize", "GetOrigin", "GetSpacing", "GetDirection"):
             np.testing.assert_allclose(getattr(image, getter)(), getattr(written, getter)(), atol=1e-5)
-        slope = float(_header(next(folder.glob("NM_*.dcm"))).RescaleSlope)
+        slope = counts_slope(_header(next(folder.glob("NM_*.dcm"))))
         assert np.abs(sitk.GetArrayFromImage(image) - sitk.GetArrayFromImage(written)).max() <= slope / 2 + 1e-5
         assert stats == {key: entry["stats"][key] for key in stats}
 
@@ -274,6 +275,26 @@ def _header(path):
     import pydicom
 
     return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def test_exports_of_one_run_over_one_reference_land_in_one_study(pacs_login, tmp_path, capsys):
+    common = ["--image", "study", "--model", MODEL, "--pattern", "normal", "--seeds", "1", "--pacs",
+              pacs_login.dicomweb_url, "--no-progress"]
+    with ScriptedServer(tmp_path) as server:
+        generate = ["generate", "--server", server.url, *common]
+        assert main([*generate, "--level", "BG", "--out", str(tmp_path / "first")]) == 0
+        run_id = re.search(r"with --run (\S+)", capsys.readouterr().out).group(1)
+        assert main([*generate, "--level", "COR", "--out", str(tmp_path / "second"), "--run", run_id]) == 0
+        assert main([*generate, "--level", "CER", "--out", str(tmp_path / "third")]) == 0  # a new run
+        received = len(server.received)
+        assert main([*generate, "--level", "CER", "--out", str(tmp_path / "fourth"), "--run", "yesterday"]) == 2
+        assert len(server.received) == received  # refused before anything was generated
+    assert "run id 'yesterday' is not of the form YYYYMMDDTHHMMSS-<hex>" in capsys.readouterr().err
+    studies = {batch: {header.StudyInstanceUID for header in map(_header, (tmp_path / batch / "dicom").rglob("*.dcm"))}
+               for batch in ("first", "second", "third")}
+    assert len(studies["first"]) == 1 and studies["second"] == studies["first"] != studies["third"]
+    (study_uid,) = studies["first"]
+    assert sorted(cfind_series(pacs_login, study_uid).values()) == ["NM", "NM", "SEG", "SEG", "SR", "SR"]
 
 
 def test_wrong_pacs_password_is_a_clear_error_and_the_scans_stay_pending(pacs_login, tmp_path, capsys,
@@ -330,5 +351,6 @@ def test_demo_chain_through_the_real_server_and_orthanc(tiny_models, tmp_path, m
         assert f"{model} in Orthanc: http://127.0.0.1:" in printed
     with LocalOrthanc(storage_dir=orthanc_dir) as pacs:  # the storage the demo leaves, served again
         modalities = [series["MainDicomTags"]["Modality"] for series in pacs.get("/series?expand")]
+        assert len(pacs.get("/studies")) == len(pacs.get("/patients")) == 1  # A and B over one reference: one study
     conditions = len(valid_conditions()) + len(valid_conditions([Level.COR]))
     assert sorted(modalities) == sorted(["NM", "SEG", "SR"] * conditions)

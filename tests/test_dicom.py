@@ -9,15 +9,20 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from matplotlib.path import Path
 
-from spectgan.export.dicom import (SYNTHETIC_DATA_TAG, DicomError, SyntheticStudy, encode_scan, quantize_counts,
-                            read_scan, write_series)
+from spectgan.export.dicom import (SYNTHETIC_DATA_TAG, DicomError, SyntheticRun, SyntheticStudy, counts_slope,
+                                   encode_scan, reference_label,
+                                   outline, quantize_counts, read_scan, real_world_counts,
+                                   write_series)
 from spectgan.errors import InvalidImageError
 from spectgan.geometry.roi import TEMPLATE_MIDLINE, hemisphere_masks, hemisphere_stats
+from spectgan.simulation.protocol import protocol_for
 
 # dciodvfy 2022-06 predates the Synthetic Data attribute (0008,001C) that every object must carry, so it reports
 # that one standard attribute as unknown; every other error fails the test.
 UNKNOWN_TO_VALIDATOR = "not a recognized standard attribute - (0x0008,0x001c)"
+REFERENCE = "Doe_Jane-0123456789ab"  # a datastore id made from a file name, which may be a real name
 METADATA = {"condition": {"level": "BG", "pattern": "unilateral", "side": "left"}, "seed": 42,
             "model": "spect_fastgan_A", "version": "1.0.0", "sha256": "0123456789abcdef" * 4}
 
@@ -65,7 +70,7 @@ def _with_pixels(reference: sitk.Image, array: np.ndarray) -> sitk.Image:
 
 
 def encode(scan: Scan, study: SyntheticStudy | None = None) -> list[pydicom.Dataset]:
-    return encode_scan(scan.image, scan.left, scan.right, scan.stats, scan.metadata, study or SyntheticStudy())
+    return encode_scan(scan.image, scan.left, scan.right, scan.stats, scan.metadata, study or SyntheticStudy(REFERENCE))
 
 
 def assert_same_scan(image: sitk.Image, stats: dict, scan: Scan, slope: float) -> None:
@@ -80,10 +85,14 @@ def assert_same_scan(image: sitk.Image, stats: dict, scan: Scan, slope: float) -
     assert set(stats) == {"mc", "left", "right", "lr", "ai", "brain_size", "left_size", "right_size", "size_unit"}
 
 
-def dciodvfy_errors(path) -> list[str]:
+def dciodvfy_findings(path) -> list[str]:
+    """dciodvfy's Error and Warning lines for a file."""
     result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    lines = (result.stdout + result.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error") and UNKNOWN_TO_VALIDATOR not in line]
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("Error", "Warning"))]
+
+
+def dciodvfy_errors(path) -> list[str]:
+    return [line for line in dciodvfy_findings(path) if line.startswith("Error") and UNKNOWN_TO_VALIDATOR not in line]
 
 
 def test_round_trip_keeps_oblique_geometry_values_and_stats(tmp_path):
@@ -93,7 +102,7 @@ def test_round_trip_keeps_oblique_geometry_values_and_stats(tmp_path):
     write_series([nm, seg, sr], tmp_path)
     image, stats = read_scan(tmp_path)
     assert image.GetPixelID() == sitk.sitkFloat32
-    assert_same_scan(image, stats, scan, float(nm.RescaleSlope))
+    assert_same_scan(image, stats, scan, counts_slope(nm))
     assert read_scan(sorted(tmp_path.glob("*.dcm")))[1] == stats
 
 
@@ -110,20 +119,59 @@ def test_left_handed_direction_keeps_every_pixel_position(tmp_path):
 
 
 def test_objects_say_synthetic_and_share_one_generated_study():
-    study = SyntheticStudy()
+    study = SyntheticStudy(REFERENCE)
     first, second = encode(make_oblique_scan(0), study), encode(make_oblique_scan(1), study)
     for dataset in first + second:
         assert dataset[SYNTHETIC_DATA_TAG].value == "YES"
         assert dataset.ContentQualification == "RESEARCH"
         assert dataset.PatientIdentityRemoved == "YES"
         assert "SYNTHETIC" in str(dataset.PatientName) and "SYNTHETIC" in dataset.SeriesDescription
+        assert "spect_fastgan_A" in dataset.SeriesDescription
         assert "BG-unilateral-left seed 42" in dataset.SeriesDescription
         assert (dataset.StudyInstanceUID, dataset.PatientID) == (study.study_instance_uid, study.patient_id)
     assert len({dataset.SeriesInstanceUID for dataset in first + second}) == 6
     assert [dataset.SeriesNumber for dataset in first + second] == [1, 2, 3, 4, 5, 6]
     assert first[0].FrameOfReferenceUID == second[1].FrameOfReferenceUID == study.frame_of_reference_uid
     assert '"sha256": "0123456789abcdef' in first[0].ImageComments and '"seed": 42' in first[0].ImageComments
-    assert SyntheticStudy().patient_id != study.patient_id
+    assert SyntheticStudy(REFERENCE).patient_id != study.patient_id  # another run
+
+
+def test_one_run_over_one_reference_is_one_patient_study_and_frame_of_reference_for_every_model():
+    run = SyntheticRun()
+    scan = make_oblique_scan()
+    model_a = encode(scan, run.study(REFERENCE))
+    scan.metadata = {**METADATA, "model": "spect_fastgan_B"}
+    model_b = encode(scan, SyntheticStudy(REFERENCE, SyntheticRun(run.run_id)))  # the same run in another process
+    keys = ("PatientID", "PatientName", "StudyInstanceUID", "StudyID", "AccessionNumber", "StudyDate", "StudyTime")
+    first = model_a[0]
+    for dataset in model_a + model_b:
+        assert [dataset.get(key) for key in keys] == [first.get(key) for key in keys], dataset.Modality
+    assert {dataset.FrameOfReferenceUID for dataset in model_a + model_b if dataset.Modality != "SR"} == \
+        {first.FrameOfReferenceUID}
+    assert model_a[0].StudyDate + "T" + model_a[0].StudyTime == run.run_id.split("-")[0]
+    assert "spect_fastgan_B" in model_b[0].SeriesDescription and "spect_fastgan_A" in model_a[0].SeriesDescription
+    for nm, model in ((model_a[0], "spect_fastgan_A"), (model_b[0], "spect_fastgan_B")):
+        assert model in nm.DerivationDescription and run.run_id in nm.DerivationDescription
+        assert reference_label(REFERENCE) in nm.DerivationDescription
+    for dataset in model_a + model_b:  # the reference's id (a file name here) is nowhere
+        assert "Doe" not in str(dataset) and REFERENCE not in str(dataset)
+    other_reference, other_run = SyntheticStudy("another-study", run), SyntheticStudy(REFERENCE)
+    study = run.study(REFERENCE)
+    for other in (other_reference, other_run):
+        assert (other.patient_id, other.study_instance_uid, other.frame_of_reference_uid) != \
+            (study.patient_id, study.study_instance_uid, study.frame_of_reference_uid)
+    assert run.study(REFERENCE) is study and study.series_count == 3
+
+
+@pytest.mark.parametrize("run_id", ["", "20261129-abc", "20261129T210300", "20261129T210300-xyz", "today-12"])
+def test_malformed_run_ids_are_named(run_id):
+    with pytest.raises(DicomError, match="is not of the form YYYYMMDDTHHMMSS-<hex>"):
+        SyntheticRun(run_id)
+
+
+def test_a_study_needs_a_reference():
+    with pytest.raises(DicomError, match="needs the id of its reference study"):
+        SyntheticStudy(" ")
 
 
 def test_seg_holds_the_hemisphere_masks_of_the_nm_image(tmp_path):
@@ -157,11 +205,111 @@ def test_sr_references_the_seg_segments_and_the_nm_image(tmp_path):
     assert evidence == {nm.SOPInstanceUID, seg.SOPInstanceUID}
 
 
+def test_sr_outlines_each_hemisphere_on_the_nm_frame_with_the_segments_tracking_uids(tmp_path):
+    scan = make_oblique_scan()
+    nm, seg, sr = encode(scan)
+    paths = write_series([seg, sr], tmp_path)
+    report = hd.sr.MeasurementReport.from_sequence([pydicom.dcmread(paths[1])])
+    outlines = report.get_planar_roi_measurement_groups()
+    volumes = report.get_volumetric_roi_measurement_groups()
+    segments = hd.seg.segread(paths[0]).SegmentSequence
+    assert [group.finding_sites[0].laterality.meaning for group in outlines] == ["Left", "Right"]
+    assert [group.tracking_uid for group in outlines] == [group.tracking_uid for group in volumes] == \
+        [segment.TrackingUID for segment in segments]
+    assert [segment.TrackingID for segment in segments] == ["left hemisphere", "right hemisphere"]
+    assert len({tuple(segment.RecommendedDisplayCIELabValue) for segment in segments}) == 2
+    for group, volume, mask in zip(outlines, volumes, (scan.left, scan.right)):
+        region = group.roi
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        points = region.value
+        np.testing.assert_array_equal(points[0], points[-1])
+        source = region.ContentSequence[0].ReferencedSOPSequence[0]
+        assert (source.ReferencedSOPInstanceUID, source.ReferencedFrameNumber) == (nm.SOPInstanceUID, 1)
+        rows, columns = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
+        centres = np.stack([columns.ravel() + 0.5, rows.ravel() + 0.5], axis=1)
+        inside = Path(points).contains_points(centres).reshape(mask.shape)
+        np.testing.assert_array_equal(inside, mask)
+        assert [item.value for item in group.get_measurements()] == [item.value for item in volume.get_measurements()]
+
+
+def test_outline_traces_the_largest_region_closed_at_the_image_edge():
+    mask = np.zeros((6, 8), dtype=bool)
+    mask[0:4, 0:3] = True  # at the corner: the outline must close
+    mask[5, 6] = True  # a smaller region: left out
+    points = outline(mask)
+    np.testing.assert_array_equal(points[0], points[-1])
+    assert {tuple(point) for point in points} == {(0.5, 0.0), (2.5, 0.0), (3.0, 0.5), (3.0, 3.5), (2.5, 4.0),
+                                                  (0.5, 4.0), (0.0, 3.5), (0.0, 0.5)}
+    with pytest.raises(DicomError, match="empty mask"):
+        outline(np.zeros((3, 3), dtype=bool))
+
+
 def test_dciodvfy_finds_no_errors_in_nm_seg_and_sr(tmp_path):
     paths = write_series(encode(make_oblique_scan()), tmp_path)
     assert {path.name.split("_")[0] for path in paths} == {"NM", "SEG", "SR"}
     for path in paths:
         assert dciodvfy_errors(path) == [], path.name
+
+
+def test_nm_counts_travel_in_the_real_world_value_mapping_not_rescale(tmp_path):
+    scan = make_oblique_scan()
+    nm = pydicom.dcmread(write_series(encode(scan)[:1], tmp_path)[0])
+    assert "RescaleSlope" not in nm and "RescaleIntercept" not in nm
+    (mapping,) = nm.RealWorldValueMappingSequence
+    unit = mapping.MeasurementUnitsCodeSequence[0]
+    assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("{propcounts}", "UCUM")
+    assert (mapping.RealWorldValueFirstValueMapped, mapping.RealWorldValueLastValueMapped) == (0, 65535)
+    counts = sitk.GetArrayFromImage(scan.image)[0]
+    np.testing.assert_allclose(real_world_counts(nm), counts, atol=counts_slope(nm) / 2 + 1e-9)
+    assert abs(nm.pixel_array.max() * counts_slope(nm) - counts.max()) < 1e-9 * counts.max()
+    findings = dciodvfy_findings(tmp_path / f"NM_{nm.SOPInstanceUID}.dcm")
+    assert not [line for line in findings if "Rescale" in line], findings
+
+
+def test_nm_with_negative_counts_maps_the_signed_range(tmp_path):
+    scan = make_oblique_scan()
+    counts = sitk.GetArrayFromImage(scan.image)[0] - 20.0
+    scan.image = _with_pixels(scan.image, counts)
+    nm = pydicom.dcmread(write_series(encode(scan)[:1], tmp_path)[0])
+    mapping = nm.RealWorldValueMappingSequence[0]
+    assert nm.PixelRepresentation == 1
+    assert (mapping.RealWorldValueFirstValueMapped, mapping.RealWorldValueLastValueMapped) == (-32767, 32767)
+    np.testing.assert_allclose(real_world_counts(nm), counts, atol=counts_slope(nm) / 2 + 1e-9)
+
+
+def test_foreign_nm_without_a_counts_mapping_is_named():
+    nm = encode(make_oblique_scan())[0]
+    del nm.RealWorldValueMappingSequence
+    with pytest.raises(DicomError, match=r"no Real World Value Mapping in UCUM \{propcounts\}"):
+        real_world_counts(nm)
+
+
+@pytest.mark.parametrize("matrix, views", [(128, 96), (64, 60)])
+def test_nm_modules_state_the_simulated_acquisition(matrix, views):
+    scan = make_oblique_scan()
+    nm = encode_scan(scan.image, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy(REFERENCE),
+                     protocol=protocol_for(matrix))[0]
+    (window,) = nm.EnergyWindowInformationSequence
+    assert nm.NumberOfEnergyWindows == 1
+    window_range = window.EnergyWindowRangeSequence[0]
+    assert (window_range.EnergyWindowLowerLimit, window_range.EnergyWindowUpperLimit) == (143.1, 174.9)
+    (rotation,) = nm.RotationInformationSequence
+    assert nm.NumberOfRotations == 1 and nm.NumberOfDetectors == len(nm.DetectorInformationSequence) == 1
+    assert (rotation.NumberOfFramesInRotation, rotation.ScanArc, rotation.StartAngle) == (views, 360, 0)
+    assert rotation.AngularStep * views == rotation.ScanArc
+    assert rotation.RadialPosition == nm.DetectorInformationSequence[0].RadialPosition == 140
+    assert rotation.ActualFrameDuration > 0
+    assert nm.DetectorInformationSequence[0].CollimatorType == "PARA"
+    (pharmaceutical,) = nm.RadiopharmaceuticalInformationSequence
+    codes_of = lambda sequence: [(item.CodeValue, item.CodingSchemeDesignator) for item in sequence]
+    assert codes_of(pharmaceutical.RadionuclideCodeSequence) == [("21572004", "SCT")]
+    assert codes_of(pharmaceutical.RadiopharmaceuticalCodeSequence) == [("78481003", "SCT")]
+    assert codes_of(pharmaceutical.AdministrationRouteCodeSequence) == [("47625008", "SCT")]
+    orientation = nm.PatientOrientationCodeSequence[0]
+    assert codes_of([orientation]) == [("102538003", "SCT")]
+    assert codes_of(orientation.PatientOrientationModifierCodeSequence) == [("40199007", "SCT")]
+    assert codes_of(nm.PatientGantryRelationshipCodeSequence) == [("102540008", "SCT")]
+    assert nm.BurnedInAnnotation == "NO"
 
 
 def test_negative_counts_are_stored_signed():
@@ -176,7 +324,7 @@ def test_roi_masks_and_stats_go_straight_in(tmp_path):
     image = make_oblique_scan().image
     _, left, right = hemisphere_masks(image, TEMPLATE_MIDLINE)
     stats = hemisphere_stats(image, TEMPLATE_MIDLINE).to_dict()
-    write_series(encode_scan(image, left, right, stats, METADATA, SyntheticStudy()), tmp_path)
+    write_series(encode_scan(image, left, right, stats, METADATA, SyntheticStudy(REFERENCE)), tmp_path)
     _, read_stats = read_scan(tmp_path)
     assert read_stats == {key: stats[key] for key in read_stats}
     assert read_stats["size_unit"] == "mm2" and read_stats["left"] > read_stats["right"]
@@ -185,10 +333,10 @@ def test_roi_masks_and_stats_go_straight_in(tmp_path):
 def test_sitk_masks_and_2d_images_are_accepted(tmp_path):
     scan = make_oblique_scan()
     masks = [sitk.GetImageFromArray(mask[None].astype(np.uint8)) for mask in (scan.left, scan.right)]
-    nm, seg, _ = encode_scan(scan.image, *masks, scan.stats, scan.metadata, SyntheticStudy())
+    nm, seg, _ = encode_scan(scan.image, *masks, scan.stats, scan.metadata, SyntheticStudy(REFERENCE))
     assert seg.NumberOfFrames == 2
     plane = scan.image[:, :, 0]
-    assert encode_scan(plane, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy())[0].Rows == 64
+    assert encode_scan(plane, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy(REFERENCE))[0].Rows == 64
 
 
 @pytest.mark.parametrize("change, message", [
@@ -212,10 +360,10 @@ def test_bad_images_are_named():
     scan = make_oblique_scan()
     volume = sitk.Image(48, 64, 2, sitk.sitkFloat32)
     with pytest.raises(InvalidImageError, match="one-slice"):
-        encode_scan(volume, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy())
+        encode_scan(volume, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy(REFERENCE))
     infinite = _with_pixels(scan.image, np.full((64, 48), np.inf))
     with pytest.raises(InvalidImageError, match="infinite"):
-        encode_scan(infinite, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy())
+        encode_scan(infinite, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy(REFERENCE))
 
 
 def test_read_scan_names_a_folder_without_one_scan(tmp_path):

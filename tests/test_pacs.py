@@ -11,16 +11,16 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
 from spectgan.cli import main
-from spectgan.export.dicom import SyntheticStudy, encode_scan, read_scan, write_series
+from spectgan.export.dicom import SyntheticStudy, counts_slope, encode_scan, read_scan, write_series
 from spectgan.export.orthanc import LocalOrthanc
 from spectgan.export.pacs import (CONFIRMED, PENDING, PacsAuthenticationError, PacsError, PacsTarget,
                            PacsUnavailableError, export_folder, pending_count, read_outbox, retry_pending)
-from test_dicom import Scan, assert_same_scan, make_oblique_scan
+from test_dicom import REFERENCE, Scan, assert_same_scan, make_oblique_scan
 
 
 def write_scans(folder, count: int = 1) -> tuple[list[Scan], list[Dataset]]:
     """``count`` scans of one new study, written to ``folder``; the scans and their datasets."""
-    study = SyntheticStudy()
+    study = SyntheticStudy(REFERENCE)
     scans = [make_oblique_scan(index) for index in range(count)]
     datasets = []
     for index, scan in enumerate(scans):
@@ -80,7 +80,19 @@ def test_export_query_and_retrieve_the_same_scan(protocol, pacs_login, tmp_path)
                                           dataset.SOPInstanceUID) for dataset in datasets]
     write_series(retrieved, tmp_path / "retrieved")
     image, stats = read_scan(tmp_path / "retrieved")
-    assert_same_scan(image, stats, scan, float(nm.RescaleSlope))
+    assert_same_scan(image, stats, scan, counts_slope(nm))
+
+
+def test_orthanc_names_synthetic_data(pacs_login, tmp_path):
+    _, datasets = write_scans(tmp_path)
+    export_folder(tmp_path, pacs_login.dicomweb_url)
+    exported = {dataset.SOPInstanceUID for dataset in datasets}
+    identifiers = [instance["ID"] for instance in pacs_login.get("/instances?expand")
+                   if instance["MainDicomTags"]["SOPInstanceUID"] in exported]
+    assert len(identifiers) == 3
+    for identifier in identifiers:
+        tags = pacs_login.get(f"/instances/{identifier}/simplified-tags")
+        assert tags["SyntheticData"] == "YES", tags["Modality"]
 
 
 @pytest.mark.parametrize("protocol", ["dicom", "dicomweb"])

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from spectgan.simulation.acquisition import acquire, protocol_for
+from spectgan.simulation.acquisition import acquire
+from spectgan.simulation.protocol import protocol_for
 from spectgan.cohorts.simulated import build_cohort, cohort_jobs, simulate_slices
 from spectgan.cohorts.format import load_split, read_cohort_info, read_manifest
 from spectgan.conditions import PAPER_COUNTS, Condition, Level, Pattern, Side

@@ -18,7 +18,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 from tqdm import tqdm
 
-from spectgan.simulation.acquisition import acquire, axial_profile, protocol_for, system_fwhm_mm
+from spectgan.simulation.acquisition import acquire, axial_profile, system_fwhm_mm
+from spectgan.simulation.protocol import DEFAULT_MATRIX, protocol_for
 from spectgan.tools.bench import print_figures
 from spectgan.cohorts.format import (CohortRecord, atomic_write_bytes, atomic_write_image, compute_count_scale,
                                      finished_cohort, load_split, read_cohort_info, write_cohort_info,
@@ -127,7 +128,7 @@ def _chunk_records(out: Path, n_chunks: int) -> list[CohortRecord]:
     return [CohortRecord.from_row(row) for row in rows]
 
 
-def build_cohort(out: Path, seed: int = 0, matrix: int = 128, scale: float = 1.0, workers: int | None = None,
+def build_cohort(out: Path, seed: int = 0, matrix: int = DEFAULT_MATRIX, scale: float = 1.0, workers: int | None = None,
                  progress: bool = True) -> Path:
     """Simulate (or reuse, or continue) a cohort in ``out``; returns ``out``."""
     out = Path(out)

@@ -1,37 +1,49 @@
 """DICOM encoding of synthetic scans: an NM image with full geometry, a hemisphere SEG and a TID 1500 SR.
 
-One scan is three objects in three series of one study (``SyntheticStudy``, shared by every scan of a generate
-call):
+One scan is three objects in three series of one study: the ``SyntheticStudy`` of its reference study and run
+(``SyntheticRun``), shared by every scan a run makes over that reference, by any model, with one frame of
+reference. The NM's Derivation Description names the model, the reference (by a digest of its id) and the run;
+every Series Description the model.
 
-- NM image (one-frame RECON TOMO multi-frame). Its plane is the Detector Information Sequence's Image Position /
-  Image Orientation (Patient), which is where SimpleITK (GDCM) reads an NM image's geometry; the slice thickness
-  is Spacing Between Slices. The one-slice image's normal is implicit in DICOM (row x column direction), so a
-  left-handed direction matrix comes back with its third column negated: the same plane and the same pixel
-  positions, nothing flipped in the plane.
+- NM image (one-frame RECON TOMO multi-frame), its acquisition modules (123I-IMP, the photopeak window, the orbit,
+  a parallel-hole collimator) stated from ``spectgan.simulation.protocol``. Its plane is the Detector Information
+  Sequence's Image Position / Image Orientation (Patient), which is where SimpleITK (GDCM) reads an NM image's
+  geometry; the slice thickness is Spacing Between Slices. The one-slice image's normal is implicit in DICOM (row x
+  column direction), so a left-handed direction matrix comes back with its third column negated: the same plane
+  and the same pixel positions, nothing flipped in the plane.
 - SEG with two binary segments on the slice grid: 1 = left hemisphere, 2 = right hemisphere (patient sides).
   highdicom 0.22 builds a SEG only from single-frame sources, so it is given a single-frame view of the NM (the
   plane at top level); the SEG references the NM instance.
-- Comprehensive 3D SR (TID 1500): one group per hemisphere (mean counts and size) referencing its SEG segment and
-  the NM frame, and one image group (MC, LR and AI) referencing the NM.
+- Comprehensive 3D SR (TID 1500): per hemisphere (mean counts and size) a TID 1411 group referencing its SEG
+  segment and a TID 1410 group with its outline as a closed SCOORD polyline on the NM frame (what OHIF's SR
+  handler draws); one image group (MC, LR and AI) referencing the NM. A hemisphere's two groups and its SEG
+  segment share one tracking UID; the segments carry display colours.
 
-Quantization: counts are stored as 16-bit integers with Rescale Slope = max |counts| / 65535 (unsigned; 32767
-signed when a count is negative) and Rescale Intercept 0, so a read value differs from the original by at most
-half the slope (7.6e-6 x the maximum). The statistics travel in the SR at full double precision.
+Quantization: counts are stored as 16-bit integers, counts = stored value x slope with slope = max |counts| / 65535
+(unsigned; 32767 signed when a count is negative), so a read value differs from the original by at most half the
+slope (7.6e-6 x the maximum). The slope travels in the Real World Value Mapping Sequence (0040,9096) in UCUM
+``{propcounts}`` (proportional to counts, not calibrated), not in Rescale Slope / Intercept, which the NM IOD does
+not define: NM software reads the stored values (proportional to counts) or maps them. The statistics travel in the
+SR at full double precision.
 
 Every object says it is synthetic: Synthetic Data (0008,001C) YES, Content Qualification RESEARCH, Patient Identity
-Removed YES, "SYNTHETIC" in Patient Name and Series Description; every identifier is generated.
+Removed YES, "SYNTHETIC" in Patient Name and Series Description; every identifier is generated (derived from the
+reference's id and the run's, or random).
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import contourpy
 import highdicom as hd
 import numpy as np
 import pydicom
@@ -47,6 +59,9 @@ from spectgan import __version__
 from spectgan.cohorts.format import atomic_write_bytes
 from spectgan.conditions import Condition, parse_condition
 from spectgan.errors import InvalidImageError, SpectganError
+from spectgan.simulation.protocol import (COLLIMATOR_TYPE, DEFAULT_MATRIX, ENERGY_WINDOW_FRACTION, PHOTOPEAK_KEV,
+                                          RADIUS_OF_ROTATION_CM, ROTATION_DIRECTION, SCAN_ARC_DEG, START_ANGLE_DEG,
+                                          Protocol, energy_window_kev, protocol_for)
 
 # Synthetic Data (0008,001C) is newer than pydicom 2.4's dictionary (and dciodvfy 2022-06's): set by tag.
 SYNTHETIC_DATA_TAG = 0x0008001C
@@ -67,30 +82,126 @@ SIZE_CODES = {"mm2": codes.SCT.Area, "mm3": codes.SCT.Volume}
 UNITS = {"counts": codes.UCUM.Counts, "ratio": codes.UCUM.Ratio, "percent": codes.UCUM.Percent,
          "mm2": Code("mm2", "UCUM", "mm2"), "mm3": Code("mm3", "UCUM", "mm3")}
 LATERALITY = {"left": codes.SCT.Left, "right": codes.SCT.Right}
+# CIELab display colours of the hemisphere segments: matplotlib's tab:orange (left) and tab:blue (right), the
+# colours of the outlines in spectgan's overview pictures.
+DISPLAY_LAB = {"left": (66.9, 43.4, 71.9), "right": (48.0, -3.2, -39.3)}
 ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
+
+# Coded concepts of the NM image (NM Isotope, NM/PET Patient Orientation, Real World Value Mapping).
+IODINE_123 = Code("21572004", "SCT", "^123^Iodine")
+IOFETAMINE_I123 = Code("78481003", "SCT", "Iofetamine I^123^")
+INTRAVENOUS = Code("47625008", "SCT", "Intravenous route")
+RECUMBENT, SUPINE = Code("102538003", "SCT", "recumbent"), Code("40199007", "SCT", "supine")
+HEAD_FIRST = Code("102540008", "SCT", "headfirst")
+PROPORTIONAL_TO_COUNTS = Code("{propcounts}", "UCUM", "Proportional to counts")
 
 
 class DicomError(SpectganError):
     """DICOM objects that spectgan cannot write or read back (bad inputs, an incomplete or foreign series)."""
 
 
+RUN_ID_FORM = "YYYYMMDDTHHMMSS-<hex>"  # the start of the run (local time), then random hex digits
+
+
+def new_run_id() -> str:
+    """A new run id: the time now and 6 random hex digits, e.g. ``20261129T210300-3fa2c1``."""
+    return f"{datetime.now():%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+
+
+def _digest(*parts: str) -> str:
+    """SHA-256 hex digest of the parts (separated by NUL)."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def reference_label(reference_id: str) -> str:
+    """How DICOM names a reference study: ``ref-`` and 16 hex digits of the SHA-256 of its datastore id (an id may
+    hold a file name, and a file name may hold a real name, so the id itself is never written)."""
+    return "ref-" + _digest(reference_id)[:16]
+
+
+@dataclass
+class SyntheticRun:
+    """One run of generation (a demo, a session, or CLI calls given the same ``--run``): every scan it makes over
+    one reference study, by any model, lands in that reference's ``SyntheticStudy``. The id starts with the run's
+    start time, which is the studies' date and time."""
+
+    run_id: str = field(default_factory=new_run_id)
+    studies: dict[str, "SyntheticStudy"] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.started  # a clear error for a malformed id
+
+    @property
+    def started(self) -> datetime:
+        try:
+            stamp, suffix = self.run_id.split("-", 1)
+            if not re.fullmatch(r"[0-9a-f]{1,32}", suffix):
+                raise ValueError(suffix)
+            return datetime.strptime(stamp, "%Y%m%dT%H%M%S")
+        except ValueError:
+            raise DicomError(f"run id {self.run_id!r} is not of the form {RUN_ID_FORM}, e.g. {new_run_id()}") \
+                from None
+
+    def study(self, reference_id: str) -> "SyntheticStudy":
+        """The synthetic study of the scans this run makes over ``reference_id`` (the same object each time, so
+        series numbers keep counting)."""
+        return self.studies.setdefault(reference_id, SyntheticStudy(reference_id, self))
+
+
 @dataclass
 class SyntheticStudy:
-    """What every scan of one generate call shares: one generated patient, one study, one frame of reference
-    (the reference study's physical space). Nothing here comes from a real patient."""
+    """One generated patient, study and frame of reference (the reference study's physical space) per reference
+    study and run. Every id is derived from (reference id, run id) by SHA-256, so the scans of a run over one
+    reference land together in the PACS whichever model made them and whichever process encoded them. Nothing
+    here comes from a real patient, and the reference is named only by ``reference_label``."""
 
-    patient_id: str = field(default_factory=lambda: "SYN" + secrets.token_hex(5).upper())
-    study_instance_uid: str = field(default_factory=generate_uid)
-    frame_of_reference_uid: str = field(default_factory=generate_uid)
-    study_id: str = field(default_factory=lambda: secrets.token_hex(4).upper())
-    accession_number: str = field(default_factory=lambda: "SYN" + secrets.token_hex(4).upper())
-    created: datetime = field(default_factory=lambda: datetime.now().replace(microsecond=0))
+    reference_id: str
+    run: SyntheticRun = field(default_factory=SyntheticRun)
     description: str = "SYNTHETIC 123I-IMP brain perfusion SPECT"
     series_count: int = 0
+
+    def __post_init__(self) -> None:
+        if not str(self.reference_id).strip():
+            raise DicomError("a synthetic study needs the id of its reference study (the datastore image id)")
+
+    def _derived(self, kind: str) -> str:
+        return _digest(kind, self.reference_id, self.run.run_id)
+
+    def _derived_uid(self, kind: str) -> str:
+        return generate_uid(entropy_srcs=[kind, self.reference_id, self.run.run_id])
+
+    @property
+    def patient_id(self) -> str:
+        return "SYN" + self._derived("patient")[:10].upper()
 
     @property
     def patient_name(self) -> str:
         return f"SYNTHETIC^{self.patient_id}"
+
+    @property
+    def study_instance_uid(self) -> str:
+        return self._derived_uid("study")
+
+    @property
+    def frame_of_reference_uid(self) -> str:
+        return self._derived_uid("frame of reference")
+
+    @property
+    def study_id(self) -> str:
+        return self._derived("study id")[:8].upper()
+
+    @property
+    def accession_number(self) -> str:
+        return "SYN" + self._derived("accession")[:8].upper()
+
+    @property
+    def created(self) -> datetime:
+        return self.run.started
+
+    def derivation(self, model: str) -> str:
+        """Derivation Description of a scan in this study: the model, the reference (by label) and the run."""
+        return (f"SYNTHETIC: generated by the GAN {model} (spectgan) and placed over reference study "
+                f"{reference_label(self.reference_id)} in run {self.run.run_id}; no real patient")
 
     def next_series_number(self) -> int:
         self.series_count += 1
@@ -119,8 +230,8 @@ class Provenance:
                    str(metadata["sha256"]))
 
     def series_description(self, content: str) -> str:
-        """``SYNTHETIC <content> <condition> seed <seed>``, cut to the 64 characters of a DICOM LO."""
-        return f"SYNTHETIC {content} {self.condition.label} seed {self.seed}"[:64]
+        """``SYNTHETIC <model> <content> <condition> seed <seed>``, cut to the 64 characters of a DICOM LO."""
+        return f"SYNTHETIC {self.model} {content} {self.condition.label} seed {self.seed}"[:64]
 
     def comment(self) -> str:
         """Human- and machine-readable provenance for Image Comments."""
@@ -130,13 +241,16 @@ class Provenance:
 
 
 def encode_scan(image: sitk.Image, left_mask: np.ndarray | sitk.Image, right_mask: np.ndarray | sitk.Image,
-                stats: dict, metadata: dict, study: SyntheticStudy) -> list[Dataset]:
+                stats: dict, metadata: dict, study: SyntheticStudy,
+                protocol: Protocol = protocol_for(DEFAULT_MATRIX)) -> list[Dataset]:
     """[NM, SEG, SR] of one synthetic slice.
 
     ``image``: a one-slice volume (or 2D image) in counts, any direction; ``left_mask`` / ``right_mask``: binary
     masks on its grid (patient sides); ``stats``: ``mc``, ``left``, ``right``, ``lr``, ``ai`` and, optionally,
     ``brain_size``, ``left_size``, ``right_size`` in ``size_unit`` (mm2 or mm3), as ``spectgan.geometry.roi`` reports them;
-    ``metadata``: ``condition`` (level, pattern, side), ``seed``, ``model``, ``version``, ``sha256``.
+    ``metadata``: ``condition`` (level, pattern, side), ``seed``, ``model``, ``version``, ``sha256``;
+    ``protocol``: the simulated acquisition of the model's training cohort, which the NM header states (views,
+    orbit).
     """
     image = _one_slice_image(image)
     masks = [_mask_array(mask, image, side) for side, mask in zip(SIDES, (left_mask, right_mask))]
@@ -144,9 +258,10 @@ def encode_scan(image: sitk.Image, left_mask: np.ndarray | sitk.Image, right_mas
         raise DicomError(f"the left and right masks overlap in {np.count_nonzero(masks[0] & masks[1])} pixels")
     stats = _validated_stats(stats)
     provenance = Provenance.from_metadata(metadata)
-    nm = _nm_image(image, provenance, study)
-    seg = _hemisphere_segmentation(nm, masks, provenance, study)
-    sr = _measurement_report(nm, seg, stats, provenance, study)
+    nm = _nm_image(image, provenance, study, protocol)
+    tracking = {side: generate_uid() for side in SIDES}
+    seg = _hemisphere_segmentation(nm, masks, tracking, provenance, study)
+    sr = _measurement_report(nm, seg, masks, tracking, stats, provenance, study)
     return [nm, seg, sr]
 
 
@@ -177,7 +292,9 @@ def read_scan(source: str | Path | Sequence[str | Path]) -> tuple[sitk.Image, di
     reports = [path for path, header in headers.items() if header.Modality == "SR" and nm_uid in _evidence(header)]
     if len(reports) != 1:
         raise DicomError(f"{source}: expected one SR with the statistics of NM {nm_uid}, found {len(reports)}")
-    image = sitk.Cast(sitk.ReadImage(str(images[0])), sitk.sitkFloat32)
+    geometry = sitk.ReadImage(str(images[0]))  # SimpleITK reads the plane from the Detector Information Sequence
+    image = sitk.GetImageFromArray(real_world_counts(pydicom.dcmread(images[0]))[None].astype(np.float32))
+    image.CopyInformation(geometry)
     return image, _stats_from_report(headers[reports[0]])
 
 
@@ -267,8 +384,9 @@ def _with_file_meta(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def _nm_image(image: sitk.Image, provenance: Provenance, study: SyntheticStudy) -> Dataset:
-    """NM Image IOD: one-frame RECON TOMO with the plane in the Detector Information Sequence."""
+def _nm_image(image: sitk.Image, provenance: Provenance, study: SyntheticStudy, protocol: Protocol) -> Dataset:
+    """NM Image IOD: one-frame RECON TOMO with the plane in the Detector Information Sequence, the acquisition
+    modules filled from ``protocol`` and the counts scaled by the Real World Value Mapping Sequence."""
     stored, slope = quantize_counts(sitk.GetArrayViewFromImage(image)[0].astype(np.float64))
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     spacing_x, spacing_y, thickness = image.GetSpacing()
@@ -291,36 +409,145 @@ def _nm_image(image: sitk.Image, provenance: Provenance, study: SyntheticStudy) 
     ds.Manufacturer, ds.ManufacturerModelName = MANUFACTURER, provenance.model
     ds.SoftwareVersions = [__version__, provenance.version]
     ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = study.frame_of_reference_uid, ""
-    ds.PatientOrientationCodeSequence, ds.PatientGantryRelationshipCodeSequence = DicomSequence(), DicomSequence()
+    _add_patient_orientation(ds)
     # Image
     ds.InstanceNumber = 1
     ds.ImageType = ["DERIVED", "PRIMARY", "RECON TOMO", "EMISSION"]
     ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     ds.ImageComments = provenance.comment()
+    ds.DerivationDescription = study.derivation(provenance.model)
+    ds.BurnedInAnnotation = "NO"
     ds.AcquisitionContextSequence = DicomSequence()
     ds.CountsAccumulated = None
-    # NM multi-frame: one slice of a reconstructed volume
+    # NM multi-frame: one slice of a reconstructed volume, one energy window, one detector, one rotation
     ds.NumberOfFrames, ds.FrameIncrementPointer = 1, SLICE_VECTOR_TAG
     ds.SliceVector, ds.NumberOfSlices = [1], 1
-    ds.NumberOfEnergyWindows, ds.NumberOfDetectors, ds.NumberOfRotations = 1, 1, 1
-    ds.EnergyWindowInformationSequence, ds.RadiopharmaceuticalInformationSequence = DicomSequence(), DicomSequence()
-    ds.RotationInformationSequence = DicomSequence()
+    _add_isotope_and_acquisition(ds, protocol)
     detector = Dataset()
     detector.ImagePositionPatient = [_ds(value) for value in image.GetOrigin()]
     detector.ImageOrientationPatient = [_ds(value) for value in (*direction[:, 0], *direction[:, 1])]
-    detector.CollimatorType, detector.FocalDistance = "", None
+    detector.CollimatorType, detector.FocalDistance = COLLIMATOR_TYPE, None
+    detector.RadialPosition = _ds(RADIUS_OF_ROTATION_CM * 10)
     ds.DetectorInformationSequence = DicomSequence([detector])
+    ds.NumberOfDetectors = len(ds.DetectorInformationSequence)
     ds.SliceThickness = ds.SpacingBetweenSlices = _ds(thickness)
-    # Pixels: rows run along the image's y axis, columns along x
+    # Pixels: rows run along the image's y axis, columns along x; counts = stored x slope (RWVM, not Rescale)
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = stored.shape
     ds.PixelSpacing = [_ds(spacing_y), _ds(spacing_x)]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelRepresentation = int(stored.dtype == np.int16)
-    ds.RescaleIntercept, ds.RescaleSlope = 0, _ds(slope)
+    ds.RealWorldValueMappingSequence = [_counts_mapping(stored.dtype, slope)]
     ds.PixelData = stored.tobytes()
     _mark_synthetic(ds, provenance.series_description("SPECT"))
     return _with_file_meta(ds)
+
+
+def _code_item(code: Code, **nested: Code) -> Dataset:
+    """A code sequence item; ``nested`` adds one-item code sequences to it by keyword."""
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, code.meaning
+    for keyword, value in nested.items():
+        setattr(item, keyword, [_code_item(value)])
+    return item
+
+
+def _add_patient_orientation(ds: Dataset) -> None:
+    """NM/PET Patient Orientation: supine, head first, as a brain SPECT is acquired."""
+    ds.PatientOrientationCodeSequence = [_code_item(RECUMBENT, PatientOrientationModifierCodeSequence=SUPINE)]
+    ds.PatientGantryRelationshipCodeSequence = [_code_item(HEAD_FIRST)]
+
+
+def _add_isotope_and_acquisition(ds: Dataset, protocol: Protocol) -> None:
+    """NM Isotope (123I-IMP given intravenously, the 123I photopeak window) and NM TOMO Acquisition (the simulated
+    orbit) modules, with their counts (Number of Energy Windows, Number of Rotations) matching the sequences."""
+    lower, upper = energy_window_kev()
+    window_range = Dataset()
+    window_range.EnergyWindowLowerLimit, window_range.EnergyWindowUpperLimit = _ds(lower), _ds(upper)
+    window = Dataset()
+    window.EnergyWindowRangeSequence = [window_range]
+    window.EnergyWindowName = f"123I {PHOTOPEAK_KEV:g} keV {ENERGY_WINDOW_FRACTION:.0%}"
+    ds.EnergyWindowInformationSequence = [window]
+    ds.NumberOfEnergyWindows = len(ds.EnergyWindowInformationSequence)
+    pharmaceutical = Dataset()
+    pharmaceutical.RadionuclideCodeSequence = [_code_item(IODINE_123)]
+    pharmaceutical.Radiopharmaceutical = "123I-IMP (iofetamine I-123)"
+    pharmaceutical.RadiopharmaceuticalCodeSequence = [_code_item(IOFETAMINE_I123)]
+    pharmaceutical.RadiopharmaceuticalRoute = "Intravenous"
+    pharmaceutical.AdministrationRouteCodeSequence = [_code_item(INTRAVENOUS)]
+    ds.RadiopharmaceuticalInformationSequence = [pharmaceutical]
+    rotation = Dataset()
+    rotation.StartAngle, rotation.AngularStep = _ds(START_ANGLE_DEG), _ds(protocol.angular_step_deg)
+    rotation.RotationDirection, rotation.ScanArc = ROTATION_DIRECTION, _ds(SCAN_ARC_DEG)
+    rotation.NumberOfFramesInRotation = protocol.n_views
+    rotation.ActualFrameDuration = protocol.view_duration_ms
+    rotation.RadialPosition = _ds(RADIUS_OF_ROTATION_CM * 10)
+    ds.RotationInformationSequence = [rotation]
+    ds.NumberOfRotations = len(ds.RotationInformationSequence)
+
+
+def _counts_mapping(dtype: np.dtype, slope: float) -> Dataset:
+    """A Real World Value Mapping item: counts = stored value x ``slope`` over the whole stored range, in UCUM
+    ``{propcounts}`` (proportional to counts: reconstructed counts per voxel, not calibrated activity)."""
+    limits = np.iinfo(dtype)
+    mapping = Dataset()
+    mapping.RealWorldValueFirstValueMapped = -limits.max if limits.min < 0 else 0
+    mapping.RealWorldValueLastValueMapped = limits.max
+    mapping.RealWorldValueIntercept, mapping.RealWorldValueSlope = 0.0, float(slope)
+    mapping.LUTExplanation = "Counts per voxel, proportional to counts, not calibrated"
+    mapping.LUTLabel = "COUNTS"
+    mapping.MeasurementUnitsCodeSequence = [_code_item(PROPORTIONAL_TO_COUNTS)]
+    return mapping
+
+
+def counts_slope(nm: Dataset) -> float:
+    """Counts per stored pixel value of an NM ``encode_scan`` wrote (its Real World Value Mapping slope)."""
+    return float(_counts_mapping_item(nm).RealWorldValueSlope)
+
+
+def real_world_counts(nm: Dataset) -> np.ndarray:
+    """The counts of a one-frame NM ``encode_scan`` wrote, [rows, columns] float64, from its stored values and
+    Real World Value Mapping (``{propcounts}``)."""
+    mapping = _counts_mapping_item(nm)
+    return nm.pixel_array.astype(np.float64) * float(mapping.RealWorldValueSlope) + \
+        float(mapping.RealWorldValueIntercept)
+
+
+def _counts_mapping_item(nm: Dataset) -> Dataset:
+    """The ``{propcounts}`` Real World Value Mapping item of an NM; DicomError when it has none."""
+    for mapping in nm.get("RealWorldValueMappingSequence", []):
+        units = mapping.get("MeasurementUnitsCodeSequence", [])
+        if units and (units[0].CodeValue, units[0].CodingSchemeDesignator) == (
+                PROPORTIONAL_TO_COUNTS.value, PROPORTIONAL_TO_COUNTS.scheme_designator):
+            return mapping
+    raise DicomError(f"NM {nm.SOPInstanceUID} has no Real World Value Mapping in UCUM "
+                     f"{PROPORTIONAL_TO_COUNTS.value}; only spectgan's NM images can be read as counts")
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The closed outline of a binary [rows, columns] mask's largest region, for an SR polyline.
+
+    Returns (n, 2) float (column, row) DICOM pixel coordinates (the centre of pixel [r, c] is (c + 0.5, r + 0.5)),
+    first point == last. Traced by marching squares at 0.5 (contourpy, matplotlib's tracer) on the mask padded with
+    zeros, so a region at the image's edge closes too; points inside straight runs are dropped. Holes and smaller
+    regions are left out: the SEG holds the exact mask.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise DicomError("cannot outline an empty mask; a hemisphere ROI needs at least one pixel")
+    lines = contourpy.contour_generator(z=np.pad(mask, 1).astype(np.float64), line_type="Separate").lines(0.5)
+    largest = max(lines, key=lambda line: abs(_shoelace_area(line)))
+    if not np.array_equal(largest[0], largest[-1]):
+        largest = np.vstack([largest, largest[:1]])
+    turns = np.cross(largest[1:-1] - largest[:-2], largest[2:] - largest[1:-1]) != 0
+    kept = np.vstack([largest[:1], largest[1:-1][turns], largest[-1:]])
+    return kept - 0.5  # padded index (x = column + 1, y = row + 1) -> DICOM pixel coordinates
+
+
+def _shoelace_area(points: np.ndarray) -> float:
+    """Signed area of a polygon given as (n, 2) points."""
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
 
 
 def _single_frame_view(nm: Dataset) -> Dataset:
@@ -333,8 +560,9 @@ def _single_frame_view(nm: Dataset) -> Dataset:
     return view
 
 
-def _hemisphere_segmentation(nm: Dataset, masks: list[np.ndarray], provenance: Provenance,
-                             study: SyntheticStudy) -> Dataset:
+def _hemisphere_segmentation(nm: Dataset, masks: list[np.ndarray], tracking: dict[str, str],
+                             provenance: Provenance, study: SyntheticStudy) -> Dataset:
+    """SEG of the hemisphere masks (segment 1 left, 2 right) with the SR's tracking UIDs and display colours."""
     algorithm = hd.AlgorithmIdentificationSequence(
         name="spectgan hemisphere split", family=codes.DCM.HistogramAnalysis, version=__version__)
     descriptions = []
@@ -343,7 +571,9 @@ def _hemisphere_segmentation(nm: Dataset, masks: list[np.ndarray], provenance: P
             segment_number=number, segment_label=f"{side} hemisphere",
             segmented_property_category=ANATOMICAL_STRUCTURE,
             segmented_property_type=codes.SCT.CerebralHemisphere,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+            tracking_uid=tracking[side], tracking_id=f"{side} hemisphere")
+        description.RecommendedDisplayCIELabValue = list(hd.color.CIELabColor(*DISPLAY_LAB[side]).value)
         description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
             hd.sr.CodedConcept.from_code(LATERALITY[side])]
         descriptions.append(description)
@@ -356,7 +586,7 @@ def _hemisphere_segmentation(nm: Dataset, masks: list[np.ndarray], provenance: P
         device_serial_number=provenance.sha256[:64], content_label="HEMISPHERES",
         content_description="Left and right hemisphere ROIs split at the midsagittal plane",
         omit_empty_frames=False)
-    _mark_synthetic(seg, provenance.series_description("hemispheres"))
+    _mark_synthetic(seg, provenance.series_description("ROIs"))
     return _with_file_meta(seg)
 
 
@@ -364,8 +594,11 @@ def _measurement(name: Code, value: float, unit: str, derivation: Code | None = 
     return hd.sr.Measurement(name=name, value=value, unit=UNITS[unit], derivation=derivation)
 
 
-def _measurement_report(nm: Dataset, seg: Dataset, stats: dict, provenance: Provenance,
-                        study: SyntheticStudy) -> Dataset:
+def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], tracking: dict[str, str], stats: dict,
+                        provenance: Provenance, study: SyntheticStudy) -> Dataset:
+    """TID 1500 SR: per hemisphere a TID 1411 group (its SEG segment) and a TID 1410 group (its outline on the NM
+    frame, which viewers such as OHIF draw), both with the hemisphere's tracking UID; a TID 1501 group for the
+    brain (MC, LR, AI)."""
     algorithm = hd.sr.AlgorithmIdentification(name="spectgan hemisphere statistics", version=__version__)
     nm_frame = dict(referenced_sop_class_uid=nm.SOPClassUID, referenced_sop_instance_uid=nm.SOPInstanceUID,
                     referenced_frame_numbers=[1])
@@ -375,16 +608,21 @@ def _measurement_report(nm: Dataset, seg: Dataset, stats: dict, provenance: Prov
         return measurements + ([_measurement(SIZE_CODES[size_unit], stats[key], size_unit)] if key in stats else [])
 
     groups: list = []
-    for number, side in enumerate(SIDES, start=1):
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{side} hemisphere"),
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
-                source_images=[hd.sr.SourceImageForSegmentation(**nm_frame)]),
+    for number, (side, mask) in enumerate(zip(SIDES, masks), start=1):
+        hemisphere = dict(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[side], identifier=f"{side} hemisphere"),
             finding_type=codes.SCT.CerebralHemisphere,
             finding_sites=[hd.sr.FindingSite(codes.SCT.CerebralHemisphere, laterality=LATERALITY[side])],
             algorithm_id=algorithm,
-            measurements=sized([_measurement(MEAN_COUNTS, stats[side], "counts", codes.SCT.Mean)], f"{side}_size")))
+            measurements=sized([_measurement(MEAN_COUNTS, stats[side], "counts", codes.SCT.Mean)], f"{side}_size"))
+        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
+                source_images=[hd.sr.SourceImageForSegmentation(**nm_frame)]), **hemisphere))
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            referenced_region=hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(mask),
+                source_image=hd.sr.SourceImageForRegion(**nm_frame)), **hemisphere))
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="brain"),
         finding_type=codes.SCT.Brain, finding_sites=[hd.sr.FindingSite(codes.SCT.Brain)], algorithm_id=algorithm,
@@ -408,7 +646,7 @@ def _measurement_report(nm: Dataset, seg: Dataset, stats: dict, provenance: Prov
     scheme.CodingSchemeName = "spectgan hemisphere statistics"
     scheme.CodingSchemeResponsibleOrganization = "spectgan"
     sr.CodingSchemeIdentificationSequence = [scheme]
-    _mark_synthetic(sr, provenance.series_description("hemisphere stats"))
+    _mark_synthetic(sr, provenance.series_description("stats"))
     return _with_file_meta(sr)
 
 

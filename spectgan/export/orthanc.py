@@ -1,9 +1,9 @@
 """A local Orthanc PACS for the demo and the tests: started in the foreground with a generated configuration.
 
 Free ports for DICOM and HTTP, authentication on (a generated user and password), the DICOMweb plugin, storage in
-a folder of its own. Any calling AE title may store and query (C-STORE, C-FIND); the called AE title must be
-Orthanc's. ``LocalOrthanc`` is a context manager and can be stopped (or killed) and started again on the same
-ports and storage, which is what a PACS outage looks like::
+a folder of its own, a dictionary that names Synthetic Data (0008,001C). Any calling AE title may store and query
+(C-STORE, C-FIND); the called AE title must be Orthanc's. ``LocalOrthanc`` is a context manager and can be stopped
+(or killed) and started again on the same ports and storage, which is what a PACS outage looks like::
 
     with LocalOrthanc() as pacs:
         os.environ.update(pacs.client_environment())
@@ -29,6 +29,9 @@ DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
+# Tags newer than Orthanc 1.10's dictionary, declared so that Orthanc names them (simplified-tags, its explorer):
+# Synthetic Data (0008,001C), which every spectgan object carries.
+DICTIONARY = {"0008,001c": ["CS", "SyntheticData", 1, 1]}
 
 
 class OrthancError(SpectganError):
@@ -93,6 +96,7 @@ class LocalOrthanc:
             "DicomCheckCalledAet": True, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowFind": True,
             "DicomAlwaysAllowEcho": True, "SaveJobs": False,
             "Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "Dictionary": DICTIONARY,
         }
 
     @property

@@ -9,8 +9,6 @@ sees only its own activity; the axial part of the system blur is applied to the 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
 from scipy import ndimage
@@ -22,9 +20,10 @@ from pytomography.metadata.SPECT import SPECTObjectMeta, SPECTProjMeta, SPECTPSF
 from pytomography.projectors.SPECT import SPECTSystemMatrix
 from pytomography.transforms.SPECT import SPECTAttenuationTransform, SPECTPSFTransform
 
+from spectgan.simulation.protocol import RADIUS_OF_ROTATION_CM, START_ANGLE_DEG, Protocol
+
 FWHM_SLOPE = 0.045  # cm of collimator FWHM per cm of source-to-collimator distance (123I, LEHR-type)
 FWHM_INTRINSIC_CM = 0.30
-RADIUS_OF_ROTATION_CM = 14.0
 SENSITIVITY = 5.5  # expected counts per view per (CBF unit x mL) of unattenuated activity: ~1.5e5 counts per
 #                    4-mm normal basal-ganglia slice over the whole orbit (measured with spectgan bench cohort)
 
@@ -32,28 +31,6 @@ SENSITIVITY = 5.5  # expected counts per view per (CBF unit x mL) of unattenuate
 def system_fwhm_mm(distance_cm: float = RADIUS_OF_ROTATION_CM) -> float:
     """Collimator-plus-intrinsic FWHM (mm) at a source-to-collimator distance; about 9.3 mm at the brain centre."""
     return 10.0 * (FWHM_INTRINSIC_CM + FWHM_SLOPE * distance_cm)
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """Acquisition and reconstruction settings for one matrix size."""
-
-    n_views: int
-    n_subsets: int
-    n_iterations: int = 4
-    post_filter_fwhm_mm: float = 8.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-PROTOCOLS: dict[int, Protocol] = {128: Protocol(n_views=96, n_subsets=8), 64: Protocol(n_views=60, n_subsets=6)}
-
-
-def protocol_for(matrix: int) -> Protocol:
-    if matrix not in PROTOCOLS:
-        raise ValueError(f"matrix must be one of {sorted(PROTOCOLS)}, got {matrix}")
-    return PROTOCOLS[matrix]
 
 
 def axial_profile(step_mm: float, slab_mm: float, half_depth_mm: float) -> np.ndarray:
@@ -87,7 +64,7 @@ def acquire(activity: np.ndarray, mu: np.ndarray, pixel_mm: float, slab_mm: floa
         pytomography.device, pytomography.dtype)
     amount = to_object(activity * (pixel_cm * pixel_cm * slab_cm))  # CBF units x mL per voxel
     object_meta = SPECTObjectMeta((pixel_cm, pixel_cm, slab_cm), (width, height, n_slices))
-    angles = np.linspace(0.0, 360.0, protocol.n_views, endpoint=False)
+    angles = START_ANGLE_DEG + np.arange(protocol.n_views) * protocol.angular_step_deg
     proj_meta = SPECTProjMeta((width, n_slices), (pixel_cm, slab_cm), angles,
                               radii=np.full(protocol.n_views, RADIUS_OF_ROTATION_CM))
     psf_meta = SPECTPSFMeta((FWHM_SLOPE / 2.3548, FWHM_INTRINSIC_CM / 2.3548), kernel_dimensions="1D")
