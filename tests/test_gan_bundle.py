@@ -167,3 +167,10 @@ def test_sample_benchmark_reports_rates_and_roofline(toy_bundle, monkeypatch, ca
     assert result["matmul_gflops"] > 0 and result["peak_memory_mb"] > 0
     assert result["ratio_to_matmul_roofline"] == pytest.approx(
         result["generator_gflops_batch64"] / result["matmul_gflops"], rel=0.02)
+
+
+def test_bundle_metadata_names_no_absolute_path(toy_run, toy_bundle):
+    """The run was trained on a cohort given by its absolute path; the bundle names the folder only."""
+    text = (toy_bundle / "configs" / "metadata.json").read_text()
+    cohort = json.loads(text)["data_source"]
+    assert str(toy_run.parent.parent) not in text and "/tmp" not in text and "/work" not in text, cohort

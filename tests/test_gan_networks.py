@@ -62,3 +62,25 @@ def test_default_generator_weights_fit_a_bundle():
     generator = Generator()
     megabytes = sum(t.numel() * t.element_size() for t in generator.state_dict().values()) / 2 ** 20
     assert megabytes < 50
+
+
+def test_reconstruction_output_zeroes_the_floor_and_keeps_only_the_filters_band():
+    from spectgan.models.fastgan.networks import ReconstructionOutput
+
+    stage = ReconstructionOutput(sigma=1.0, floor=0.01)
+    flat = stage(torch.full((1, 1, 32, 32), -4.0))  # tanh(-4) is 0.0007 of the range above -1: below the floor
+    assert torch.all(flat == -1.0)  # exactly zero counts, as OSEM leaves the background
+    noise = stage(torch.randn(64, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 3)
+    power = (torch.fft.fft2((noise + 1) / 2).abs() ** 2).mean(dim=(0, 1))
+    # a Gaussian of sigma 1 px passes exp(-(2 pi f)^2) of the power at f cycles/px: 3e-9 at Nyquist (0.5)
+    assert power[16, 16] / power[1:4, 1:4].mean() < 1e-3
+    assert "kernel" not in stage.state_dict()  # it follows from sigma: weights saved without it still load
+    with pytest.raises(ValueError, match="sigma >= 0 pixels and 0 <= floor < 1"):
+        ReconstructionOutput(sigma=-1.0, floor=0.0)
+
+
+def test_a_generator_saved_before_the_output_stage_loads_into_one_with_it():
+    bare = Generator(image_size=32, latent_dim=8, width=4, condition_dim=4)
+    staged = Generator(image_size=32, latent_dim=8, width=4, condition_dim=4, output_filter_sigma=0.97,
+                       output_floor=0.001)
+    staged.load_state_dict(bare.state_dict())

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -112,6 +113,15 @@ def _network_data_format(generator: dict, count_scale: float) -> dict:
                                           "the patient's left, row toward posterior (canonical slice)"}}}}
 
 
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s'\",)/]+/)*([^\s'\",)/]+)")
+
+
+def without_absolute_paths(text: str) -> str:
+    """``text`` with every absolute path cut to ``.../<its last part>``: a bundle names no folder of the machine
+    that trained it."""
+    return ABSOLUTE_PATH.sub(r".../\1", text)
+
+
 def _metadata(checkpoint: dict, name: str, version: str, weights_sha256: str) -> dict:
     data, settings = checkpoint["data"], checkpoint["settings"]
     levels = parse_levels(settings["levels"])
@@ -136,7 +146,8 @@ def _metadata(checkpoint: dict, name: str, version: str, weights_sha256: str) ->
                      "slices_per_condition": data["slices_per_condition"], "iterations": checkpoint["step"],
                      "batch_size": settings["batch_size"], "seed": settings["seed"],
                      "processes": len(checkpoint["rng"]), "hardware": checkpoint["hardware"],
-                     "time_s": round(checkpoint["elapsed_s"], 1), "commands": checkpoint["commands"]},
+                     "time_s": round(checkpoint["elapsed_s"], 1),
+                     "commands": [without_absolute_paths(command) for command in checkpoint["commands"]]},
         "weights_file": WEIGHTS_FILE, "weights_sha256": weights_sha256,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
