@@ -31,7 +31,7 @@ from spectgan.cohorts.format import load_split, read_cohort_info
 from spectgan.conditions import parse_levels, valid_conditions
 from spectgan.errors import SpectganError
 from spectgan.models.fastgan.augment import diff_augment
-from spectgan.models.fastgan.bundle import export_bundle
+from spectgan.models.fastgan.bundle import BUNDLE_VERSION, export_bundle
 from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
 from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
 from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
@@ -366,7 +366,8 @@ def _check_settings(settings: TrainSettings, world_size: int) -> None:
 
 
 def train(out: str | Path, resume: bool = False, progress: bool = True, export_bundle_dir: str | Path | None = None,
-          bundle_name: str | None = None, command: str | None = None, **options) -> Path:
+          bundle_name: str | None = None, bundle_version: str = BUNDLE_VERSION, command: str | None = None,
+          **options) -> Path:
     """Train (or resume) the run in ``out``; ``options`` are ``TrainSettings`` fields. Returns the checkpoint path.
 
     Under torchrun every process calls this; process 0 writes. With ``export_bundle_dir`` the finished run is
@@ -395,7 +396,7 @@ def train(out: str | Path, resume: bool = False, progress: bool = True, export_b
         command = command or f"spectgan.models.fastgan.train.train({str(run_dir)!r}, resume={resume}, **{options!r})"
         _run(run_dir, settings, data, checkpoint, processes, progress, command)
         if export_bundle_dir is not None and processes.main:
-            export_bundle(run_dir, export_bundle_dir, name=bundle_name)
+            export_bundle(run_dir, export_bundle_dir, name=bundle_name, version=bundle_version)
         return checkpoint_path(run_dir)
     finally:
         processes.stop()
@@ -508,6 +509,8 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--export-bundle", dest="export_bundle_dir", metavar="DIR",
                         help="export the finished run as a MONAI bundle folder")
     parser.add_argument("--bundle-name", help="bundle name (default: the bundle folder's name)")
+    parser.add_argument("--bundle-version", default=BUNDLE_VERSION,
+                        help=f"version written into the exported bundle (default {BUNDLE_VERSION})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_train)
 
@@ -528,5 +531,5 @@ def _run_train(args) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     launcher = f"torchrun --nproc_per_node {world_size} -m spectgan.cli " if world_size > 1 else ""
     train(args.out, resume=args.resume, progress=not args.no_progress, export_bundle_dir=args.export_bundle_dir,
-          bundle_name=args.bundle_name, command=launcher + shlex.join(words if not launcher else words[1:]), **options)
+          bundle_name=args.bundle_name, bundle_version=args.bundle_version, command=launcher + shlex.join(words if not launcher else words[1:]), **options)
     return 0
