@@ -2,6 +2,8 @@
 (WADO-RS) and read the same scan; outages, retries, credentials and AE titles."""
 from __future__ import annotations
 
+import socket
+
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
@@ -175,3 +177,18 @@ def test_export_command_reports_the_failure_and_retries(pacs_login, tmp_path, ca
     assert capsys.readouterr().out.splitlines() == [
         f"{pacs_login.dicomweb_url}: 3 instances confirmed now, 0 confirmed before; nothing pending",
         f"nothing pending in {tmp_path / 'outbox'}"]
+
+
+def test_orthanc_starts_on_other_ports_when_its_port_was_taken_first():
+    """Orthanc binds its ports itself: a port found free can be taken before it starts; it then moves on."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    orthanc = LocalOrthanc()
+    orthanc.http_port = holder.getsockname()[1]  # taken, as by another process between finding and binding
+    try:
+        with orthanc:
+            assert orthanc.http_port != holder.getsockname()[1]
+            assert orthanc.get("/system")["Name"] == "spectgan-orthanc"
+    finally:
+        holder.close()

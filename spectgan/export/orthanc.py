@@ -34,6 +34,10 @@ STOP_TIMEOUT_S = 10.0
 DICTIONARY = {"0008,001c": ["CS", "SyntheticData", 1, 1]}
 
 
+PORT_ATTEMPTS = 3
+PORT_TAKEN = "privileged or already in use"  # what Orthanc logs when it cannot bind a port
+
+
 class OrthancError(SpectganError):
     """Orthanc is not installed, does not start, or does not answer."""
 
@@ -104,18 +108,29 @@ class LocalOrthanc:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> "LocalOrthanc":
-        """Start Orthanc and wait until its HTTP and DICOM ports answer."""
+        """Start Orthanc and wait until its HTTP and DICOM ports answer. Orthanc binds its ports itself, so a port
+        found free may be taken by another process first: then it starts again on other ports (at most
+        ``PORT_ATTEMPTS`` times)."""
         if self.running:
             return self
         for path in (ORTHANC_BINARY, DICOMWEB_PLUGIN):
             if not Path(path).exists():
                 raise OrthancError(f"{path} is missing: install the Debian packages orthanc and orthanc-dicomweb")
-        config_path = self.work_dir / "orthanc.json"
-        config_path.write_text(json.dumps(self.configuration(), indent=2))
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen([ORTHANC_BINARY, str(config_path)], stdout=log,
-                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self._wait_until_ready()
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            config_path = self.work_dir / "orthanc.json"
+            config_path.write_text(json.dumps(self.configuration(), indent=2))
+            log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with open(self.log_path, "ab") as log:
+                self._process = subprocess.Popen([ORTHANC_BINARY, str(config_path)], stdout=log,
+                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                self._wait_until_ready()
+                return self
+            except OrthancError:
+                taken = PORT_TAKEN in self.log_path.read_bytes()[log_start:].decode(errors="replace")
+                if not taken or attempt == PORT_ATTEMPTS:
+                    raise
+                self.dicom_port, self.http_port = free_ports(2)
         return self
 
     def stop(self) -> None:
