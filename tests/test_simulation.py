@@ -161,3 +161,29 @@ def test_area_averaged_split_keeps_mean_counts_and_hemisphere_ratios(small_cohor
         assert lr_half == pytest.approx(lr_full, abs=0.01)
     with pytest.raises(SpectganError, match="allowed sizes divide 64"):
         load_split(small_cohort, "test", [Level.BG], image_size=48)
+
+
+def test_a_cohort_killed_part_way_resumes_to_the_uninterrupted_one(small_cohort, tmp_path):
+    """`spectgan cohort` killed with SIGKILL after its first chunk, then run again: the same manifest and slices as
+    the uninterrupted build of the same seed (the session's small cohort)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "spectgan.cli", "cohort", "--out", str(out), "--seed", "7",
+                                "--matrix", "64", "--scale", "0.1", "--workers", "1"],
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not list((out / "chunks").glob("chunk_*.json")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no chunk was written"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert read_cohort_info(out)["state"] == "building" and not (out / "manifest.csv").exists()
+    build_cohort(out, seed=7, matrix=64, scale=0.1, progress=False)
+    assert (out / "manifest.csv").read_text() == (small_cohort / "manifest.csv").read_text()
+    for split in ("train", "test"):
+        assert np.array_equal(load_split(out, split)[0], load_split(small_cohort, split)[0])
