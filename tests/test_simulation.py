@@ -6,6 +6,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from kill_part_way import kill_after_first_chunk
 
 from spectgan.simulation.acquisition import acquire
 from spectgan.simulation.protocol import protocol_for
@@ -166,22 +167,9 @@ def test_area_averaged_split_keeps_mean_counts_and_hemisphere_ratios(small_cohor
 def test_a_cohort_killed_part_way_resumes_to_the_uninterrupted_one(small_cohort, tmp_path):
     """`spectgan cohort` killed with SIGKILL after its first chunk, then run again: the same manifest and slices as
     the uninterrupted build of the same seed (the session's small cohort)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     out = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "spectgan.cli", "cohort", "--out", str(out), "--seed", "7",
-                                "--matrix", "64", "--scale", "0.1", "--workers", "1"],
-                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while not list((out / "chunks").glob("chunk_*.json")) and process.poll() is None:
-        assert time.monotonic() < deadline, "no chunk was written"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_after_first_chunk(["cohort", "--out", str(out), "--seed", "7", "--matrix", "64", "--scale", "0.1",
+                            "--workers", "1"], out / "chunks")
     assert read_cohort_info(out)["state"] == "building" and not (out / "manifest.csv").exists()
     build_cohort(out, seed=7, matrix=64, scale=0.1, progress=False)
     assert (out / "manifest.csv").read_text() == (small_cohort / "manifest.csv").read_text()

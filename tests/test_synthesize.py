@@ -1,14 +1,10 @@
 """`spectgan synthesize`: a synthetic cohort from the shipped model A in the cohort format, the same files for the same
 seed, and a run killed part-way (SIGKILL) that resumes to the files of an uninterrupted run."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from kill_part_way import kill_after_first_chunk
 
 from spectgan import cli
 from spectgan.cohorts.format import load_split, read_cohort_info, read_manifest
@@ -79,15 +75,8 @@ def test_same_seed_same_files_and_a_killed_run_resumes_to_them(tmp_path):
     assert np.array_equal(slices(whole)[0], slices(again)[0])
 
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "spectgan.cli", "synthesize", "--bundle", str(BUNDLE), "--out", str(killed),
-               "--per-condition", per_condition, "--seed", "9", "--workers", "1", "--no-progress"]
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list((killed / "chunks").glob("chunk_*.json")) and process.poll() is None:
-        assert time.monotonic() < deadline, "no chunk was written"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_after_first_chunk(["synthesize", "--bundle", str(BUNDLE), "--out", str(killed), "--per-condition",
+                            per_condition, "--seed", "9", "--workers", "1", "--no-progress"], killed / "chunks")
     done = len(list((killed / "chunks").glob("chunk_*.json")))
     assert 1 <= done < 3 and read_cohort_info(killed)["state"] == "building"
     assert synthesize(killed, "--per-condition", per_condition, "--seed", "9") == 0
