@@ -84,3 +84,25 @@ def test_a_generator_saved_before_the_output_stage_loads_into_one_with_it():
     staged = Generator(image_size=32, latent_dim=8, width=4, condition_dim=4, output_filter_sigma=0.97,
                        output_floor=0.001)
     staged.load_state_dict(bare.state_dict())
+
+
+def test_noise_stage_adds_count_dependent_correlated_noise_from_one_more_map():
+    from spectgan.models.fastgan.networks import ReconstructionNoise
+
+    plain = Generator(image_size=32, latent_dim=8, width=4, condition_dim=4, output_filter_sigma=0.97)
+    noisy = Generator(image_size=32, latent_dim=8, width=4, condition_dim=4, output_filter_sigma=0.97,
+                      output_noise={"gain": 0.05, "exponent": 0.5, "sigma_px": 1.2})
+    assert noisy.noise_shapes(3) == plain.noise_shapes(3) + [(3, 1, 32, 32)]
+    noisy.load_state_dict(plain.state_dict())  # the stage has no weights: fine-tuning starts from a plain run
+
+    stage = ReconstructionNoise(gain=0.05, exponent=0.5, sigma_px=1.2)
+    white = torch.randn(200, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    for level in (0.09, 0.64):  # SD 0.05 * sqrt(level): 0.015 and 0.04 in [0, 1]
+        out = (stage(torch.full((200, 1, 32, 32), 2 * level - 1), white) + 1) / 2
+        assert float(out.std()) == pytest.approx(0.05 * level ** 0.5, rel=0.1)
+        assert float(out.mean()) == pytest.approx(level, abs=0.005)
+    assert torch.all(stage(torch.full((2, 1, 32, 32), -1.0), white[:2]) == -1.0)  # no counts: no noise
+    neighbours = (out[..., 1:] - level) * (out[..., :-1] - level)
+    assert float(neighbours.mean() / out.var()) > 0.6  # correlated: exp(-1 / (4 sigma^2)) = 0.84 for sigma 1.2 px
+    with pytest.raises(ValueError, match="gain >= 0 and sigma_px > 0"):
+        ReconstructionNoise(gain=0.05, exponent=0.5, sigma_px=0.0)

@@ -219,9 +219,21 @@ def _output_stage(metadata: dict) -> str:
 The generator ends in the last stage of a SPECT reconstruction, as a fixed layer: the bottom {floor:.1%} of the
 intensity range is set to zero (OSEM leaves the background outside the head at almost nothing), then the post-filter
 of the training cohort is applied (Gaussian, FWHM {fwhm_mm:.1f} mm = sigma {sigma:.2f} px). The generator draws the
-unfiltered image; the filter's physics is exact, so the slices hold no detail the reconstruction cannot make. When
-present, `realism.md` beside this file compares this with the earlier approaches on the same evaluation.
+unfiltered image; the filter's physics is exact, so the slices hold no detail the reconstruction cannot make.
+{_noise_stage(generator.get("output_noise"))}When present, `realism.md` beside this file compares this with the
+earlier approaches on the same evaluation.
 """
+
+
+def _noise_stage(noise: dict | None) -> str:
+    """The README's sentences on the generator's noise stage (``networks.ReconstructionNoise``), if it has one."""
+    if not noise:
+        return ""
+    return (f"Then a noise stage estimated from the training cohort's images (`spectgan.cohorts.noise`) adds the "
+            f"reconstruction's noise: SD {noise['gain']:.4f} x m^{noise['exponent']:.2f} at expected value m (a share "
+            f"of the count scale), white noise blurred by a Gaussian of sigma {noise['sigma_px']:.2f} px. So the "
+            f"generator draws the expected image, and the texture follows the counts as Poisson data through OSEM "
+            f"do.\n")
 
 
 def _example_condition(metadata: dict) -> tuple[str, str, str | None]:

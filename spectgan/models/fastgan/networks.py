@@ -147,6 +147,15 @@ class SkipLayerExcitation(nn.Module):
         return target * self.gate(source)
 
 
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    """A normalized 2D Gaussian [1, 1, K, K] of ``sigma`` pixels, K = 2 ceil(3 sigma) + 1."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    profile = torch.exp(-0.5 * (offsets / max(sigma, 1e-6)) ** 2)
+    profile = profile / profile.sum()
+    return (profile[:, None] * profile[None, :])[None, None]
+
+
 class ReconstructionOutput(nn.Module):
     """The last stage of a SPECT reconstruction, as a fixed (not learned) layer: an image [B, 1, S, S] in [-1, 1]
     -> non-negative counts with the bottom ``floor`` of the range set to zero, blurred by the post-filter (a
@@ -166,18 +175,39 @@ class ReconstructionOutput(nn.Module):
         if sigma < 0 or not 0 <= floor < 1:
             raise ValueError(f"the output stage needs sigma >= 0 pixels and 0 <= floor < 1, got {sigma}, {floor}")
         self.sigma, self.floor = float(sigma), float(floor)
-        radius = max(1, math.ceil(3 * self.sigma))
-        offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-        profile = torch.exp(-0.5 * (offsets / max(self.sigma, 1e-6)) ** 2)
-        profile = profile / profile.sum()
         # not in the state dict: it follows from sigma, so weights saved before this stage existed still load
-        self.register_buffer("kernel", (profile[:, None] * profile[None, :])[None, None], persistent=False)
+        self.register_buffer("kernel", _gaussian_kernel(self.sigma), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         counts = ((torch.tanh(x) + 1.0) * 0.5 - self.floor).clamp(min=0.0) / (1.0 - self.floor)
         if self.sigma > 0:
             counts = F.conv2d(counts, self.kernel.to(counts.dtype), padding=self.kernel.shape[-1] // 2)
         return counts * 2.0 - 1.0
+
+
+class ReconstructionNoise(nn.Module):
+    """The noise of a reconstruction, as a fixed (not learned) stage after ``ReconstructionOutput``: an expected image
+    [B, 1, S, S] in [-1, 1] and a white noise map [B, 1, S, S] -> the image plus noise whose SD is
+    ``gain * m ** exponent`` at expected value m (m in [0, 1] of the count scale) and whose correlation is white noise
+    blurred by a Gaussian of ``sigma_px`` pixels, clipped at zero, back in [-1, 1].
+
+    The parameters come from the training cohort (``spectgan.cohorts.noise.estimate_noise_model``), so the
+    generator draws the expected image and the texture follows the counts as Poisson data through OSEM do.
+    """
+
+    def __init__(self, gain: float, exponent: float, sigma_px: float):
+        super().__init__()
+        if gain < 0 or sigma_px <= 0:
+            raise ValueError(f"the noise stage needs gain >= 0 and sigma_px > 0, got {gain}, {sigma_px}")
+        self.gain, self.exponent, self.sigma_px = float(gain), float(exponent), float(sigma_px)
+        kernel = _gaussian_kernel(self.sigma_px)
+        self.register_buffer("kernel", kernel / kernel.pow(2).sum().sqrt(), persistent=False)  # unit-variance output
+
+    def forward(self, x: torch.Tensor, white: torch.Tensor) -> torch.Tensor:
+        expected = ((x + 1.0) * 0.5).clamp(min=0.0)
+        correlated = F.conv2d(white.to(x.dtype), self.kernel.to(x.dtype), padding=self.kernel.shape[-1] // 2)
+        noisy = expected + correlated * self.gain * expected.pow(self.exponent)
+        return noisy.clamp(min=0.0) * 2.0 - 1.0
 
 
 def _check_image_size(image_size: int) -> None:
@@ -196,11 +226,13 @@ class Generator(nn.Module):
     Up-blocks from 4 x 4 to the image size alternate with and without noise injection (with noise at 8, 32, 128);
     skip-layer excitation gates every map of 32 pixels or more from the map 16 times (at least 4 px) smaller.
     With ``output_filter_sigma`` (pixels) or ``output_floor`` set, the image passes through the reconstruction's
-    output stage (``ReconstructionOutput``) instead of a bare ``tanh``.
+    output stage (``ReconstructionOutput``) instead of a bare ``tanh``. With ``output_noise`` (``gain``,
+    ``exponent``, ``sigma_px``) that image is the expected one and ``ReconstructionNoise`` adds the cohort's noise,
+    from one more noise map.
     """
 
     def __init__(self, image_size: int = 128, latent_dim: int = 128, width: int = 16, condition_dim: int = 32,
-                 output_filter_sigma: float = 0.0, output_floor: float = 0.0):
+                 output_filter_sigma: float = 0.0, output_floor: float = 0.0, output_noise: dict | None = None):
         super().__init__()
         _check_image_size(image_size)
         self.image_size, self.latent_dim = image_size, latent_dim
@@ -217,11 +249,13 @@ class Generator(nn.Module):
         self.to_image = _conv(channels[image_size], 1, 3, padding=1)
         self.output = (ReconstructionOutput(output_filter_sigma, output_floor)
                        if output_filter_sigma > 0 or output_floor > 0 else nn.Tanh())
+        self.noise_stage = ReconstructionNoise(**output_noise) if output_noise else None
 
     def noise_shapes(self, batch: int) -> list[tuple[int, int, int, int]]:
         """Shapes of the noise maps one forward pass consumes, in order."""
-        return [(batch, 1, r, r) for r, block in zip(self.block_resolutions, self.blocks)
-                for _ in range(block.noise_maps)]
+        shapes = [(batch, 1, r, r) for r, block in zip(self.block_resolutions, self.blocks)
+                  for _ in range(block.noise_maps)]
+        return shapes + ([(batch, 1, self.image_size, self.image_size)] if self.noise_stage is not None else [])
 
     def forward(self, latent: torch.Tensor, condition: torch.Tensor,
                 noise: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
@@ -238,7 +272,8 @@ class Generator(nn.Module):
             if resolution in self.excitation_sources:
                 x = self.excitations[str(resolution)](features[self.excitation_sources[resolution]], x)
             features[resolution] = x
-        return self.output(self.to_image(x))
+        image = self.output(self.to_image(x))
+        return self.noise_stage(image, noise[used]) if self.noise_stage is not None else image
 
 
 def _lrelu() -> nn.Module:

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from spectgan.cohorts.format import load_split, read_cohort_info
+from spectgan.cohorts.noise import estimate_noise_model
 from spectgan.conditions import parse_levels, valid_conditions
 from spectgan.errors import SpectganError
 from spectgan.models.fastgan.augment import diff_augment
@@ -36,7 +37,7 @@ from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_pat
 from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
 from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
                                    condition_classification_loss, crop_quadrant, encode_conditions,
-                                   minibatch_group, to_network_range)
+                                   minibatch_group, to_counts, to_network_range)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class TrainSettings:
     classification_weight: float = 1.0  # weight of the auxiliary condition classifier in both losses (0: off)
     output_filter_fwhm_mm: float | None = None  # the generator's fixed post-filter; None: the cohort's, 0: none
     output_floor: float = 0.001  # share of the range the generator's output stage sets to zero (0: none)
+    # the generator's noise stage (ReconstructionNoise: gain, exponent, sigma_px) estimated from the train split when
+    # a run starts with True; None: no noise stage (the generator draws the noisy image itself)
+    output_noise: dict | bool | None = None
     init_from: str | None = None  # a run whose weights start this one (fine-tuning); None: random weights
     seed: int = 0
     checkpoint_every: int = 500
@@ -71,7 +75,8 @@ class TrainSettings:
         sigma = (self.output_filter_fwhm_mm or 0.0) / FWHM_PER_SIGMA / pixel_spacing_mm
         return {"generator": {"image_size": self.image_size, "latent_dim": self.latent_dim,
                               "width": self.generator_width, "condition_dim": self.condition_dim,
-                              "output_filter_sigma": round(sigma, 4), "output_floor": self.output_floor},
+                              "output_filter_sigma": round(sigma, 4), "output_floor": self.output_floor,
+                              **({"output_noise": self.output_noise} if isinstance(self.output_noise, dict) else {})},
                 "discriminator": {"image_size": self.image_size, "width": self.discriminator_width,
                                   "reconstruction_size": self.reconstruction_size}}
 
@@ -356,6 +361,14 @@ def _output_filter(settings: TrainSettings, cohort_info: dict) -> float:
     return float(cohort_info.get("acquisition", {}).get("post_filter_fwhm_mm", 0.0))
 
 
+def _output_noise(settings: TrainSettings, data: TrainingData) -> dict | None:
+    """The noise stage's parameters: the run's, or (``True``) estimated from the train split's images."""
+    if settings.output_noise is not True:
+        return settings.output_noise or None
+    counts = to_counts(data.images[:, 0], data.summary["count_scale"]).numpy()
+    return estimate_noise_model(counts, unit=data.summary["count_scale"]).network_arguments()
+
+
 def _check_settings(settings: TrainSettings, world_size: int) -> None:
     if settings.batch_size < 2 * world_size or settings.batch_size % world_size:
         raise SpectganError(f"--batch {settings.batch_size} must be a multiple of the {world_size} process(es) "
@@ -387,7 +400,8 @@ def train(out: str | Path, resume: bool = False, progress: bool = True, export_b
         image_size = data.summary["image_size"]
         settings = replace(settings, image_size=image_size,
                            reconstruction_size=settings.reconstruction_size or image_size // 2,
-                           output_filter_fwhm_mm=_output_filter(settings, data.summary["cohort"]))
+                           output_filter_fwhm_mm=_output_filter(settings, data.summary["cohort"]),
+                           output_noise=_output_noise(settings, data))
         _check_settings(settings, processes.world_size)
         if checkpoint is not None and any(checkpoint["data"][key] != data.summary[key]
                                           for key in ("slices_per_condition", "count_scale")):
@@ -500,6 +514,9 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--output-floor", type=float,
                         help="share of the intensity range the generator's output stage sets to zero, as OSEM leaves "
                              "the background (default 0.001; 0: none)")
+    parser.add_argument("--output-noise", action="store_const", const=True,
+                        help="end the generator in a noise stage estimated from the train split (count-dependent SD, "
+                             "Gaussian-correlated), so that it draws the expected image (default: off)")
     parser.add_argument("--init-from", metavar="RUN",
                         help="start from the network weights of another run (fine-tuning; fresh optimisers)")
     parser.add_argument("--seed", type=int, help="run seed (default 0)")
