@@ -157,7 +157,8 @@ class GenerationResult:
 
     @property
     def reference(self) -> str:
-        """The datastore id of the reference study the scan was placed over (the server's ``image``)."""
+        """The reference study the scan was placed over, as the server names it (``image``: the name of its file in
+        the datastore, ``<image id>.nii.gz``)."""
         return str(self.metadata["image"])
 
     @property
