@@ -82,6 +82,18 @@ def test_request_choices_come_from_the_models_conditions(slicer_module):
     assert only_normal.sides == ["all"] and not only_normal.sideApplies("normal")
 
 
+def test_after_a_scene_close_the_logic_fills_its_defaults_again_and_makes_a_new_table(slicer_module):
+    """Closing a scene keeps the module's parameter node, emptied (Slicer resets singletons)."""
+    slicer, logic = slicer_module.slicer, slicer_module.SpectGANLogic()
+    parameters = logic.getParameterNode()
+    parameters.SetParameter("seed", "7")
+    parameters.SetNodeReferenceID("statistics", slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode").GetID())
+    assert logic.tableNode is not None
+    slicer.mrmlScene.Clear(0)
+    assert logic.tableNode is None and slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 0
+    assert logic.getParameterNode() is parameters and parameters.GetParameter("seed") == "0"
+
+
 def test_the_logic_against_a_scripted_server_upload_generate_table_export_and_resend(
         slicer_module, tmp_path, pacs_login, monkeypatch):
     """SpectGANLogic over the slicer stand-in, as the Widget drives it (the parameter node), against a scripted

@@ -179,6 +179,7 @@ class SpectGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setItems(self.ui.imageIdComboBox, self.logic.datastoreImages(), IMAGE_ID)
             self._setItems(self.ui.modelComboBox, models, MODEL)
             self.ui.statusLabel.text = f"{len(models)} model(s) at {self.logic.client.url}"
+            self.onModelChanged()  # _setItems blocked the box's signals: read the chosen model's conditions
 
     def onModelChanged(self):
         model = self.ui.modelComboBox.currentText
@@ -262,7 +263,14 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
         self.batchFolder = None
         self.dicomFolder = None
 
+    def getParameterNode(self):
+        """The module's parameter node with every default filled in (closing a scene empties it)."""
+        parameterNode = ScriptedLoadableModuleLogic.getParameterNode(self)
+        self.setDefaultParameters(parameterNode)
+        return parameterNode
+
     def setDefaultParameters(self, parameterNode):
+        """Set the parameters that are not set (DEFAULT_PARAMETERS)."""
         for name, value in DEFAULT_PARAMETERS.items():
             if not parameterNode.GetParameter(name):
                 parameterNode.SetParameter(name, value)

@@ -70,6 +70,12 @@ class vtkMRMLNode(vtk.vtkObject):
         node_id = self._references.get(role)
         return self._scene.GetNodeByID(node_id) if self._scene is not None and node_id else None
 
+    def Reset(self) -> None:
+        """Back to a new node's content, keeping id, name, scene and singleton tag (what a scene close does to the
+        singletons it keeps)."""
+        self._attributes, self._references = {}, {}
+        self.Modified()
+
     def StartModify(self) -> int:
         return 0
 
@@ -88,6 +94,10 @@ class vtkMRMLScriptedModuleNode(vtkMRMLNode):
     def SetParameter(self, name: str, value: str) -> None:
         self._parameters[name] = str(value)
         self.Modified()
+
+    def Reset(self) -> None:
+        super().Reset()
+        self._parameters = {}
 
     def GetParameter(self, name: str) -> str:
         return self._parameters.get(name, "")
@@ -243,8 +253,10 @@ class vtkMRMLScene(vtk.vtkObject):
             self.Modified()
 
     def Clear(self, remove_singletons: int = 0) -> None:
-        """Remove every node but the singletons (those too when ``remove_singletons``). Slicer also resets the
-        singletons it keeps; the stand-in keeps them as they are."""
+        """Remove every node but the singletons (those too when ``remove_singletons``), and reset the singletons
+        kept, as Slicer does (a module's parameter node stays, emptied)."""
         for node in list(self._nodes.values()):
             if remove_singletons or not node.GetSingletonTag():
                 self.RemoveNode(node)
+            else:
+                node.Reset()
