@@ -8,7 +8,6 @@
   thread, so one inference no longer stalls ``/info/`` or other requests (the stock route runs it on the event
   loop); MONAI Label's ``send_response`` answers it as the stock route would.
 - ``PUT /datastore/`` and ``/datastore/image`` accept NIfTI or DICOM only, under a plain id.
-- ``GET /datastore/images`` lists the ids of the datastore's studies, a folder's or a PACS's (clients pick from it).
 - ``POST /train/{model}`` checks the train params and the cohort before MONAI Label starts the task.
 - ``error_response``: the one place where errors of spectgan and MONAI Label become HTTP answers (a 4xx with their
   message instead of a bare 500; no server path in it).
@@ -213,13 +212,6 @@ async def upload_image(
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
 ):
     return await run_in_threadpool(_checked_add_image, background_tasks, image, params, file, user.username)
-
-
-@router.get("/datastore/images", summary=f"{RBAC_USER}Ids of the datastore's studies (a folder's, or a PACS's series)")
-async def datastore_images(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
-    """Every image id a request may name, whatever the datastore (MONAI Label's ``GET /datastore/?output=all``
-    lists only what a DICOMweb datastore has cached)."""
-    return {"images": sorted(await run_in_threadpool(app_instance().datastore().list_images))}
 
 
 @router.post("/train/{model}", summary=f"{RBAC_ADMIN} Run Training Task for specific model")

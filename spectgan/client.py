@@ -282,12 +282,13 @@ class SpectGANClient:
         return model_conditions(self.model_info(model))
 
     def images(self) -> list[str]:
-        """The ids of the studies in the server's datastore (``GET /datastore/images``): a folder's studies, or the
-        series UIDs of the PACS the server uses as its datastore."""
-        answer = self._json(self._request("GET", "/datastore/images"), "GET /datastore/images")
-        if not isinstance(answer, dict) or not isinstance(answer.get("images"), list):
-            raise InvalidResponseError(f"the server's datastore listing has no list of images: {str(answer)[:200]!r}")
-        return [str(image) for image in answer["images"]]
+        """The ids of the studies in the server's datastore, sorted (MONAI Label's ``GET /datastore/?output=all``): a
+        folder's studies and uploads, or the series of the PACS the server uses as its datastore."""
+        answer = self._json(self._request("GET", "/datastore/?output=all"), "GET /datastore/")
+        objects = answer.get("objects") if isinstance(answer, dict) else None
+        if not isinstance(objects, dict):
+            raise InvalidResponseError(f"the server's datastore listing has no objects: {str(answer)[:200]!r}")
+        return sorted(objects)
 
     def upload(self, path_or_image: str | Path | sitk.Image, image_id: str | None = None) -> str:
         """Put a local volume into the server's datastore; returns its image id.

@@ -1,7 +1,7 @@
 """A real HTTP server on 127.0.0.1 (a thread) that speaks the spectgan server's API from a script, for client tests
 that need failures on demand: 5xx, dropped connections, slow answers, 4xx with a message.
 
-``GET /info/``, ``GET /datastore/images``, ``PUT /datastore/?image=ID`` and
+``GET /info/``, ``GET /datastore/?output=all``, ``PUT /datastore/?image=ID`` and
 ``POST /infer/{model}?image=ID&output=all`` answer as the MONAI Label app does (multipart built with
 requests_toolbelt, as MONAI Label builds it). Generated images are
 ``test_dicom.make_oblique_scan`` slices: an oblique one-slice volume whose brain is split by the x = 0 plane.
@@ -130,8 +130,9 @@ def _handler(server: ScriptedServer):
         def _route(self, path: str, query: dict, body: bytes) -> None:
             if self.command == "GET" and path == "/info/":
                 self._answer(200, json.dumps(server.info()).encode())
-            elif self.command == "GET" and path == "/datastore/images":
-                self._answer(200, json.dumps({"images": sorted({*STUDIES, *server.uploads})}).encode())
+            elif self.command == "GET" and path == "/datastore/" and query.get("output") == ["all"]:
+                objects = {image: {"image": {"ext": ".nii.gz"}, "labels": {}} for image in {*STUDIES, *server.uploads}}
+                self._answer(200, json.dumps({"name": "scripted", "objects": objects}).encode())
             elif self.command == "PUT" and path == "/datastore/":
                 upload = parse_multipart(self.headers["Content-Type"], body)["file"]
                 server.uploads[query["image"][0]] = upload.data
