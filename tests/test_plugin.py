@@ -7,6 +7,7 @@ import ast
 import json
 import py_compile
 import xml.etree.ElementTree as ElementTree
+from types import SimpleNamespace
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -70,6 +71,12 @@ def test_export_dependencies_are_installed_at_the_versions_setup_cfg_pins(slicer
         "pydicom==2.4.4", "highdicom==0.22.0", "pynetdicom==2.1.1", "dicomweb-client==0.59.1"]
     assert slicer_module.spectganClient() is spectgan_client
     assert slicer_module.SpectGANLogic().ensureExportDependencies()  # all importable here: nothing to install
+
+
+def test_the_module_class_names_itself_and_its_category(slicer_module):
+    module = slicer_module.SpectGAN(SimpleNamespace())
+    assert (module.parent.title, module.parent.categories) == ("SpectGAN", ["Nuclear Medicine"])
+    assert "synthetic" in module.parent.helpText.lower()
 
 
 def test_request_choices_come_from_the_models_conditions(slicer_module):

@@ -10,10 +10,6 @@ import numpy as np
 _modification_times = itertools.count(1)  # VTK's global modified time: every Modified() takes the next value
 
 
-class vtkCommand:
-    ModifiedEvent = 33
-
-
 class vtkObject:
     """MTime as VTK keeps it: a new, larger value at each ``Modified()``."""
 
@@ -36,18 +32,6 @@ class vtkMatrix4x4(vtkObject):
 
     def GetElement(self, row: int, column: int) -> float:
         return float(self.array[row, column])
-
-    def SetElement(self, row: int, column: int, value: float) -> None:
-        self.array[row, column] = value
-        self.Modified()
-
-    def DeepCopy(self, other: "vtkMatrix4x4") -> None:
-        self.array = other.array.copy()
-        self.Modified()
-
-    def Identity(self) -> None:
-        self.array = np.eye(4)
-        self.Modified()
 
     def MultiplyPoint(self, point) -> tuple[float, float, float, float]:
         """The matrix times a homogeneous point (4 values)."""

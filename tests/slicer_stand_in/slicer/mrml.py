@@ -46,9 +46,6 @@ class vtkMRMLNode(vtk.vtkObject):
     def SetAttribute(self, name: str, value: str) -> None:
         self._attributes[name] = str(value)
 
-    def GetAttribute(self, name: str) -> str | None:
-        return self._attributes.get(name)
-
     def SetSingletonTag(self, tag: str) -> None:
         self._singleton_tag = tag
 
@@ -129,12 +126,6 @@ class vtkMRMLScalarVolumeNode(vtkMRMLNode):
         self._ijk_to_ras = matrix.array.copy()
         self.Modified()
 
-    def GetSpacing(self) -> tuple[float, float, float]:
-        return tuple(float(value) for value in np.linalg.norm(self._ijk_to_ras[:3, :3], axis=0))
-
-    def GetOrigin(self) -> tuple[float, float, float]:
-        return tuple(float(value) for value in self._ijk_to_ras[:3, 3])
-
     def GetRASBounds(self, bounds: list) -> None:
         """(xmin, xmax, ymin, ymax, zmin, zmax) in RAS mm of the voxel box (voxel centres -0.5 ... size - 0.5)."""
         size = self._image_data.GetDimensions()
@@ -198,9 +189,6 @@ NODE_CLASSES = {cls.__name__: cls for cls in (vtkMRMLScriptedModuleNode, vtkMRML
 class vtkMRMLScene(vtk.vtkObject):
     """Nodes by id (``<class name><n>``, as Slicer numbers them), singletons by tag and class."""
 
-    StartCloseEvent = 66004
-    EndCloseEvent = 66005
-
     def __init__(self):
         super().__init__()
         self._nodes: dict[str, vtkMRMLNode] = {}
@@ -231,9 +219,6 @@ class vtkMRMLScene(vtk.vtkObject):
 
     def GetNodeByID(self, node_id: str):
         return self._nodes.get(node_id)
-
-    def GetFirstNodeByName(self, name: str):
-        return next((node for node in self._nodes.values() if node.GetName() == name), None)
 
     def GetSingletonNode(self, tag: str, class_name: str):
         return next((node for node in self._nodes.values() if node.GetSingletonTag() == tag

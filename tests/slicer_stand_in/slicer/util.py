@@ -19,7 +19,7 @@ def _node_name(path: Path) -> str:
     return next((path.name[:-len(suffix)] for suffix in FILE_SUFFIXES if path.name.endswith(suffix)), path.stem)
 
 
-def loadVolume(filename, properties: dict | None = None, returnNode: bool = False):
+def loadVolume(filename, properties: dict | None = None):
     """Read an image file (LPS, as ITK reads it) into a new scalar volume node of the scene, in RAS: the node's
     IJK-to-RAS matrix is ``RAS_FROM_LPS`` times the file's index-to-LPS matrix; the voxels keep their file order.
     ``properties``: ``name`` (default: the file name without its suffix); others (``show``, ...) are accepted."""
@@ -41,8 +41,7 @@ def loadVolume(filename, properties: dict | None = None, returnNode: bool = Fals
     node.SetName(properties.get("name") or _node_name(Path(filename)))
     node.SetIJKToRASMatrix(ijk_to_ras)
     node.SetAndObserveImageData(vtk.vtkImageData(sitk.GetArrayFromImage(image)))
-    node = slicer.mrmlScene.AddNode(node)
-    return (True, node) if returnNode else node
+    return slicer.mrmlScene.AddNode(node)
 
 
 def exportNode(node, filename, properties: dict | None = None, world: bool = False) -> bool:
@@ -88,14 +87,6 @@ def setSliceViewerLayers(background=KEEP_CURRENT, foreground=KEEP_CURRENT, label
             composite.foregroundVolumeID = foreground.GetID() if foreground else None
         if foregroundOpacity is not None:
             composite.foregroundOpacity = float(foregroundOpacity)
-
-
-def pip_install(requirements) -> None:
-    raise RuntimeError(f"the slicer stand-in installs nothing (asked for {requirements}); install it into the venv")
-
-
-def confirmOkCancelDisplay(text, windowTitle=None, parent=None, **kwargs) -> bool:
-    raise RuntimeError(f"the slicer stand-in has no dialogs (asked: {text})")
 
 
 class VTKObservationMixin:
