@@ -157,7 +157,8 @@ class GenerationResult:
 
     @property
     def reference(self) -> str:
-        """The datastore id of the reference study the scan was placed over (the server's ``image``)."""
+        """The reference study the scan was placed over, as the server names it (``image``: the name of its file in
+        the datastore, ``<image id>.nii.gz``)."""
         return str(self.metadata["image"])
 
     @property
@@ -279,6 +280,15 @@ class SpectGANClient:
     def conditions(self, model: str) -> list[Condition]:
         """Every valid condition the model offers, as its ``/info/`` entry lists them."""
         return model_conditions(self.model_info(model))
+
+    def images(self) -> list[str]:
+        """The ids of the studies in the server's datastore, sorted (MONAI Label's ``GET /datastore/?output=all``): a
+        folder's studies and uploads, or the series of the PACS the server uses as its datastore."""
+        answer = self._json(self._request("GET", "/datastore/?output=all"), "GET /datastore/")
+        objects = answer.get("objects") if isinstance(answer, dict) else None
+        if not isinstance(objects, dict):
+            raise InvalidResponseError(f"the server's datastore listing has no objects: {str(answer)[:200]!r}")
+        return sorted(objects)
 
     def upload(self, path_or_image: str | Path | sitk.Image, image_id: str | None = None) -> str:
         """Put a local volume into the server's datastore; returns its image id.

@@ -1,8 +1,9 @@
 """A real HTTP server on 127.0.0.1 (a thread) that speaks the spectgan server's API from a script, for client tests
 that need failures on demand: 5xx, dropped connections, slow answers, 4xx with a message.
 
-``GET /info/``, ``PUT /datastore/?image=ID`` and ``POST /infer/{model}?image=ID&output=all`` answer as the MONAI
-Label app does (multipart built with requests_toolbelt, as MONAI Label builds it). Generated images are
+``GET /info/``, ``GET /datastore/?output=all``, ``PUT /datastore/?image=ID`` and
+``POST /infer/{model}?image=ID&output=all`` answer as the MONAI Label app does (multipart built with
+requests_toolbelt, as MONAI Label builds it). Generated images are
 ``test_dicom.make_oblique_scan`` slices: an oblique one-slice volume whose brain is split by the x = 0 plane.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from test_dicom import make_oblique_scan
 MIDLINE = MidlinePlane(point=(0.0, 18.0, 10.0), normal=(1.0, 0.0, 0.0))  # the plane make_oblique_scan splits at
 MODEL = "spect_fastgan_A"
 BUNDLE = {"version": "1.0.0", "sha256": "ab" * 32}
+STUDIES = ("study",)  # the datastore's studies before any upload
 
 
 @dataclass
@@ -128,6 +130,9 @@ def _handler(server: ScriptedServer):
         def _route(self, path: str, query: dict, body: bytes) -> None:
             if self.command == "GET" and path == "/info/":
                 self._answer(200, json.dumps(server.info()).encode())
+            elif self.command == "GET" and path == "/datastore/" and query.get("output") == ["all"]:
+                objects = {image: {"image": {"ext": ".nii.gz"}, "labels": {}} for image in {*STUDIES, *server.uploads}}
+                self._answer(200, json.dumps({"name": "scripted", "objects": objects}).encode())
             elif self.command == "PUT" and path == "/datastore/":
                 upload = parse_multipart(self.headers["Content-Type"], body)["file"]
                 server.uploads[query["image"][0]] = upload.data

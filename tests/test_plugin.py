@@ -1,24 +1,28 @@
 """The 3D Slicer module (plugin/slicer/SpectGAN) outside Slicer: it byte-compiles, its widgets exist in its .ui, every
-spectgan.client name it calls exists, and the client functions its Logic runs do what the module relies on."""
+spectgan.client name it calls exists, and its Logic runs over the ``slicer`` stand-in (tests/slicer_stand_in) against
+a scripted server and a real Orthanc. tests/test_slicer_logic.py runs it against the real server."""
 from __future__ import annotations
 
 import ast
+import json
 import py_compile
-import sys
-import types
 import xml.etree.ElementTree as ElementTree
-from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import parse_qs
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
 from scripted_server import MODEL, ScriptedServer
+from slicer_fixtures import MODULE_DIR, slicer_module  # noqa: F401 (a fixture)
 from spectgan import client as spectgan_client
+from spectgan.conditions import Level, valid_conditions
 from spectgan.export.pacs import pending_count
+from spectgan.serving.settings import SAMPLE_STUDIES_DIR
 
-MODULE_DIR = Path(__file__).resolve().parents[1] / "plugin" / "slicer" / "SpectGAN"
 MODULE_FILE = MODULE_DIR / "SpectGAN.py"
-SLICER_MODULES = ("qt", "vtk", "slicer", "slicer.ScriptedLoadableModule")
 
 
 def module_tree() -> ast.Module:
@@ -29,8 +33,10 @@ def test_module_byte_compiles_and_has_the_scripted_module_classes(tmp_path):
     py_compile.compile(str(MODULE_FILE), cfile=str(tmp_path / "SpectGAN.pyc"), doraise=True)
     classes = {node.name: [base.id for base in node.bases] for node in module_tree().body
                if isinstance(node, ast.ClassDef)}
-    assert classes == {"SpectGAN": ["ScriptedLoadableModule"], "SpectGANWidget": ["ScriptedLoadableModuleWidget"],
-                       "SpectGANLogic": ["ScriptedLoadableModuleLogic"], "SpectGANTest": ["ScriptedLoadableModuleTest"]}
+    assert classes == {"SpectGAN": ["ScriptedLoadableModule"],
+                       "SpectGANWidget": ["ScriptedLoadableModuleWidget", "VTKObservationMixin"],
+                       "RequestChoices": ["NamedTuple"], "SpectGANLogic": ["ScriptedLoadableModuleLogic"],
+                       "SpectGANTest": ["ScriptedLoadableModuleTest"]}
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
     assert "set(MODULE_NAME SpectGAN)" in cmake
     for resource in ("Resources/UI/${MODULE_NAME}.ui", "Resources/Icons/${MODULE_NAME}.png"):
@@ -60,54 +66,107 @@ def test_every_client_name_the_module_calls_exists():
                                                                         not hasattr(spectgan_client, n))
 
 
-@pytest.fixture
-def slicer_module(monkeypatch):
-    """SpectGAN.py imported with empty stand-ins for Slicer's own modules (only its module-level helpers run)."""
-    for name in SLICER_MODULES:
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    base_classes = sys.modules["slicer.ScriptedLoadableModule"]
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest",
-                 "ScriptedLoadableModuleWidget"):
-        setattr(base_classes, name, type(name, (), {}))
-    monkeypatch.syspath_prepend(str(MODULE_DIR))
-    monkeypatch.delitem(sys.modules, "SpectGAN", raising=False)
-    import SpectGAN
-
-    return SpectGAN
-
-
 def test_export_dependencies_are_installed_at_the_versions_setup_cfg_pins(slicer_module):
     assert slicer_module.pinnedRequirements(list(slicer_module.EXPORT_PACKAGES.values())) == [
         "pydicom==2.4.4", "highdicom==0.22.0", "pynetdicom==2.1.1", "dicomweb-client==0.59.1"]
     assert slicer_module.spectganClient() is spectgan_client
+    assert slicer_module.SpectGANLogic().ensureExportDependencies()  # all importable here: nothing to install
 
 
-def test_the_logic_flow_generate_table_export_and_resend(tmp_path, pacs_login, monkeypatch):
-    """What SpectGANLogic.generate / fillTable / exportToPacs run, in the same order, against real servers."""
-    seeds = spectgan_client.seeds_from_spinboxes(5, 2)
-    assert seeds == [5, 6] and spectgan_client.seeds_from_spinboxes(-1, 3) == [None] * 3
-    with pytest.raises(ValueError, match="count must be at least 1"):
-        spectgan_client.seeds_from_spinboxes(0, 0)
-    loaded = []
-    with ScriptedServer(tmp_path) as server, spectgan_client.SpectGANClient(server.url, retries=0) as client:
-        conditions = spectgan_client.expand_conditions(client.conditions(MODEL), "COR", "all", "all")
-        job = spectgan_client.GenerationJob(client, "study", MODEL, conditions, seeds)
-        results = job.run(tmp_path / "batch", on_result=lambda result: loaded.append(result.path))
-    assert [path.name for path in loaded] == [f"{label}_seed{seed}.nii.gz" for label in
-                                               ("COR-normal", "COR-unilateral-left", "COR-unilateral-right",
-                                                "COR-bilateral") for seed in seeds]
-    columns, rows = spectgan_client.stats_table(results)
+def test_the_module_class_names_itself_and_its_category(slicer_module):
+    module = slicer_module.SpectGAN(SimpleNamespace())
+    assert (module.parent.title, module.parent.categories) == ("SpectGAN", ["Nuclear Medicine"])
+    assert "synthetic" in module.parent.helpText.lower()
+
+
+def test_request_choices_come_from_the_models_conditions(slicer_module):
+    choices = slicer_module.RequestChoices.fromConditions(valid_conditions([Level.BG, Level.CER]))
+    assert choices.levels == ["all", "BG", "CER"]
+    assert choices.patterns == ["all", "normal", "unilateral", "bilateral"]
+    assert choices.sides == ["all", "left", "right"] and choices.sidedPatterns == {"unilateral"}
+    assert [choices.sideApplies(pattern) for pattern in choices.patterns] == [True, False, True, False]
+    only_normal = slicer_module.RequestChoices.fromConditions(valid_conditions([Level.CER])[:1])
+    assert only_normal.sides == ["all"] and not only_normal.sideApplies("normal")
+
+
+def test_after_a_scene_close_the_logic_fills_its_defaults_again_and_makes_a_new_table(slicer_module):
+    """Closing a scene keeps the module's parameter node, emptied (Slicer resets singletons)."""
+    slicer, logic = slicer_module.slicer, slicer_module.SpectGANLogic()
+    parameters = logic.getParameterNode()
+    parameters.SetParameter("seed", "7")
+    parameters.SetNodeReferenceID("statistics", slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode").GetID())
+    assert logic.tableNode is not None
+    slicer.mrmlScene.Clear(0)
+    assert logic.tableNode is None and slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 0
+    assert logic.getParameterNode() is parameters and parameters.GetParameter("seed") == "0"
+
+
+def test_the_logic_against_a_scripted_server_upload_generate_table_export_and_resend(
+        slicer_module, tmp_path, pacs_login, monkeypatch):
+    """SpectGANLogic over the slicer stand-in, as the Widget drives it (the parameter node), against a scripted
+    server and a real Orthanc: uploads once per version of a volume, the side only where the pattern takes one, the
+    statistics table, a refused PACS login, the export and a resend that sends nothing."""
+    slicer, logic = slicer_module.slicer, slicer_module.SpectGANLogic()
+    parameters = logic.getParameterNode()
+    assert {name: parameters.GetParameter(name) for name in ("level", "pattern", "side", "seed", "count")} == {
+        "level": "all", "pattern": "all", "side": "all", "seed": "0", "count": "1"}
+    with pytest.raises(RuntimeError, match="Connect to a spectgan server first"):
+        logic.conditions(MODEL)
+    with ScriptedServer(tmp_path) as server:
+        assert logic.connect(server.url) == [MODEL] and logic.datastoreImages() == ["study"]
+        with pytest.raises(ValueError, match="choose a model first"):
+            logic.generateFromParameters(parameters)
+        parameters.SetParameter("model", MODEL)
+        with pytest.raises(ValueError, match="Select a reference volume, or pick a study"):
+            logic.generateFromParameters(parameters)
+
+        volume = slicer.util.loadVolume(str(SAMPLE_STUDIES_DIR / "study_normal_flipped.nii.gz"))
+        image_id = logic.referenceImageId(volume)
+        assert logic.referenceImageId(volume) == image_id and len(server.uploads) == 1  # uploaded once
+        uploaded = tmp_path / "uploaded.nii.gz"
+        uploaded.write_bytes(server.uploads[image_id])
+        assert_same_image(sitk.ReadImage(str(uploaded)),
+                          sitk.ReadImage(str(SAMPLE_STUDIES_DIR / "study_normal_flipped.nii.gz")))
+        slicer.util.arrayFromVolume(volume)[0, 0, 0] += 1.0
+        slicer.util.arrayFromVolumeModified(volume)
+        assert logic.referenceImageId(volume) != image_id and len(server.uploads) == 2  # a new version
+        assert image_id in logic.datastoreImages()
+
+        parameters.SetParameter("imageId", "study")
+        for name, value in (("level", "COR"), ("pattern", "normal"), ("side", "left"), ("seed", "5")):
+            parameters.SetParameter(name, value)
+        assert logic.generateFromParameters(parameters)[0] == "study"  # the side is left out for normal
+        assert json.loads(parse_qs(server.received[-1].body.decode())["params"][0])["side"] is None
+        parameters.SetNodeReferenceID("reference", volume.GetID())
+        for name, value in (("pattern", "all"), ("side", "all"), ("count", "2")):
+            parameters.SetParameter(name, value)
+        image_id, nodes = logic.generateFromParameters(parameters)
+    assert image_id == server.received[-1].query["image"][0] != "study"  # the volume, not the typed id
+    names = [f"{label}_seed{seed}" for label in ("COR-normal", "COR-unilateral-left", "COR-unilateral-right",
+                                                 "COR-bilateral") for seed in (5, 6)]
+    assert [node.GetName() for node in nodes] == names
+    assert all(slicer.mrmlScene.GetNodeByID(node.GetID()) is node for node in nodes)
+    table = logic.tableNode
+    columns = [table.GetColumnName(index) for index in range(table.GetNumberOfColumns())]
     assert columns[:5] == ["file", "level", "pattern", "side", "seed"] and {"mc", "lr", "ai"} <= set(columns)
-    assert rows[2][:5] == ["COR-unilateral-left_seed5.nii.gz", "COR", "unilateral", "left", "5"]
+    assert table.GetNumberOfRows() == len(names)  # the last batch only
+    assert [table.GetCellText(2, index) for index in range(5)] == [
+        "COR-unilateral-left_seed5.nii.gz", "COR", "unilateral", "left", "5"]
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1  # one table, refilled per batch
 
-    monkeypatch.setenv("SPECTGAN_PACS_USERNAME", pacs_login.username)
-    monkeypatch.setenv("SPECTGAN_PACS_PASSWORD", "wrong")
-    folder = spectgan_client.write_dicom(results, tmp_path / "batch" / "dicom")
-    with pytest.raises(spectgan_client.ClientError, match="already holds an export"):
-        spectgan_client.write_dicom(results, folder)
+    with pytest.raises(ValueError, match="Generate scans first"):
+        slicer_module.SpectGANLogic().exportToPacs(pacs_login.dicomweb_url)
     with pytest.raises(Exception, match="authentication failed"):
-        spectgan_client.send_to_pacs(folder, pacs_login.dicomweb_url)
-    monkeypatch.setenv("SPECTGAN_PACS_PASSWORD", pacs_login.password)
-    assert spectgan_client.send_to_pacs(folder, pacs_login.dicomweb_url).sent == 3 * len(results)
-    assert spectgan_client.send_to_pacs(folder, pacs_login.dicomweb_url).sent == 0
-    assert pending_count(folder) == 0
+        logic.exportToPacs(pacs_login.dicomweb_url, pacs_login.username, "wrong")
+    assert logic.exportToPacs(pacs_login.dicomweb_url, pacs_login.username, pacs_login.password).sent == \
+        3 * len(names)
+    assert logic.exportToPacs(pacs_login.dicomweb_url).sent == 0  # the PACS confirmed everything
+    assert pending_count(logic.dicomFolder) == 0
+
+
+def assert_same_image(image: sitk.Image, expected: sitk.Image) -> None:
+    """Same grid (size, origin, spacing, direction, to float precision) and the same voxels."""
+    assert image.GetSize() == expected.GetSize()
+    for getter in ("GetOrigin", "GetSpacing", "GetDirection"):
+        np.testing.assert_allclose(getattr(image, getter)(), getattr(expected, getter)(), atol=1e-5)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(expected))

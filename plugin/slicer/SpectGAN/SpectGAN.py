@@ -12,12 +12,14 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import FrozenSet, List, NamedTuple
 
 import qt
 import slicer
 import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
 
 REPOSITORY = Path(__file__).resolve().parents[3]  # plugin/slicer/SpectGAN/SpectGAN.py -> the spectgan checkout
 EXPORT_PACKAGES = {"pydicom": "pydicom", "highdicom": "highdicom", "pynetdicom": "pynetdicom",
@@ -26,6 +28,11 @@ SERVER_URL_SETTING = "SpectGAN/serverUrl"
 PACS_URL_SETTING = "SpectGAN/pacsUrl"
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 ALL = "all"
+# The parameter node: the request as strings, the reference volume and the statistics table as node references.
+SERVER_URL, PACS_URL, IMAGE_ID, MODEL = "serverUrl", "pacsUrl", "imageId", "model"
+LEVEL, PATTERN, SIDE, SEED, COUNT = "level", "pattern", "side", "seed", "count"
+REFERENCE_ROLE, TABLE_ROLE = "reference", "statistics"
+DEFAULT_PARAMETERS = {LEVEL: ALL, PATTERN: ALL, SIDE: ALL, SEED: "0", COUNT: "1"}  # seed -1: the server draws
 
 
 def spectganClient():
@@ -61,8 +68,17 @@ class SpectGAN(ScriptedLoadableModule):
         self.parent.acknowledgementText = "Built on 3D Slicer's scripted module template and MONAI Label."
 
 
-class SpectGANWidget(ScriptedLoadableModuleWidget):
-    """Server, request and results panels; every action calls SpectGANLogic."""
+class SpectGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: keeps the GUI and the module's parameter node in step and calls SpectGANLogic for every action
+    (Slicer's scripted module template)."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._updatingGUIFromParameterNode = False
+        self.choices = RequestChoices.none()
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -71,87 +87,193 @@ class SpectGANWidget(ScriptedLoadableModuleWidget):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SpectGANLogic()
-        self.sidedPatterns = set()  # patterns whose conditions name a side, from the model's conditions
 
-        settings = qt.QSettings()
-        self.ui.serverUrlEdit.text = settings.value(SERVER_URL_SETTING, DEFAULT_SERVER_URL)
-        self.ui.pacsUrlEdit.text = settings.value(PACS_URL_SETTING, "")
-        self.ui.connectButton.connect("clicked(bool)", self.onConnect)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        for edit in (self.ui.serverUrlEdit, self.ui.pacsUrlEdit):
+            edit.connect("textChanged(QString)", self.updateParameterNodeFromGUI)
+        for comboBox in (self.ui.levelComboBox, self.ui.patternComboBox, self.ui.sideComboBox):
+            comboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.imageIdComboBox.connect("currentTextChanged(QString)", self.updateParameterNodeFromGUI)
+        for spinBox in (self.ui.seedSpinBox, self.ui.countSpinBox):
+            spinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.referenceSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
-        self.ui.patternComboBox.connect("currentIndexChanged(int)", self.onPatternChanged)
+        self.ui.connectButton.connect("clicked(bool)", self.onConnect)
         self.ui.generateButton.connect("clicked(bool)", self.onGenerate)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.layout.addStretch(1)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        parameterNode = self.logic.getParameterNode()
+        if not parameterNode.GetParameter(SERVER_URL):  # a new scene: the URLs last used on this computer
+            parameterNode.SetParameter(SERVER_URL, qt.QSettings().value(SERVER_URL_SETTING, DEFAULT_SERVER_URL))
+            parameterNode.SetParameter(PACS_URL, qt.QSettings().value(PACS_URL_SETTING, ""))
+        self.setParameterNode(parameterNode)
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode is not None:
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = parameterNode
+        if self._parameterNode is not None:
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self, caller=None, event=None):
+        if self._parameterNode is None or self._updatingGUIFromParameterNode:
+            return
+        self._updatingGUIFromParameterNode = True
+        parameters = self._parameterNode
+        self.ui.serverUrlEdit.text = parameters.GetParameter(SERVER_URL)
+        self.ui.pacsUrlEdit.text = parameters.GetParameter(PACS_URL)
+        self.ui.referenceSelector.setCurrentNode(parameters.GetNodeReference(REFERENCE_ROLE))
+        self.ui.imageIdComboBox.setCurrentText(parameters.GetParameter(IMAGE_ID))
+        for comboBox, name in ((self.ui.modelComboBox, MODEL), (self.ui.levelComboBox, LEVEL),
+                               (self.ui.patternComboBox, PATTERN), (self.ui.sideComboBox, SIDE)):
+            comboBox.setCurrentText(parameters.GetParameter(name))
+        self.ui.seedSpinBox.value = int(parameters.GetParameter(SEED))
+        self.ui.countSpinBox.value = int(parameters.GetParameter(COUNT))
+        self.ui.sideComboBox.enabled = self.choices.sideApplies(parameters.GetParameter(PATTERN))
+        self.ui.generateButton.enabled = bool(self.choices.levels)
+        self.ui.statsTableView.setMRMLTableNode(parameters.GetNodeReference(TABLE_ROLE))
+        self.ui.exportButton.enabled = bool(self.logic.results)
+        self._updatingGUIFromParameterNode = False
+
+    def updateParameterNodeFromGUI(self, caller=None, event=None):
+        if self._parameterNode is None or self._updatingGUIFromParameterNode:
+            return
+        wasModified = self._parameterNode.StartModify()
+        for name, text in ((SERVER_URL, self.ui.serverUrlEdit.text), (PACS_URL, self.ui.pacsUrlEdit.text),
+                           (IMAGE_ID, self.ui.imageIdComboBox.currentText),
+                           (MODEL, self.ui.modelComboBox.currentText), (LEVEL, self.ui.levelComboBox.currentText),
+                           (PATTERN, self.ui.patternComboBox.currentText),
+                           (SIDE, self.ui.sideComboBox.currentText)):
+            self._parameterNode.SetParameter(name, text.strip())
+        self._parameterNode.SetParameter(SEED, str(self.ui.seedSpinBox.value))
+        self._parameterNode.SetParameter(COUNT, str(self.ui.countSpinBox.value))
+        self._parameterNode.SetNodeReferenceID(REFERENCE_ROLE, self.ui.referenceSelector.currentNodeID)
+        self._parameterNode.EndModify(wasModified)
 
     def onConnect(self):
         with slicer.util.tryWithErrorDisplay("Cannot list the server's models.", waitCursor=True):
-            models = self.logic.connect(self.ui.serverUrlEdit.text.strip(), self.ui.apiTokenEdit.text.strip() or None)
+            models = self.logic.connect(self._parameterNode.GetParameter(SERVER_URL),
+                                        self.ui.apiTokenEdit.text.strip() or None)
             qt.QSettings().setValue(SERVER_URL_SETTING, self.logic.client.url)
-            self.ui.modelComboBox.clear()
-            self.ui.modelComboBox.addItems(models)
+            self._setItems(self.ui.imageIdComboBox, self.logic.datastoreImages(), IMAGE_ID)
+            self._setItems(self.ui.modelComboBox, models, MODEL)
             self.ui.statusLabel.text = f"{len(models)} model(s) at {self.logic.client.url}"
+            self.onModelChanged()  # _setItems blocked the box's signals: read the chosen model's conditions
 
     def onModelChanged(self):
         model = self.ui.modelComboBox.currentText
-        conditions = []
+        self.choices = RequestChoices.none()
         with slicer.util.tryWithErrorDisplay(f"Cannot read the conditions of {model}.", waitCursor=True):
-            conditions = self.logic.conditions(model) if model else []
-        self._setItems(self.ui.levelComboBox, [ALL] + list(dict.fromkeys(c.level.value for c in conditions)))
-        self._setItems(self.ui.patternComboBox, [ALL] + list(dict.fromkeys(c.pattern.value for c in conditions)))
-        self._setItems(self.ui.sideComboBox, [ALL] + list(dict.fromkeys(c.side.value for c in conditions if c.side)))
-        self.sidedPatterns = {c.pattern.value for c in conditions if c.side}  # the model's conditions say which
-        self.ui.generateButton.enabled = bool(conditions)
-
-    def onPatternChanged(self):
-        pattern = self.ui.patternComboBox.currentText
-        self.ui.sideComboBox.enabled = pattern == ALL or pattern in self.sidedPatterns
+            self.choices = self.logic.requestChoices(model) if model else RequestChoices.none()
+        for comboBox, items, name in ((self.ui.levelComboBox, self.choices.levels, LEVEL),
+                                      (self.ui.patternComboBox, self.choices.patterns, PATTERN),
+                                      (self.ui.sideComboBox, self.choices.sides, SIDE)):
+            self._setItems(comboBox, items, name)
+        self.updateParameterNodeFromGUI()
+        self.updateGUIFromParameterNode()
 
     def onGenerate(self):
-        reference = self.ui.referenceSelector.currentNode()
         with slicer.util.tryWithErrorDisplay("Generation failed.", waitCursor=True):
-            imageId = self.logic.referenceImageId(reference) if reference else self.ui.imageIdEdit.text.strip()
-            if not imageId:
-                raise ValueError("Select a reference volume, or type the id of a study in the server's datastore.")
-            side = self.ui.sideComboBox.currentText if self.ui.sideComboBox.enabled else None
-            nodes = self.logic.generate(imageId, self.ui.modelComboBox.currentText, self.ui.levelComboBox.currentText,
-                                        self.ui.patternComboBox.currentText, side, self.ui.seedSpinBox.value,
-                                        self.ui.countSpinBox.value)
-            self.ui.statsTableView.setMRMLTableNode(self.logic.tableNode)
-            self.logic.showOnReference(nodes[-1], reference)
+            imageId, nodes = self.logic.generateFromParameters(self._parameterNode)
+            self.logic.showOnReference(nodes[-1], self._parameterNode.GetNodeReference(REFERENCE_ROLE))
             self.ui.statusLabel.text = f"{len(nodes)} synthetic scan(s) over {imageId}"
-            self.ui.exportButton.enabled = True
+        self.updateGUIFromParameterNode()
 
     def onExport(self):
-        pacsUrl = self.ui.pacsUrlEdit.text.strip()
         with slicer.util.tryWithErrorDisplay("Export to PACS failed.", waitCursor=True):
             if not self.logic.ensureExportDependencies():
                 return
+            pacsUrl = self._parameterNode.GetParameter(PACS_URL)
             summary = self.logic.exportToPacs(pacsUrl, self.ui.pacsUserEdit.text, self.ui.pacsPasswordEdit.text)
             qt.QSettings().setValue(PACS_URL_SETTING, pacsUrl)
             self.ui.statusLabel.text = str(summary)
 
-    @staticmethod
-    def _setItems(comboBox, items):
+    def _setItems(self, comboBox, items, parameter):
+        """Replace a combo box's items, keeping the parameter's value selected when it is still offered."""
+        wanted = self._parameterNode.GetParameter(parameter)
+        wasBlocked = comboBox.blockSignals(True)
         comboBox.clear()
         comboBox.addItems(items)
+        comboBox.setCurrentText(wanted if wanted in items or comboBox.editable else (items[0] if items else ""))
+        comboBox.blockSignals(wasBlocked)
+
+
+class RequestChoices(NamedTuple):
+    """What a model offers in the Generate panel: the items of the level, pattern and side boxes (``all`` first) and
+    the patterns whose conditions name a side (from the model's conditions, never a copy of the vocabulary)."""
+
+    levels: List[str]
+    patterns: List[str]
+    sides: List[str]
+    sidedPatterns: FrozenSet[str]
+
+    @classmethod
+    def none(cls):
+        """Before a model is chosen: nothing to request."""
+        return cls([], [], [], frozenset())
+
+    @classmethod
+    def fromConditions(cls, conditions):
+        unique = lambda values: [ALL] + list(dict.fromkeys(values))  # noqa: E731 (the model's order)
+        return cls(unique(c.level.value for c in conditions), unique(c.pattern.value for c in conditions),
+                   unique(c.side.value for c in conditions if c.side),
+                   frozenset(c.pattern.value for c in conditions if c.side))
+
+    def sideApplies(self, pattern):
+        """Whether the side box applies to ``pattern`` (``all`` includes the sided patterns)."""
+        return pattern == ALL or pattern in self.sidedPatterns
 
 
 class SpectGANLogic(ScriptedLoadableModuleLogic):
     """Server connection, uploads of reference volumes, generation into the scene, statistics table, PACS export.
 
-    One batch (the scans of one Generate) is exported as one synthetic study; exporting it again only sends what
-    the PACS has not confirmed.
+    The request lives in the module's parameter node (``DEFAULT_PARAMETERS``, the reference volume and the
+    statistics table as node references); secrets (the API token, the PACS password) never go there, because a
+    parameter node is saved with the scene. One batch (the scans of one Generate) is exported as one synthetic
+    study; exporting it again only sends what the PACS has not confirmed.
     """
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.client = None
         self.results = []
-        self.tableNode = None
         self.uploads = {}  # (node id, node and image modification times) -> datastore image id
         self.workFolder = Path(tempfile.mkdtemp(prefix="SpectGAN-", dir=slicer.app.temporaryPath))
         self.batchFolder = None
         self.dicomFolder = None
+
+    def getParameterNode(self):
+        """The module's parameter node with every default filled in (closing a scene empties it)."""
+        parameterNode = ScriptedLoadableModuleLogic.getParameterNode(self)
+        self.setDefaultParameters(parameterNode)
+        return parameterNode
+
+    def setDefaultParameters(self, parameterNode):
+        """Set the parameters that are not set (DEFAULT_PARAMETERS)."""
+        for name, value in DEFAULT_PARAMETERS.items():
+            if not parameterNode.GetParameter(name):
+                parameterNode.SetParameter(name, value)
 
     def connect(self, url, token=None):
         """Connect to the server at ``url`` (``token``: its API token, default $SPECTGAN_API_TOKEN); the names of its
@@ -163,8 +285,16 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
         self.client = server
         return models
 
+    def datastoreImages(self):
+        """The ids of the studies in the server's datastore, whatever it is (a folder, or a PACS: series UIDs)."""
+        return self._connected().images()
+
     def conditions(self, model):
         return self._connected().conditions(model)
+
+    def requestChoices(self, model):
+        """The level, pattern and side items ``model`` offers (RequestChoices)."""
+        return RequestChoices.fromConditions(self.conditions(model))
 
     def referenceImageId(self, volumeNode):
         """Upload a volume of the scene to the server's datastore (once per version of it); its image id."""
@@ -176,8 +306,30 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
             self.uploads[key] = self._connected().upload(path)
         return self.uploads[key]
 
+    def requestedImageId(self, parameterNode):
+        """The reference of the request: the selected volume (uploaded), else the typed or picked datastore id."""
+        reference = parameterNode.GetNodeReference(REFERENCE_ROLE)
+        imageId = self.referenceImageId(reference) if reference else parameterNode.GetParameter(IMAGE_ID).strip()
+        if not imageId:
+            raise ValueError("Select a reference volume, or pick a study of the server's datastore.")
+        return imageId
+
+    def generateFromParameters(self, parameterNode):
+        """What Generate does: the request of the parameter node (the side only where the pattern takes one);
+        the reference's image id and the loaded nodes."""
+        model = parameterNode.GetParameter(MODEL)
+        if not model:
+            raise ValueError("Connect to a server and choose a model first.")
+        pattern = parameterNode.GetParameter(PATTERN)
+        side = parameterNode.GetParameter(SIDE) if self.requestChoices(model).sideApplies(pattern) else None
+        imageId = self.requestedImageId(parameterNode)
+        nodes = self.generate(imageId, model, parameterNode.GetParameter(LEVEL), pattern, side,
+                              int(parameterNode.GetParameter(SEED)), int(parameterNode.GetParameter(COUNT)))
+        return imageId, nodes
+
     def generate(self, imageId, model, level, pattern, side, seed, count):
-        """Every requested scan (``all`` expands per the model), each loaded as a scalar volume; the nodes."""
+        """Every requested scan (``all`` expands per the model), each loaded as a scalar volume, and their
+        statistics in the table; the nodes."""
         client = spectganClient()
         conditions = client.expand_conditions(self.conditions(model), level, pattern, side)
         job = client.GenerationJob(self._connected(), imageId, model, conditions,
@@ -191,10 +343,18 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
             slicer.app.processEvents()
 
         self.results = job.run(self.batchFolder, on_result=load)
-        if self.tableNode is None or self.tableNode.GetScene() is None:  # none yet, or the scene was cleared
-            self.tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "SpectGAN statistics")
-        self.fillTable(self.tableNode, self.results)
+        parameterNode = self.getParameterNode()
+        tableNode = parameterNode.GetNodeReference(TABLE_ROLE)  # None before the first batch or after a new scene
+        if tableNode is None:
+            tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "SpectGAN statistics")
+            parameterNode.SetNodeReferenceID(TABLE_ROLE, tableNode.GetID())
+        self.fillTable(tableNode, self.results)
         return nodes
+
+    @property
+    def tableNode(self):
+        """The statistics table of the last batch (a node reference of the parameter node), or None."""
+        return self.getParameterNode().GetNodeReference(TABLE_ROLE)
 
     @staticmethod
     def fillTable(tableNode, results):
@@ -321,12 +481,17 @@ class SpectGANTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Statistics table filled")
 
     def test_generate_over_a_volume(self):
+        """What Generate does, from the parameter node: upload the volume, generate, load, fill the table."""
         reference = slicer.util.loadVolume(str(REPOSITORY / "sample_data" / "studies" / "study_normal_flipped.nii.gz"))
         logic = SpectGANLogic()
-        model = logic.connect(os.environ["SPECTGAN_SERVER_URL"])[0]
-        condition = logic.conditions(model)[0]
-        nodes = logic.generate(logic.referenceImageId(reference), model, condition.level.value,
-                               condition.pattern.value, condition.side.value if condition.side else None, 0, 1)
-        self.assertEqual(len(nodes), 1)
+        parameters = logic.getParameterNode()
+        parameters.SetParameter(MODEL, logic.connect(os.environ["SPECTGAN_SERVER_URL"])[0])
+        condition = logic.conditions(parameters.GetParameter(MODEL))[0]
+        for name, value in ((LEVEL, condition.level.value), (PATTERN, condition.pattern.value), (SEED, "0"),
+                            (COUNT, "1")):
+            parameters.SetParameter(name, value)
+        parameters.SetNodeReferenceID(REFERENCE_ROLE, reference.GetID())
+        imageId, nodes = logic.generateFromParameters(parameters)
+        self.assertEqual([node.GetName() for node in nodes], [f"{condition.label}_seed0"])
         self.assertEqual(logic.tableNode.GetNumberOfRows(), 1)
         self.delayDisplay("Generated over a volume")

@@ -1,0 +1,145 @@
+"""The 3D Slicer module's Logic end to end, over the ``slicer`` stand-in (tests/slicer_stand_in), against a real
+``monailabel start_server`` process with the shipped model A and a real Orthanc: a volume loaded as Slicer loads it
+(RAS) is uploaded, scans are generated over it, loaded, tabulated and exported; the side of a unilateral left scan is
+checked in RAS, as Slicer holds it, and again after a round trip through the PACS. The module's own SpectGANTest
+runs here too.
+
+The stand-in itself is checked first: a file loaded and exported again keeps its LPS geometry and voxels, and a
+loaded volume's IJK-to-RAS matrix puts each voxel at the LPS position with x and y negated.
+"""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import requests
+import SimpleITK as sitk
+
+from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
+from slicer_fixtures import slicer_module  # noqa: F401 (a fixture)
+from test_plugin import assert_same_image
+from spectgan.geometry.roi import MidlinePlane
+from spectgan.serving.settings import DEFAULT_MODELS_DIR, SAMPLE_STUDIES_DIR
+from spectgan.tools.server import ServerProcess
+
+MODEL = "spect_fastgan_A"
+REFERENCE = "study_unilateral_right_ras"  # stored RAS-like (direction diag(-1, -1, 1)); its own defect is right
+RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
+STUDY_IDS = sorted(path.name[:-len(".nii.gz")] for path in SAMPLE_STUDIES_DIR.glob("*.nii.gz"))
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_MODELS_DIR / MODEL).is_dir(),
+                                reason="models/spect_fastgan_A has no trained weights yet (train it, then this runs)")
+
+
+@pytest.fixture(scope="module")
+def shipped_server(tmp_path_factory):
+    """The app with the shipped model A over a copy of the sample studies."""
+    studies = tmp_path_factory.mktemp("studies") / "studies"
+    shutil.copytree(SAMPLE_STUDIES_DIR, studies)
+    with ServerProcess(studies, DEFAULT_MODELS_DIR, tmp_path_factory.mktemp("server") / "server.log",
+                       models=MODEL) as server:
+        yield server
+
+
+def voxel_positions_ras(node) -> np.ndarray:
+    """(3, k, j, i) RAS mm of every voxel of a volume node, from its IJK-to-RAS matrix."""
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    shape = node.GetImageData().array.shape
+    k, j, i = np.indices(shape)
+    ijk = np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)])
+    return (np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(3)]) @ ijk
+            ).reshape((3, *shape))
+
+
+def patient_sides_in_ras(node, midline: MidlinePlane) -> tuple[float, float]:
+    """Mean counts of the brain (voxels at or above 30 % of the maximum) at RAS x below the midline's point (the
+    patient's left, as Slicer shows it) and above it (the patient's right), read from the node alone."""
+    values = node.GetImageData().array
+    x_ras = voxel_positions_ras(node)[0]
+    midline_x_ras = (RAS_FROM_LPS @ np.asarray(midline.point))[0]
+    brain = values >= 0.3 * values.max()
+    return float(values[brain & (x_ras < midline_x_ras)].mean()), float(values[brain & (x_ras > midline_x_ras)].mean())
+
+
+@pytest.mark.parametrize("study", STUDY_IDS)
+def test_the_stand_in_loads_lps_files_into_ras_and_exports_them_back(slicer_module, study, tmp_path):
+    slicer = slicer_module.slicer
+    path = SAMPLE_STUDIES_DIR / f"{study}.nii.gz"
+    image = sitk.ReadImage(str(path))
+    node = slicer.util.loadVolume(str(path))
+    assert node.GetName() == study and slicer.mrmlScene.GetNodeByID(node.GetID()) is node
+    ras = voxel_positions_ras(node)
+    for index in [(0, 0, 0), (image.GetWidth() - 1, 3, 5), (7, image.GetHeight() - 1, image.GetDepth() - 1)]:
+        lps = np.asarray(image.TransformIndexToPhysicalPoint(index))
+        np.testing.assert_allclose(ras[:, index[2], index[1], index[0]], RAS_FROM_LPS @ lps, atol=1e-4)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), sitk.GetArrayFromImage(image))
+    assert slicer.util.exportNode(node, str(tmp_path / "exported.nii.gz"))
+    assert_same_image(sitk.ReadImage(str(tmp_path / "exported.nii.gz")), image)
+
+
+def test_logic_end_to_end_upload_generate_table_export_and_the_side_in_ras(slicer_module, shipped_server,
+                                                                          pacs_login, tmp_path):
+    """What the Widget's buttons run, from the parameter node, against the real server and Orthanc."""
+    slicer, logic = slicer_module.slicer, slicer_module.SpectGANLogic()
+    reference = slicer.util.loadVolume(str(SAMPLE_STUDIES_DIR / f"{REFERENCE}.nii.gz"))
+    parameters = logic.getParameterNode()
+    assert logic.connect(shipped_server.url) == [MODEL]
+    assert set(STUDY_IDS) <= set(logic.datastoreImages())
+    for name, value in (("model", MODEL), ("level", "BG"), ("pattern", "unilateral"), ("side", "left"),
+                        ("seed", "1"), ("count", "2")):
+        parameters.SetParameter(name, value)
+    parameters.SetNodeReferenceID("reference", reference.GetID())
+
+    image_id, nodes = logic.generateFromParameters(parameters)
+    assert image_id.startswith("reference-") and image_id in logic.datastoreImages()  # the upload, by content
+    uploaded = shipped_server.studies / f"{image_id}.nii.gz"
+    assert_same_image(sitk.ReadImage(str(uploaded)), sitk.ReadImage(str(SAMPLE_STUDIES_DIR / f"{REFERENCE}.nii.gz")))
+    assert [node.GetName() for node in nodes] == ["BG-unilateral-left_seed1", "BG-unilateral-left_seed2"]
+    assert [result.reference for result in logic.results] == [f"{image_id}.nii.gz"] * 2
+
+    table = logic.tableNode
+    columns = [table.GetColumnName(index) for index in range(table.GetNumberOfColumns())]
+    assert table.GetNumberOfRows() == 2
+    for row, result in enumerate(logic.results):
+        assert table.GetCellText(row, columns.index("side")) == "left"
+        assert table.GetCellText(row, columns.index("lr")) == f"{result.stats['lr']:.6g}"
+        assert result.stats["left"] < result.stats["right"]  # the server's statistics (LPS)
+
+    for node, result in zip(nodes, logic.results):
+        normal_ras = RAS_FROM_LPS @ np.asarray(result.midline.normal) / np.linalg.norm(result.midline.normal)
+        assert normal_ras[0] < -0.9  # the patient's left is -x in Slicer's RAS for this near-axial reference
+        left, right = patient_sides_in_ras(node, result.midline)
+        assert left < right, (node.GetName(), left, right)  # the defect is at the patient's left, -x in RAS
+
+    logic.showOnReference(nodes[-1], reference)
+    red = slicer.app.layoutManager().sliceWidget("Red")
+    assert red.mrmlSliceCompositeNode().GetBackgroundVolumeID() == reference.GetID()
+    assert red.mrmlSliceCompositeNode().GetForegroundVolumeID() == nodes[-1].GetID()
+    assert red.mrmlSliceNode().volumePlane is nodes[-1]
+    bounds = [0.0] * 6
+    nodes[-1].GetRASBounds(bounds)
+    np.testing.assert_allclose(red.mrmlSliceNode().center, np.reshape(bounds, (3, 2)).mean(axis=1))
+
+    assert logic.exportToPacs(pacs_login.dicomweb_url).sent == 6  # NM, SEG and SR per scan
+    midline = logic.results[0].midline
+    assert logic.results[1].midline == midline  # both lie on the BG plane of one registered reference
+    nm_series = [series for series in pacs_login.get("/series?expand")
+                 if series["MainDicomTags"].get("Modality") == "NM"]
+    assert len(nm_series) == 2
+    for series in nm_series:
+        (instance,) = series["Instances"]
+        path = tmp_path / f"{instance}.dcm"
+        path.write_bytes(requests.get(f"{pacs_login.rest_url}/instances/{instance}/file",
+                                      auth=(pacs_login.username, pacs_login.password), timeout=30).content)
+        left, right = patient_sides_in_ras(slicer.util.loadVolume(str(path)), midline)
+        assert left < right, (series["MainDicomTags"], left, right)  # still at the patient's left from the PACS
+
+
+def test_the_modules_own_test_case_runs_over_the_stand_in(slicer_module, shipped_server, monkeypatch):
+    """SpectGANTest (Developer mode > Reload and Test in Slicer), with SPECTGAN_SERVER_URL set."""
+    monkeypatch.setenv("SPECTGAN_SERVER_URL", shipped_server.url)
+    slicer_module.SpectGANTest().runTest()
