@@ -6,14 +6,14 @@ Model: a reconstructed slice = its expected image ``m`` + noise whose local SD f
 noise blurred by a Gaussian of ``sigma_px`` pixels (OSEM's own smoothing and the post-filter together).
 
 Estimation, on slices in counts: ``m`` is each slice blurred by a wider Gaussian (``SEPARATION_SIGMA_PX``), the
-residual is slice - m. The count dependence is fitted on the residual variance per bin of ``m`` (inside the head);
-the residual's correlation at a few pixel lags, whitened by that dependence, is matched to the correlation that
-Gaussian-correlated noise less its blur would have, which gives ``sigma_px``; the gain is corrected for the share of
-the noise power the separation removes.
+residual is slice - m. The count dependence is fitted on the residual variance per bin of ``m`` (inside the head).
+The residual, whitened by that dependence, has its power spectrum fitted as ``c exp(-4 pi^2 sigma^2 f^2)`` times what
+the separation keeps, in the band ``FIT_BAND`` where the noise outweighs the anatomy (the system resolution and the
+post-filter smooth the anatomy more than the noise); that gives ``sigma_px`` and the share of the residual that is
+noise, from which the gain follows.
 
-Limit: the separation also passes the edges of the structure. Where the noise is weak against them, or correlated
-as widely as the anatomy, ``sigma_px`` comes out too large (tested up to noise of sigma 1 px under structure blurred
-by 4 px).
+Checked against the truth on the simulated acquisition (two noise realizations of the same phantoms:
+``scripts/validate_noise_model.py``) and on known Gaussian-correlated noise (tests/test_noise_model.py).
 """
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ from scipy import ndimage
 SEPARATION_SIGMA_PX = 1.5  # the blur that stands in for the expected image
 BRAIN_SHARE = 0.25  # pixels whose expected value is above this share of the slice's maximum are fitted
 MEAN_BINS = 12
-SIGMA_GRID_PX = np.linspace(0.3, 3.0, 55)
-LAGS = ((0, 1), (1, 0), (0, 2), (2, 0), (1, 1), (0, 3), (3, 0))  # (rows, columns) apart
+FIT_BAND = (0.2, 0.45)  # cycles/pixel where the correlation is fitted
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,11 @@ class NoiseModel:
         return {"gain": round(self.gain, 6), "exponent": round(self.exponent, 6), "sigma_px": round(self.sigma_px, 4)}
 
 
+def _kept(f: np.ndarray) -> np.ndarray:
+    """Share of the power at frequency ``f`` (cycles/pixel) that subtracting the separation blur keeps."""
+    return (1 - np.exp(-2 * np.pi ** 2 * SEPARATION_SIGMA_PX ** 2 * f ** 2)) ** 2
+
+
 def _gaussian_noise_share(sigma_px: float, separation_px: float, size: int = 64) -> float:
     """Share of the variance of Gaussian-correlated noise (``sigma_px``) left by subtracting its blur
     (``separation_px``)."""
@@ -54,27 +58,45 @@ def _gaussian_noise_share(sigma_px: float, separation_px: float, size: int = 64)
     return float((spectrum * kept).sum() / spectrum.sum())
 
 
-def _correlation_model(sigma_px: float, separation_px: float, size: int = 64) -> np.ndarray:
-    """Correlation [len(LAGS)] at ``LAGS`` of Gaussian-correlated noise (``sigma_px``) less its blur
-    (``separation_px``), from its power spectrum."""
+def _radial_power(fields: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Power of windowed fields [N, S, S] (window [N, S, S]) per radial frequency (cycles/pixel), scaled so that its
+    mean over the 2D frequency grid is the fields' variance inside the window -> (frequencies [K], power [K])."""
+    size = fields.shape[-1]
+    power = (np.abs(np.fft.fft2(fields * window)) ** 2).sum(axis=0) / (window ** 2).sum()
     f = np.fft.fftfreq(size)
-    f2 = f[:, None] ** 2 + f[None, :] ** 2
-    spectrum = np.exp(-4 * np.pi ** 2 * sigma_px ** 2 * f2) * (1 - np.exp(-2 * np.pi ** 2 * separation_px ** 2 * f2)) ** 2
-    covariance = np.real(np.fft.ifft2(spectrum))
-    return np.array([covariance[dy % size, dx % size] for dy, dx in LAGS]) / covariance[0, 0]
+    bins = np.round(np.sqrt(f[:, None] ** 2 + f[None, :] ** 2) * size).astype(int)
+    counts = np.bincount(bins.ravel())
+    sums = np.bincount(bins.ravel(), power.ravel())
+    keep = counts > 0
+    return np.arange(len(counts))[keep] / size, sums[keep] / counts[keep]
 
 
-def _correlation(residual: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """Measured correlation [len(LAGS)] of residuals [N, S, S] between pixel pairs both ``inside`` [N, S, S]."""
-    size = residual.shape[-1]
-    values = []
-    for dy, dx in LAGS:
-        a = (slice(None), slice(0, size - dy), slice(0, size - dx))
-        b = (slice(None), slice(dy, size), slice(dx, size))
-        both = inside[a] & inside[b]
-        values.append(float((residual[a] * residual[b])[both].sum()
-                            / np.sqrt((residual[a] ** 2)[both].sum() * (residual[b] ** 2)[both].sum())))
-    return np.array(values)
+def fit_count_dependence(expected: np.ndarray, residual: np.ndarray, inside: np.ndarray) -> tuple[float, float]:
+    """Residual variance against the expected value, both [N, S, S] (m in [0, 1]), over the pixels ``inside``,
+    fitted as ``variance = a * m ** b`` on ``MEAN_BINS`` equally filled bins of m -> (a, b)."""
+    m, r = expected[inside], residual[inside]
+    edges = np.quantile(m, np.linspace(0, 1, MEAN_BINS + 1))
+    which = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, MEAN_BINS - 1)
+    centres = np.array([m[which == k].mean() for k in range(MEAN_BINS)])
+    variances = np.array([r[which == k].var() for k in range(MEAN_BINS)])
+    slope, intercept = np.polyfit(np.log(centres), np.log(variances), 1)
+    return float(np.exp(intercept)), float(slope)
+
+
+def fit_correlation(whitened: np.ndarray, inside: np.ndarray, kept=lambda f: np.ones_like(f),
+                    band: tuple[float, float] = FIT_BAND) -> tuple[float, float]:
+    """The power spectrum of unit-variance noise fields [N, S, S] inside a smooth window around ``inside``, fitted
+    as ``c exp(-4 pi^2 sigma^2 f^2) kept(f)`` over ``band`` (cycles/pixel) -> (sigma in pixels, share of the
+    fields' variance that this spectrum explains over all frequencies)."""
+    window = ndimage.gaussian_filter(inside.astype(np.float64), (0, 1.0, 1.0))
+    f, power = _radial_power(whitened, window)
+    chosen = (f >= band[0]) & (f <= band[1])
+    decline, log_c = np.polyfit(f[chosen] ** 2, np.log(power[chosen] / kept(f[chosen])), 1)
+    sigma_px = float(np.sqrt(max(-decline, 0.0) / (4 * np.pi ** 2)))
+    grid = np.fft.fftfreq(whitened.shape[-1])
+    f2 = grid[:, None] ** 2 + grid[None, :] ** 2
+    explained = np.mean(np.exp(log_c - 4 * np.pi ** 2 * sigma_px ** 2 * f2) * kept(np.sqrt(f2)))
+    return sigma_px, float(explained / np.mean(whitened[inside] ** 2))
 
 
 def estimate_noise_model(images: np.ndarray, unit: float) -> NoiseModel:
@@ -85,17 +107,10 @@ def estimate_noise_model(images: np.ndarray, unit: float) -> NoiseModel:
     expected = ndimage.gaussian_filter(scaled, (0, SEPARATION_SIGMA_PX, SEPARATION_SIGMA_PX))
     residual = scaled - expected
     brain = expected > BRAIN_SHARE * expected.max(axis=(1, 2), keepdims=True)
-    m, r = expected[brain], residual[brain]
-    edges = np.quantile(m, np.linspace(0, 1, MEAN_BINS + 1))
-    which = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, MEAN_BINS - 1)
-    centres = np.array([m[which == k].mean() for k in range(MEAN_BINS)])
-    variances = np.array([r[which == k].var() for k in range(MEAN_BINS)])
-    slope, intercept = np.polyfit(np.log(centres), np.log(variances), 1)
-    exponent = slope / 2
-    # the correlation: residuals whitened by the count dependence, at a few lags, against the model's
-    sd = np.sqrt(np.exp(intercept) * np.clip(expected, centres.min(), None) ** slope)
-    measured = _correlation(residual / sd, brain)
-    errors = [np.sum((measured - _correlation_model(sigma, SEPARATION_SIGMA_PX)) ** 2) for sigma in SIGMA_GRID_PX]
-    sigma_px = float(SIGMA_GRID_PX[int(np.argmin(errors))])
-    gain = float(np.sqrt(np.exp(intercept) / _gaussian_noise_share(sigma_px, SEPARATION_SIGMA_PX)))
-    return NoiseModel(gain=gain, exponent=float(exponent), sigma_px=sigma_px, unit=float(unit))
+    a, b = fit_count_dependence(expected, residual, brain)
+    floor = np.quantile(expected[brain], 0.5 / MEAN_BINS)
+    whitened = residual / np.sqrt(a * np.clip(expected, floor, None) ** b)
+    sigma_px, noise_share = fit_correlation(whitened, brain, kept=_kept)
+    # the residual's variance a m^b: noise_share of it is noise, itself the separation's share of the whole noise
+    gain = float(np.sqrt(a * min(noise_share, 1.0) / _gaussian_noise_share(sigma_px, SEPARATION_SIGMA_PX)))
+    return NoiseModel(gain=gain, exponent=b / 2, sigma_px=sigma_px, unit=float(unit))
