@@ -372,3 +372,18 @@ def test_read_scan_names_a_folder_without_one_scan(tmp_path):
         read_scan(tmp_path)
     with pytest.raises(DicomError, match="no such DICOM file"):
         read_scan([tmp_path / "missing.dcm"])
+
+
+def test_nm_states_its_plane_at_top_level_too_so_that_viewers_place_a_one_frame_image(tmp_path):
+    """OHIF takes a one-frame NM for a single-frame image and reads its position at top level only; the top-level
+    plane equals the Detector Information Sequence's, and dciodvfy calls it a Standard Extended SOP Class."""
+    scan = make_oblique_scan()
+    path = write_series(encode(scan)[:1], tmp_path)[0]
+    nm = pydicom.dcmread(path)
+    detector = nm.DetectorInformationSequence[0]
+    assert nm.ImagePositionPatient == detector.ImagePositionPatient
+    assert nm.ImageOrientationPatient == detector.ImageOrientationPatient
+    np.testing.assert_allclose([float(value) for value in nm.ImagePositionPatient], scan.image.GetOrigin(), atol=1e-4)
+    extended = [line for line in dciodvfy_findings(path) if "Image Position" in line or "Image Orientation" in line]
+    assert len(extended) == 2 and all(line.startswith("Warning - Attribute is not present in standard")
+                                      for line in extended), extended

@@ -8,7 +8,8 @@ every Series Description the model.
 - NM image (one-frame RECON TOMO multi-frame), its acquisition modules (123I-IMP, the photopeak window, the orbit,
   a parallel-hole collimator) stated from ``spectgan.simulation.protocol``. Its plane is the Detector Information
   Sequence's Image Position / Image Orientation (Patient), which is where SimpleITK (GDCM) reads an NM image's
-  geometry; the slice thickness is Spacing Between Slices. The one-slice image's normal is implicit in DICOM (row x
+  geometry, and the same values at top level, where viewers that treat a one-frame image as single-frame (OHIF)
+  read it; the slice thickness is Spacing Between Slices. The one-slice image's normal is implicit in DICOM (row x
   column direction), so a left-handed direction matrix comes back with its third column negated: the same plane
   and the same pixel positions, nothing flipped in the plane.
 - SEG with two binary segments on the slice grid: 1 = left hemisphere, 2 = right hemisphere (patient sides).
@@ -430,6 +431,11 @@ def _nm_image(image: sitk.Image, provenance: Provenance, study: SyntheticStudy, 
     detector.RadialPosition = _ds(RADIUS_OF_ROTATION_CM * 10)
     ds.DetectorInformationSequence = DicomSequence([detector])
     ds.NumberOfDetectors = len(ds.DetectorInformationSequence)
+    # The same plane at top level as well (Image Plane attributes beyond the NM IOD: a Standard Extended SOP
+    # Class). Viewers take a one-frame NM for a single-frame image and look for its position there: without it,
+    # OHIF 3.10 flags the series ("missing position information") and draws it with no orientation marks.
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = detector.ImagePositionPatient, \
+        detector.ImageOrientationPatient
     ds.SliceThickness = ds.SpacingBetweenSlices = _ds(thickness)
     # Pixels: rows run along the image's y axis, columns along x; counts = stored x slope (RWVM, not Rescale)
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -551,12 +557,10 @@ def _shoelace_area(points: np.ndarray) -> float:
 
 
 def _single_frame_view(nm: Dataset) -> Dataset:
-    """The NM as the single-frame image highdicom 0.22 can segment: plane at top level, no NumberOfFrames."""
+    """The NM as the single-frame image highdicom 0.22 can segment: no NumberOfFrames (the plane is at top level
+    too)."""
     view = copy.deepcopy(nm)
     del view.NumberOfFrames
-    detector = nm.DetectorInformationSequence[0]
-    view.ImagePositionPatient, view.ImageOrientationPatient = detector.ImagePositionPatient, \
-        detector.ImageOrientationPatient
     return view
 
 
