@@ -17,8 +17,8 @@ every Series Description the model.
   plane at top level); the SEG references the NM instance.
 - Comprehensive 3D SR (TID 1500): per hemisphere (mean counts and size) a TID 1411 group referencing its SEG
   segment and a TID 1410 group with its outline as a closed SCOORD polyline on the NM frame (what OHIF's SR
-  handler draws); one image group (MC, LR and AI) referencing the NM. A hemisphere's two groups and its SEG
-  segment share one tracking UID; the segments carry display colours.
+  handler draws); one TID 1410 group for the brain (MC, LR and AI) outlined on the NM frame. A hemisphere's two
+  groups and its SEG segment share one tracking UID; the segments carry display colours.
 
 Quantization: counts are stored as 16-bit integers, counts = stored value x slope with slope = max |counts| / 65535
 (unsigned; 32767 signed when a count is negative), so a read value differs from the original by at most half the
@@ -601,8 +601,9 @@ def _measurement(name: Code, value: float, unit: str, derivation: Code | None = 
 def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], tracking: dict[str, str], stats: dict,
                         provenance: Provenance, study: SyntheticStudy) -> Dataset:
     """TID 1500 SR: per hemisphere a TID 1411 group (its SEG segment) and a TID 1410 group (its outline on the NM
-    frame, which viewers such as OHIF draw), both with the hemisphere's tracking UID; a TID 1501 group for the
-    brain (MC, LR, AI)."""
+    frame, which viewers such as OHIF draw), both with the hemisphere's tracking UID; a TID 1410 group for the
+    brain (MC, LR, AI) with the outline of both hemispheres. (A group without coordinates, such as a TID 1501
+    image group, stops OHIF 3.10 from loading the SR at all: it expects every NUM there to hold coordinates.)"""
     algorithm = hd.sr.AlgorithmIdentification(name="spectgan hemisphere statistics", version=__version__)
     nm_frame = dict(referenced_sop_class_uid=nm.SOPClassUID, referenced_sop_instance_uid=nm.SOPInstanceUID,
                     referenced_frame_numbers=[1])
@@ -627,10 +628,12 @@ def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], trac
             referenced_region=hd.sr.ImageRegion(
                 graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(mask),
                 source_image=hd.sr.SourceImageForRegion(**nm_frame)), **hemisphere))
-    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+    groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="brain"),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(masks[0] | masks[1]),
+            source_image=hd.sr.SourceImageForRegion(**nm_frame)),
         finding_type=codes.SCT.Brain, finding_sites=[hd.sr.FindingSite(codes.SCT.Brain)], algorithm_id=algorithm,
-        source_images=[hd.sr.SourceImageForMeasurementGroup(**nm_frame)],
         measurements=sized([_measurement(MEAN_COUNTS, stats["mc"], "counts", codes.SCT.Mean),
                             _measurement(LR_RATIO, stats["lr"], "ratio"),
                             _measurement(ASYMMETRY_INDEX, stats["ai"], "percent")], "brain_size")))
@@ -687,7 +690,7 @@ def _stats_from_report(sr: Dataset) -> dict:
         for side in SIDES:
             if _is(laterality, LATERALITY[side]):
                 collect(group.get_measurements(), side, f"{side}_size")
-    for group in report.get_image_measurement_groups():
+    for group in report.get_planar_roi_measurement_groups(finding_type=codes.SCT.Brain):
         collect(group.get_measurements(), "mc", "brain_size")
     missing = [key for key in STAT_KEYS if key not in stats]
     if missing:
