@@ -15,7 +15,8 @@ every Series Description the model.
 - SEG with two binary segments on the slice grid: 1 = left hemisphere, 2 = right hemisphere (patient sides).
   highdicom 0.22 builds a SEG only from single-frame sources, so it is given a single-frame view of the NM (the
   plane at top level); the SEG references the NM instance.
-- Comprehensive 3D SR (TID 1500): per hemisphere (mean counts and size) a TID 1411 group referencing its SEG
+- Comprehensive SR (TID 1500; its coordinates are 2D SCOORD on the NM frame, so not the 3D SR class, which
+  OHIF 3.10 draws only from SCOORD3D): per hemisphere (mean counts and size) a TID 1411 group referencing its SEG
   segment and a TID 1410 group with its outline as a closed SCOORD polyline on the NM frame (what OHIF's SR
   handler draws); one TID 1410 group for the brain (MC, LR and AI) outlined on the NM frame. A hemisphere's two
   groups and its SEG segment share one tracking UID; the segments carry display colours.
@@ -530,8 +531,11 @@ def _counts_mapping_item(nm: Dataset) -> Dataset:
                      f"{PROPORTIONAL_TO_COUNTS.value}; only spectgan's NM images can be read as counts")
 
 
-def outline(mask: np.ndarray) -> np.ndarray:
+def outline(mask: np.ndarray, start_toward: Sequence[float] = (0.0, -1.0)) -> np.ndarray:
     """The closed outline of a binary [rows, columns] mask's largest region, for an SR polyline.
+
+    ``start_toward``: a (column, row) direction; the polyline starts (and ends) at its point farthest that way,
+    which is where viewers such as OHIF put the ROI's label (the default: the top).
 
     Returns (n, 2) float (column, row) DICOM pixel coordinates (the centre of pixel [r, c] is (c + 0.5, r + 0.5)),
     first point == last. Traced by marching squares at 0.5 (contourpy, matplotlib's tracer) on the mask padded with
@@ -546,8 +550,10 @@ def outline(mask: np.ndarray) -> np.ndarray:
     if not np.array_equal(largest[0], largest[-1]):
         largest = np.vstack([largest, largest[:1]])
     turns = np.cross(largest[1:-1] - largest[:-2], largest[2:] - largest[1:-1]) != 0
-    kept = np.vstack([largest[:1], largest[1:-1][turns], largest[-1:]])
-    return kept - 0.5  # padded index (x = column + 1, y = row + 1) -> DICOM pixel coordinates
+    ring = np.vstack([largest[:1], largest[1:-1][turns]])  # each point once
+    start = int(np.argmax(ring @ np.asarray(start_toward, dtype=np.float64)))
+    ring = np.roll(ring, -start, axis=0)
+    return np.vstack([ring, ring[:1]]) - 0.5  # padded index (x = column + 1, y = row + 1) -> DICOM pixel coordinates
 
 
 def _shoelace_area(points: np.ndarray) -> float:
@@ -613,6 +619,7 @@ def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], trac
         return measurements + ([_measurement(SIZE_CODES[size_unit], stats[key], size_unit)] if key in stats else [])
 
     groups: list = []
+    centroids = [np.argwhere(mask).mean(axis=0)[::-1] for mask in masks]  # (column, row) of each hemisphere
     for number, (side, mask) in enumerate(zip(SIDES, masks), start=1):
         hemisphere = dict(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[side], identifier=f"{side} hemisphere"),
@@ -626,12 +633,13 @@ def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], trac
                 source_images=[hd.sr.SourceImageForSegmentation(**nm_frame)]), **hemisphere))
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             referenced_region=hd.sr.ImageRegion(
-                graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(mask),
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,  # starting on its outer side (label apart)
+                graphic_data=outline(mask, start_toward=centroids[number - 1] - centroids[2 - number]),
                 source_image=hd.sr.SourceImageForRegion(**nm_frame)), **hemisphere))
     groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="brain"),
         referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(masks[0] | masks[1]),
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(masks[0] | masks[1], (0.0, 1.0)),
             source_image=hd.sr.SourceImageForRegion(**nm_frame)),
         finding_type=codes.SCT.Brain, finding_sites=[hd.sr.FindingSite(codes.SCT.Brain)], algorithm_id=algorithm,
         measurements=sized([_measurement(MEAN_COUNTS, stats["mc"], "counts", codes.SCT.Mean),
@@ -644,7 +652,7 @@ def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], trac
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.LN.SPECTBrain, imaging_measurements=groups)
-    sr = hd.sr.Comprehensive3DSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=[nm, seg], content=report, series_instance_uid=generate_uid(),
         series_number=study.next_series_number(), sop_instance_uid=generate_uid(), instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True)
