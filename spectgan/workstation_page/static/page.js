@@ -8,7 +8,7 @@ const CANVAS_PX = 224;               // drawn size of a slice (CSS pixels, the c
 const CANVAS_SCALE = 2;
 const MAX_REQUESTS = 200;            // slices per Generate
 const ROBUST_PEAK_PERCENTILE = 99.5; // the grey scale's top: this percentile of a slice's positive counts
-const REGION_COLOURS = { 1: "#ff7f0e", 2: "#1f77b4" };  // patient left, right (spectgan's overview colours)
+const REGION_COLOURS = { 1: "#ff7f0e", 2: "#3d9bff" };  // patient left, right (the overview's, right lighter)
 const CSV_COLUMNS = ["study", "model", "version", "sha256", "level", "pattern", "side", "seed", "psi", "mc", "left",
                      "right", "lr", "ai", "brain_size", "left_size", "right_size", "size_unit", "stats_error"];
 
@@ -89,7 +89,7 @@ function fill(select, values, describe = (value) => value) {
 
 // The model's valid conditions from /info/ ("BG-unilateral-left"): [{level, pattern, side}] (side "" when none).
 function conditionsOf(model) {
-  return (state.models[model].conditions || []).map((label) => {
+  return (state.models[model]?.conditions || []).map((label) => {
     const [level, pattern, side = ""] = label.split("-");
     return { level, pattern, side, label };
   });
@@ -106,7 +106,7 @@ function updateConditionChoices() {
   const atLevel = conditions.filter((c) => c.level === $("level").value);
   fill($("pattern"), unique(atLevel.map((c) => c.pattern)));
   const sides = unique(atLevel.filter((c) => c.pattern === $("pattern").value).map((c) => c.side));
-  fill($("side"), sides, (side) => side || "none (both or neither)");
+  fill($("side"), sides, (side) => side || "none");
   $("side").disabled = sides.length === 1 && sides[0] === "";
 }
 
@@ -226,7 +226,7 @@ function drawSlice(canvas, entry) {
   context.drawImage(pixels, x0, y0, columns * pw, rows * ph);
   // hemisphere outlines: the pixel edges between a region and anything else
   const regions = entry.regions, label = (r, c) => (r < 0 || c < 0 || r >= rows || c >= columns) ? 0 : regions[r * columns + c];
-  context.lineWidth = 2;
+  context.lineWidth = 1.5 * CANVAS_SCALE;
   for (const [code, colour] of Object.entries(REGION_COLOURS)) {
     context.strokeStyle = colour;
     context.beginPath();
