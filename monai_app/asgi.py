@@ -288,10 +288,13 @@ async def page_generate(model: str, image: str = "", params: str = Form("{}"),
 
 @page_router.post("/api/export", summary=f"{RBAC_USER}Export results of the page to the server's PACS")
 async def export_from_page(request: Request, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
-    try:
+    try:  # JSON only: no form of another site can send it (scripts of other sites: MONAI Label's CORS setting)
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise ValueError
         body = await request.json()
     except ValueError:
-        raise MalformedRequestError("the export request is not JSON; send {\"results\": [result ids]}") from None
+        raise MalformedRequestError("the export request is not JSON; send {\"results\": [result ids]} with "
+                                    "Content-Type: application/json") from None
     return await run_in_threadpool(_page_export, body)
 
 
