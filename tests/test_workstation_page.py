@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -247,6 +249,8 @@ def test_page_requests_two_conditions_shows_statistics_exports_and_opens_ohif(se
 
 
 def test_page_shows_errors_as_readable_messages(server, pacs, browser):
+    """Bad seeds (the page), a model the server lacks (404), the PACS down (503, then back) and a generation worker
+    that died (503, then replaced)."""
     from selenium.webdriver.common.by import By
 
     open_page(browser, server)
@@ -286,6 +290,16 @@ def test_page_shows_errors_as_readable_messages(server, pacs, browser):
     assert text_of(browser, "export-status").startswith("Exported 1 result: 3 DICOM instances"), \
         text_of(browser, "error")
     assert text_of(browser, "error") == ""
+
+    (worker,) = server.generation_worker_pids()
+    os.kill(worker, signal.SIGKILL)  # the server's generation worker dies (killed, out of memory): a 503
+    wait_for(browser, lambda d: worker not in server.generation_worker_pids())
+    generate_field.clear()
+    generate_field.send_keys("2\n")
+    wait_for(browser, lambda d: text_of(d, "progress-text").startswith("Stopped"), 240)
+    message = text_of(browser, "error")
+    assert "HTTP 503" in message and "the generation worker process serving this request ended" in message, message
+    generate(browser, "2", expected=1)  # the server replaced its worker: the same request works again
 
 
 def test_page_and_api_refuse_what_the_server_does_not_allow(server):
