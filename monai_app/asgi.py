@@ -9,6 +9,10 @@
   loop); MONAI Label's ``send_response`` answers it as the stock route would.
 - ``PUT /datastore/`` and ``/datastore/image`` accept NIfTI or DICOM only, under a plain id.
 - ``POST /train/{model}`` checks the train params and the cohort before MONAI Label starts the task.
+- ``/spectgan/``: the spectgan page (static files of ``spectgan.workstation_page``) and its API under
+  ``/spectgan/api/``: the datastore's studies, a generation answered as JSON with the slice as the page draws it
+  (``spectgan.serving.page.slice_view``; the same checks and infer task as ``/infer``), and the export of chosen
+  results to the server's PACS.
 - ``error_response``: the one place where errors of spectgan and MONAI Label become HTTP answers (a 4xx with their
   message instead of a bare 500; no server path in it).
 
@@ -18,12 +22,14 @@ requests, one thread each).
 import hmac
 import shutil
 import tempfile
+from importlib.resources import files
 from pathlib import Path
 from typing import Optional
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from monailabel.app import app
 from monailabel.config import RBAC_ADMIN, RBAC_ANNOTATOR, RBAC_USER, settings
 from monailabel.endpoints.datastore import add_image
@@ -37,6 +43,8 @@ from starlette.concurrency import run_in_threadpool
 
 from spectgan.errors import (InvalidRequestError, MalformedRequestError, NotFoundError, SpectganError,
                              TooLargeError, UnavailableError)
+from spectgan.geometry.roi import read_image
+from spectgan.serving.page import parse_export_request, slice_view
 from spectgan.serving.request import GENERATION_REQUEST
 from spectgan.serving.service import private_results_dir, use_server_threads, without_folder
 from spectgan.serving.settings import API_TOKEN_ENV, REPOSITORY_ROOT, api_token_from, max_upload_bytes_from
@@ -50,6 +58,12 @@ STATUS_OF_ERROR = ((TooLargeError, 413), (MalformedRequestError, 400), (InvalidR
                    (NotFoundError, 404), (UnavailableError, 503), (SpectganError, 422))
 
 router = APIRouter()
+page_router = APIRouter(prefix="/spectgan")
+PAGE_DIR = Path(str(files("spectgan.workstation_page") / "static"))
+PAGE_HEADERS = {  # the page loads nothing from elsewhere
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+}
 
 
 class AuthenticationError(Exception):
@@ -226,6 +240,64 @@ async def train(
     return await run_in_threadpool(run_model, model, params, run_sync, enqueue)
 
 
+# ------------------------------------------------------------------------------------------------- the page
+
+def _page_generation(model: str, image: str, params: str) -> dict:
+    """One slice for the page: the checks and infer task of ``/infer``; answers the id under which the result is
+    kept for export, the JSON result and the slice view."""
+    instance = app_instance()
+    request = instance.generation_request(model, params, None)
+    if request.output_space != "slice":
+        raise InvalidRequestError("the page shows one-slice results: leave output_space empty or send slice")
+    result = instance.infer({"model": model, "image": instance.reference_image(image, "", None),
+                             GENERATION_REQUEST: request})
+    try:
+        image_result = read_image(result["file"])
+    finally:
+        Path(result["file"]).unlink(missing_ok=True)
+    kept = instance.page_results.add(image_result, {**result["params"], "image": image})  # named by its id
+    return {"id": kept.metadata["result_id"], "result": kept.metadata, "view": slice_view(kept.image, kept.midline)}
+
+
+def _page_export(body) -> dict:
+    ids, run = parse_export_request(body)
+    instance = app_instance()
+    return instance.page_export.export(instance.page_results.get(ids), run)
+
+
+@page_router.get("/", include_in_schema=False)
+async def page(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    return FileResponse(PAGE_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+
+@page_router.get("/api/studies", summary=f"{RBAC_USER}The datastore's reference studies (ids)")
+async def page_studies(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    return {"studies": await run_in_threadpool(app_instance().study_ids)}
+
+
+@page_router.get("/api/config", summary=f"{RBAC_USER}What the page may offer (export, OHIF)")
+async def page_config(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    return app_instance().page_export.describe()
+
+
+@page_router.post("/api/generate/{model}", summary=f"{RBAC_USER}One slice as the spectgan page draws it")
+async def page_generate(model: str, image: str = "", params: str = Form("{}"),
+                        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    return await run_in_threadpool(_page_generation, model, image, params)
+
+
+@page_router.post("/api/export", summary=f"{RBAC_USER}Export results of the page to the server's PACS")
+async def export_from_page(request: Request, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    try:  # JSON only: no form of another site can send it (scripts of other sites: MONAI Label's CORS setting)
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise ValueError
+        body = await request.json()
+    except ValueError:
+        raise MalformedRequestError("the export request is not JSON; send {\"results\": [result ids]} with "
+                                    "Content-Type: application/json") from None
+    return await run_in_threadpool(_page_export, body)
+
+
 def _ahead_of_stock_routes(router: APIRouter) -> None:
     """Add the router's routes in front of MONAI Label's, so that they answer their paths first."""
     app.include_router(router, prefix=API)
@@ -235,6 +307,8 @@ def _ahead_of_stock_routes(router: APIRouter) -> None:
 
 use_server_threads()
 _ahead_of_stock_routes(router)
+app.include_router(page_router)
+app.mount("/spectgan/static", StaticFiles(directory=PAGE_DIR), name="spectgan-page")
 app.add_middleware(EdgeGuard)
 app.add_exception_handler(SpectganError, _error_handler)
 app.add_exception_handler(MONAILabelException, _error_handler)

@@ -19,9 +19,10 @@ from monailabel.interfaces.tasks.train import TrainTask
 import spectgan
 from spectgan.errors import InvalidRequestError, NotFoundError
 from spectgan.serving.generation_pool import GenerationPool
+from spectgan.serving.page import PageExport, ResultStore
 from spectgan.serving.request import GenerationRequest, parse_params_json
-from spectgan.serving.service import GenerationService, check_cohort, select_models
-from spectgan.serving.settings import generation_workers_from, models_dir_from
+from spectgan.serving.service import GenerationService, check_cohort, private_results_dir, select_models
+from spectgan.serving.settings import generation_workers_from, is_dicomweb, models_dir_from, pacs_url_from
 from spectgan.serving.uploads import check_id
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ class SpectganApp(MONAILabelApp):
         self.service = GenerationService(models_dir, names)
         workers = generation_workers_from(conf)
         self.generator = GenerationPool(models_dir, names, workers) if workers else self.service
+        self.page_results = ResultStore()  # the spectgan page's results, by id, for its exports
+        pacs_url = pacs_url_from(conf, studies)
+        self.page_export = PageExport(pacs_url, private_results_dir() / "page_exports",
+                                      ohif=is_dicomweb(studies) and pacs_url == str(studies).strip().rstrip("/"))
         self.models: Dict[str, SpectganModelConfig] = {}
         for name in names:
             self.models[name] = SpectganModelConfig()
@@ -92,9 +97,13 @@ class SpectganApp(MONAILabelApp):
                                 f"datastore, never a file; available: {self._listed_images()}")
         return path
 
+    def study_ids(self) -> list:
+        """The ids of the datastore's reference studies (a folder's files or a DICOMweb server's series)."""
+        return sorted(self.datastore().list_images())
+
     def _listed_images(self) -> str:
         """The first image ids of the datastore, for error messages."""
-        available = sorted(self.datastore().list_images())
+        available = self.study_ids()
         return ", ".join(available[:LISTED_IMAGE_IDS]) + (" ..." if len(available) > LISTED_IMAGE_IDS else "")
 
     def check_train_request(self, model: str, params: dict) -> None:

@@ -42,6 +42,7 @@ from spectgan.cohorts.format import atomic_write_bytes, atomic_write_image
 from spectgan.conditions import Condition, Pattern, Side, parse_condition, parse_levels, parse_member, takes_side
 from spectgan.errors import SpectganError
 from spectgan.figures import pyplot, save_figure
+from spectgan.geometry.display import display_orientation, midline_distance, oriented
 from spectgan.geometry.registration import OUTPUT_SPACES
 from spectgan.geometry.roi import MidlinePlane, hemisphere_masks, read_image
 from spectgan.serving.settings import API_TOKEN_ENV
@@ -607,36 +608,10 @@ def export_results(results: Sequence[GenerationResult], folder: str | Path, pacs
 
 # ---------------------------------------------------------------------------------------------------- overview
 
-def _display_orientation(image: sitk.Image) -> tuple[bool, bool, bool]:
-    """(transpose, flip rows, flip columns) that show a one-slice image radiologically: the patient's left to the
-    right of the screen, anterior up. A display choice only; the data are never changed."""
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    column_axis, row_axis = direction[:, 0], direction[:, 1]
-    transpose = abs(row_axis[0]) > abs(column_axis[0])
-    if transpose:
-        column_axis, row_axis = row_axis, column_axis
-    return transpose, row_axis[1] < 0, column_axis[0] < 0
-
-
-def _oriented(array: np.ndarray, orientation: tuple[bool, bool, bool]) -> np.ndarray:
-    transpose, flip_rows, flip_columns = orientation
-    array = array.T if transpose else array
-    return array[::-1 if flip_rows else 1, ::-1 if flip_columns else 1]
-
-
-def _midline_distance(image: sitk.Image, midline: MidlinePlane) -> np.ndarray:
-    """Signed distance (mm) of each pixel centre of a one-slice image to the midline, [rows, columns]."""
-    columns, rows = np.meshgrid(np.arange(image.GetSize()[0]), np.arange(image.GetSize()[1]))
-    steps = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
-    points = np.asarray(image.GetOrigin()) + np.stack([columns, rows, np.zeros_like(rows)], -1) @ steps.T
-    normal = np.asarray(midline.normal) / np.linalg.norm(midline.normal)
-    return (points - np.asarray(midline.point)) @ normal
-
-
 def _draw_panel(axis, result: GenerationResult, peak: float) -> None:
     """One scan: counts in grey, hemisphere outlines, the midline, and its statistics in the title."""
-    orientation = _display_orientation(result.image)
-    axis.imshow(_oriented(sitk.GetArrayFromImage(result.image)[0], orientation), cmap="gray", vmin=0.0,
+    orientation = display_orientation(result.image)
+    axis.imshow(oriented(sitk.GetArrayFromImage(result.image)[0], orientation), cmap="gray", vmin=0.0,
                 vmax=peak if peak > 0 else None, interpolation="nearest")
     stats = result.stats
     if stats is None:
@@ -644,10 +619,10 @@ def _draw_panel(axis, result: GenerationResult, peak: float) -> None:
     else:
         _, left, right = result.hemisphere_masks()
         for mask, colour in ((left, "tab:orange"), (right, "tab:blue")):
-            axis.contour(_oriented(sitk.GetArrayFromImage(mask)[0], orientation), levels=[0.5], colors=colour,
+            axis.contour(oriented(sitk.GetArrayFromImage(mask)[0], orientation), levels=[0.5], colors=colour,
                          linewidths=0.8)
         numbers = f"MC {stats['mc']:.0f}  LR {stats['lr']:.3f}  AI {stats['ai']:+.1f} %"
-    axis.contour(_oriented(_midline_distance(result.image, result.midline), orientation), levels=[0.0],
+    axis.contour(oriented(midline_distance(result.image, result.midline), orientation), levels=[0.0],
                  colors="yellow", linewidths=0.9, linestyles="dashed")
     axis.set_title(f"{result.condition.label}  seed {result.seed}\n{numbers}", fontsize=7)
     axis.text(0.02, 0.03, "R", color="white", fontsize=7, transform=axis.transAxes, ha="left")

@@ -20,13 +20,13 @@ from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
 from scripted_server import MIDLINE, MODEL, ScriptedServer
 from spectgan.cli import main
 from spectgan.client import (GenerationResult, InvalidResponseError, NotFoundError, RequestRejectedError,
-                             ServerTimeoutError, ServerUnavailableError, SpectGANClient, _display_orientation,
-                             _oriented, draw_overview, expand_conditions, model_conditions, parse_multipart,
-                             parse_seeds)
+                             ServerTimeoutError, ServerUnavailableError, SpectGANClient, draw_overview,
+                             expand_conditions, model_conditions, parse_multipart, parse_seeds)
 from spectgan.conditions import LEVEL_Z_MM, Condition, Level, Pattern, Side, valid_conditions
 from spectgan.demo import STUDIES, require_bundles, run_chain
 from spectgan.export.dicom import counts_slope, read_scan, write_series
 from spectgan.errors import InvalidImageError, SpectganError
+from spectgan.geometry.display import display_orientation, oriented
 from spectgan.geometry.registration import pose_from_dict
 from spectgan.export.orthanc import LocalOrthanc
 from spectgan.export.pacs import pending_count
@@ -212,8 +212,8 @@ def test_display_is_radiological_for_any_direction_and_leaves_the_data_alone():
         for row in range(4):
             for column in range(5):
                 x_mm[row, column], y_mm[row, column], _ = image.TransformIndexToPhysicalPoint((column, row, 0))
-        orientation = _display_orientation(image)
-        shown_x, shown_y = _oriented(x_mm, orientation), _oriented(y_mm, orientation)
+        orientation = display_orientation(image)
+        shown_x, shown_y = oriented(x_mm, orientation), oriented(y_mm, orientation)
         assert (np.diff(shown_x, axis=1) > 0).all() and (np.diff(shown_y, axis=0) > 0).all(), direction
 
 

@@ -10,6 +10,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from matplotlib.path import Path
+from pydicom.sr.codedict import codes
 
 from spectgan.export.dicom import (SYNTHETIC_DATA_TAG, DicomError, SyntheticRun, SyntheticStudy, counts_slope,
                                    encode_scan, reference_label,
@@ -210,7 +211,7 @@ def test_sr_outlines_each_hemisphere_on_the_nm_frame_with_the_segments_tracking_
     nm, seg, sr = encode(scan)
     paths = write_series([seg, sr], tmp_path)
     report = hd.sr.MeasurementReport.from_sequence([pydicom.dcmread(paths[1])])
-    outlines = report.get_planar_roi_measurement_groups()
+    outlines = report.get_planar_roi_measurement_groups(finding_type=codes.SCT.CerebralHemisphere)
     volumes = report.get_volumetric_roi_measurement_groups()
     segments = hd.seg.segread(paths[0]).SegmentSequence
     assert [group.finding_sites[0].laterality.meaning for group in outlines] == ["Left", "Right"]
@@ -372,3 +373,35 @@ def test_read_scan_names_a_folder_without_one_scan(tmp_path):
         read_scan(tmp_path)
     with pytest.raises(DicomError, match="no such DICOM file"):
         read_scan([tmp_path / "missing.dcm"])
+
+
+def test_nm_states_its_plane_at_top_level_too_so_that_viewers_place_a_one_frame_image(tmp_path):
+    """OHIF takes a one-frame NM for a single-frame image and reads its position at top level only; the top-level
+    plane equals the Detector Information Sequence's, and dciodvfy calls it a Standard Extended SOP Class."""
+    scan = make_oblique_scan()
+    path = write_series(encode(scan)[:1], tmp_path)[0]
+    nm = pydicom.dcmread(path)
+    detector = nm.DetectorInformationSequence[0]
+    assert nm.ImagePositionPatient == detector.ImagePositionPatient
+    assert nm.ImageOrientationPatient == detector.ImageOrientationPatient
+    np.testing.assert_allclose([float(value) for value in nm.ImagePositionPatient], scan.image.GetOrigin(), atol=1e-4)
+    extended = [line for line in dciodvfy_findings(path) if "Image Position" in line or "Image Orientation" in line]
+    assert len(extended) == 2 and all(line.startswith("Warning - Attribute is not present in standard")
+                                      for line in extended), extended
+
+
+def test_every_sr_measurement_group_carries_coordinates_as_ohif_needs(tmp_path):
+    """OHIF 3.10 stops loading an SR at a measurement group without coordinates: the brain's MC, LR and AI come in a
+    planar ROI group outlined around both hemispheres, and read back as they were written."""
+    scan = make_oblique_scan()
+    sr = pydicom.dcmread(write_series(encode(scan)[2:], tmp_path)[0])
+    report = hd.sr.MeasurementReport.from_sequence([sr])
+    assert report.get_image_measurement_groups() == []
+    (brain,) = report.get_planar_roi_measurement_groups(finding_type=codes.SCT.Brain)
+    rows, columns = np.mgrid[0:scan.left.shape[0], 0:scan.left.shape[1]]
+    centres = np.stack([columns.ravel() + 0.5, rows.ravel() + 0.5], axis=1)
+    inside = Path(brain.roi.value).contains_points(centres).reshape(scan.left.shape)
+    np.testing.assert_array_equal(inside, scan.left | scan.right)
+    values = {item.name.meaning: item.value for item in brain.get_measurements()}
+    assert values["Hemisphere asymmetry index"] == pytest.approx(scan.stats["ai"])
+    assert values["Left to right hemisphere mean count ratio"] == pytest.approx(scan.stats["lr"])

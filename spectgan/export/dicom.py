@@ -8,16 +8,18 @@ every Series Description the model.
 - NM image (one-frame RECON TOMO multi-frame), its acquisition modules (123I-IMP, the photopeak window, the orbit,
   a parallel-hole collimator) stated from ``spectgan.simulation.protocol``. Its plane is the Detector Information
   Sequence's Image Position / Image Orientation (Patient), which is where SimpleITK (GDCM) reads an NM image's
-  geometry; the slice thickness is Spacing Between Slices. The one-slice image's normal is implicit in DICOM (row x
+  geometry, and the same values at top level, where viewers that treat a one-frame image as single-frame (OHIF)
+  read it; the slice thickness is Spacing Between Slices. The one-slice image's normal is implicit in DICOM (row x
   column direction), so a left-handed direction matrix comes back with its third column negated: the same plane
   and the same pixel positions, nothing flipped in the plane.
 - SEG with two binary segments on the slice grid: 1 = left hemisphere, 2 = right hemisphere (patient sides).
   highdicom 0.22 builds a SEG only from single-frame sources, so it is given a single-frame view of the NM (the
   plane at top level); the SEG references the NM instance.
-- Comprehensive 3D SR (TID 1500): per hemisphere (mean counts and size) a TID 1411 group referencing its SEG
+- Comprehensive SR (TID 1500; its coordinates are 2D SCOORD on the NM frame, so not the 3D SR class, which
+  OHIF 3.10 draws only from SCOORD3D): per hemisphere (mean counts and size) a TID 1411 group referencing its SEG
   segment and a TID 1410 group with its outline as a closed SCOORD polyline on the NM frame (what OHIF's SR
-  handler draws); one image group (MC, LR and AI) referencing the NM. A hemisphere's two groups and its SEG
-  segment share one tracking UID; the segments carry display colours.
+  handler draws); one TID 1410 group for the brain (MC, LR and AI) outlined on the NM frame. A hemisphere's two
+  groups and its SEG segment share one tracking UID; the segments carry display colours.
 
 Quantization: counts are stored as 16-bit integers, counts = stored value x slope with slope = max |counts| / 65535
 (unsigned; 32767 signed when a count is negative), so a read value differs from the original by at most half the
@@ -430,6 +432,11 @@ def _nm_image(image: sitk.Image, provenance: Provenance, study: SyntheticStudy, 
     detector.RadialPosition = _ds(RADIUS_OF_ROTATION_CM * 10)
     ds.DetectorInformationSequence = DicomSequence([detector])
     ds.NumberOfDetectors = len(ds.DetectorInformationSequence)
+    # The same plane at top level as well (Image Plane attributes beyond the NM IOD: a Standard Extended SOP
+    # Class). Viewers take a one-frame NM for a single-frame image and look for its position there: without it,
+    # OHIF 3.10 flags the series ("missing position information") and draws it with no orientation marks.
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = detector.ImagePositionPatient, \
+        detector.ImageOrientationPatient
     ds.SliceThickness = ds.SpacingBetweenSlices = _ds(thickness)
     # Pixels: rows run along the image's y axis, columns along x; counts = stored x slope (RWVM, not Rescale)
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -524,8 +531,11 @@ def _counts_mapping_item(nm: Dataset) -> Dataset:
                      f"{PROPORTIONAL_TO_COUNTS.value}; only spectgan's NM images can be read as counts")
 
 
-def outline(mask: np.ndarray) -> np.ndarray:
+def outline(mask: np.ndarray, start_toward: Sequence[float] = (0.0, -1.0)) -> np.ndarray:
     """The closed outline of a binary [rows, columns] mask's largest region, for an SR polyline.
+
+    ``start_toward``: a (column, row) direction; the polyline starts (and ends) at its point farthest that way,
+    which is where viewers such as OHIF put the ROI's label (the default: the top).
 
     Returns (n, 2) float (column, row) DICOM pixel coordinates (the centre of pixel [r, c] is (c + 0.5, r + 0.5)),
     first point == last. Traced by marching squares at 0.5 (contourpy, matplotlib's tracer) on the mask padded with
@@ -540,8 +550,10 @@ def outline(mask: np.ndarray) -> np.ndarray:
     if not np.array_equal(largest[0], largest[-1]):
         largest = np.vstack([largest, largest[:1]])
     turns = np.cross(largest[1:-1] - largest[:-2], largest[2:] - largest[1:-1]) != 0
-    kept = np.vstack([largest[:1], largest[1:-1][turns], largest[-1:]])
-    return kept - 0.5  # padded index (x = column + 1, y = row + 1) -> DICOM pixel coordinates
+    ring = np.vstack([largest[:1], largest[1:-1][turns]])  # each point once
+    start = int(np.argmax(ring @ np.asarray(start_toward, dtype=np.float64)))
+    ring = np.roll(ring, -start, axis=0)
+    return np.vstack([ring, ring[:1]]) - 0.5  # padded index (x = column + 1, y = row + 1) -> DICOM pixel coordinates
 
 
 def _shoelace_area(points: np.ndarray) -> float:
@@ -551,12 +563,10 @@ def _shoelace_area(points: np.ndarray) -> float:
 
 
 def _single_frame_view(nm: Dataset) -> Dataset:
-    """The NM as the single-frame image highdicom 0.22 can segment: plane at top level, no NumberOfFrames."""
+    """The NM as the single-frame image highdicom 0.22 can segment: no NumberOfFrames (the plane is at top level
+    too)."""
     view = copy.deepcopy(nm)
     del view.NumberOfFrames
-    detector = nm.DetectorInformationSequence[0]
-    view.ImagePositionPatient, view.ImageOrientationPatient = detector.ImagePositionPatient, \
-        detector.ImageOrientationPatient
     return view
 
 
@@ -597,8 +607,9 @@ def _measurement(name: Code, value: float, unit: str, derivation: Code | None = 
 def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], tracking: dict[str, str], stats: dict,
                         provenance: Provenance, study: SyntheticStudy) -> Dataset:
     """TID 1500 SR: per hemisphere a TID 1411 group (its SEG segment) and a TID 1410 group (its outline on the NM
-    frame, which viewers such as OHIF draw), both with the hemisphere's tracking UID; a TID 1501 group for the
-    brain (MC, LR, AI)."""
+    frame, which viewers such as OHIF draw), both with the hemisphere's tracking UID; a TID 1410 group for the
+    brain (MC, LR, AI) with the outline of both hemispheres. (A group without coordinates, such as a TID 1501
+    image group, stops OHIF 3.10 from loading the SR at all: it expects every NUM there to hold coordinates.)"""
     algorithm = hd.sr.AlgorithmIdentification(name="spectgan hemisphere statistics", version=__version__)
     nm_frame = dict(referenced_sop_class_uid=nm.SOPClassUID, referenced_sop_instance_uid=nm.SOPInstanceUID,
                     referenced_frame_numbers=[1])
@@ -608,6 +619,7 @@ def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], trac
         return measurements + ([_measurement(SIZE_CODES[size_unit], stats[key], size_unit)] if key in stats else [])
 
     groups: list = []
+    centroids = [np.argwhere(mask).mean(axis=0)[::-1] for mask in masks]  # (column, row) of each hemisphere
     for number, (side, mask) in enumerate(zip(SIDES, masks), start=1):
         hemisphere = dict(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[side], identifier=f"{side} hemisphere"),
@@ -621,12 +633,15 @@ def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], trac
                 source_images=[hd.sr.SourceImageForSegmentation(**nm_frame)]), **hemisphere))
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             referenced_region=hd.sr.ImageRegion(
-                graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(mask),
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,  # starting on its outer side (label apart)
+                graphic_data=outline(mask, start_toward=centroids[number - 1] - centroids[2 - number]),
                 source_image=hd.sr.SourceImageForRegion(**nm_frame)), **hemisphere))
-    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+    groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="brain"),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(masks[0] | masks[1], (0.0, 1.0)),
+            source_image=hd.sr.SourceImageForRegion(**nm_frame)),
         finding_type=codes.SCT.Brain, finding_sites=[hd.sr.FindingSite(codes.SCT.Brain)], algorithm_id=algorithm,
-        source_images=[hd.sr.SourceImageForMeasurementGroup(**nm_frame)],
         measurements=sized([_measurement(MEAN_COUNTS, stats["mc"], "counts", codes.SCT.Mean),
                             _measurement(LR_RATIO, stats["lr"], "ratio"),
                             _measurement(ASYMMETRY_INDEX, stats["ai"], "percent")], "brain_size")))
@@ -637,7 +652,7 @@ def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], trac
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.LN.SPECTBrain, imaging_measurements=groups)
-    sr = hd.sr.Comprehensive3DSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=[nm, seg], content=report, series_instance_uid=generate_uid(),
         series_number=study.next_series_number(), sop_instance_uid=generate_uid(), instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True)
@@ -683,7 +698,7 @@ def _stats_from_report(sr: Dataset) -> dict:
         for side in SIDES:
             if _is(laterality, LATERALITY[side]):
                 collect(group.get_measurements(), side, f"{side}_size")
-    for group in report.get_image_measurement_groups():
+    for group in report.get_planar_roi_measurement_groups(finding_type=codes.SCT.Brain):
         collect(group.get_measurements(), "mc", "brain_size")
     missing = [key for key in STAT_KEYS if key not in stats]
     if missing:

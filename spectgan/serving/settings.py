@@ -8,6 +8,10 @@
 | generation_workers   | SPECTGAN_GENERATION_WORKERS    | one worker process per core; 0: request threads |
 | api_token            | SPECTGAN_API_TOKEN             | none: no authentication                   |
 | max_upload_mb        | SPECTGAN_MAX_UPLOAD_MB         | 64                                        |
+| pacs                 | SPECTGAN_PACS_URL              | the datastore, when it is a DICOMweb server; else none |
+
+The PACS is where the spectgan page exports to (``dicom://AET@host:port`` or ``http(s)://host:port/dicom-web``); its
+credentials come from ``SPECTGAN_PACS_USERNAME`` and ``SPECTGAN_PACS_PASSWORD`` (``spectgan.export.pacs``).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ COHORT_ENV = "SPECTGAN_COHORT"
 GENERATION_WORKERS_ENV = "SPECTGAN_GENERATION_WORKERS"
 API_TOKEN_ENV = "SPECTGAN_API_TOKEN"
 MAX_UPLOAD_ENV = "SPECTGAN_MAX_UPLOAD_MB"
+PACS_URL_ENV = "SPECTGAN_PACS_URL"
 DEFAULT_MAX_UPLOAD_MB = 64  # a reference SPECT volume takes a few MB
 
 
@@ -76,3 +81,17 @@ def max_upload_bytes_from(conf: Mapping[str, str] | None = None) -> int:
     value = _setting(conf, "max_upload_mb", MAX_UPLOAD_ENV)
     megabytes = DEFAULT_MAX_UPLOAD_MB if value is None else _whole_number(value, "max_upload_mb", "of megabytes")
     return megabytes * 1024 * 1024
+
+
+def is_dicomweb(studies: str | None) -> bool:
+    """True when the datastore (``--studies``) is a DICOMweb server rather than a folder."""
+    return str(studies or "").strip().lower().startswith(("http://", "https://"))
+
+
+def pacs_url_from(conf: Mapping[str, str] | None, studies: str | None) -> str | None:
+    """The PACS the page exports to: app conf ``pacs``, else $SPECTGAN_PACS_URL, else the datastore when it is a
+    DICOMweb server (``studies``); None: no export."""
+    value = _setting(conf, "pacs", PACS_URL_ENV)
+    if value is None and is_dicomweb(studies):
+        value = str(studies).strip()
+    return value.rstrip("/") if value else None

@@ -14,7 +14,7 @@ from typing import Mapping
 import requests
 
 from spectgan.errors import SpectganError
-from spectgan.serving.settings import API_TOKEN_ENV, COHORT_ENV, MODELS_DIR_ENV, REPOSITORY_ROOT
+from spectgan.serving.settings import API_TOKEN_ENV, COHORT_ENV, MODELS_DIR_ENV, REPOSITORY_ROOT, is_dicomweb
 
 PORT_ATTEMPTS = 3  # a port found free may be taken by another process before the server binds it: try another
 PORT_TAKEN = "address already in use"
@@ -27,7 +27,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-def server_command(studies: Path, port: int, models: str = "all", host: str = "127.0.0.1",
+def server_command(studies: Path | str, port: int, models: str = "all", host: str = "127.0.0.1",
                    tls: tuple[Path, Path] | None = None, conf: Mapping[str, str] | None = None) -> list[str]:
     """The documented start command of the app (run from the repository root); ``tls``: (key file, certificate
     file) to serve HTTPS; ``conf``: more app conf settings (``spectgan.serving.settings``)."""
@@ -51,16 +51,20 @@ class ServerProcess:
     ``environment``: more environment variables.
     """
 
-    def __init__(self, studies: Path, models_dir: Path, log_path: Path, models: str = "all",
+    def __init__(self, studies: Path | str, models_dir: Path, log_path: Path, models: str = "all",
                  cohort_dir: Path | None = None, start_timeout_s: float = 240.0, token: str | None = None,
                  tls: tuple[Path, Path] | None = None, conf: Mapping[str, str] | None = None,
                  environment: Mapping[str, str] | None = None):
-        self.studies, self.models, self.tls, self.conf = Path(studies), models, tls, dict(conf or {})
+        self.studies = str(studies) if is_dicomweb(str(studies)) else Path(studies)  # a folder or a DICOMweb URL
+        self.models, self.tls, self.conf = models, tls, dict(conf or {})
         self.scheme = "https" if tls else "http"
         self.verify: str | bool = str(tls[1]) if tls else True
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         inherited = {key: value for key, value in os.environ.items() if key != API_TOKEN_ENV}
-        self.environment = {**inherited, MODELS_DIR_ENV: str(models_dir), "MONAILABEL_PYEXE": sys.executable,
+        # the interpreter's folder first on PATH, as in an activated venv: MONAI Label finds dcmqi's tools there
+        # (installed with the package) instead of downloading them for a DICOMweb datastore
+        path = os.pathsep.join([str(Path(sys.executable).parent), inherited.get("PATH", os.defpath)])
+        self.environment = {**inherited, "PATH": path, MODELS_DIR_ENV: str(models_dir), "MONAILABEL_PYEXE": sys.executable,
                             **({COHORT_ENV: str(cohort_dir)} if cohort_dir else {}),
                             **({API_TOKEN_ENV: token} if token else {}), **(environment or {})}
         self.log_path, self.start_timeout_s = Path(log_path), start_timeout_s

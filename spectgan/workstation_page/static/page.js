@@ -1,0 +1,506 @@
+// The spectgan page: request synthetic slices over a reference study, review them with their hemisphere statistics,
+// download the table and export chosen results to the PACS. Everything the page offers comes from the server: the
+// studies (its datastore), the models and the conditions each allows (GET /info/); nothing is copied here.
+"use strict";
+
+const API = "/spectgan/api";
+const CANVAS_PX = 224;               // drawn size of a slice (CSS pixels, the canvas holds 2x for sharp outlines)
+const CANVAS_SCALE = 2;
+const MAX_REQUESTS = 200;            // slices per Generate
+const ROBUST_PEAK_PERCENTILE = 99.5; // the grey scale's top: this percentile of a slice's positive counts
+const REGION_COLOURS = { 1: "#ff7f0e", 2: "#3d9bff" };  // patient left, right (the overview's, right lighter)
+const CSV_COLUMNS = ["study", "model", "version", "sha256", "level", "pattern", "side", "seed", "psi", "mc", "left",
+                     "right", "lr", "ai", "brain_size", "left_size", "right_size", "size_unit", "stats_error"];
+
+const state = { models: {}, results: [], conditions: [], peak: 0, run: null, busy: false, config: {} };
+const $ = (id) => document.getElementById(id);
+
+// ------------------------------------------------------------------------------------------------------- errors
+
+class PageError extends Error {}
+
+// A readable message for a failed request: the server's own explanation when it gave one.
+async function describeFailure(response, what) {
+  let detail = "";
+  try {
+    const body = await response.clone().json();
+    detail = typeof body.detail === "string" ? body.detail
+      : Array.isArray(body.detail) ? body.detail.map((item) => item.msg || JSON.stringify(item)).join("; ")
+      : JSON.stringify(body);
+  } catch (error) {
+    detail = (await response.text()).trim().slice(0, 300);
+  }
+  const status = `HTTP ${response.status}${response.statusText ? " " + response.statusText : ""}`;
+  if (response.status === 503 || response.status === 429) {
+    return `${what}: the server is busy or a service it needs is unavailable (${status}). ${detail || "Try again in a moment."}`;
+  }
+  if (response.status === 401) {
+    return `${what}: this server requires an API token (${status}); the page works with servers without one. ${detail}`;
+  }
+  return `${what} was refused (${status}): ${detail || "no explanation given"}`;
+}
+
+async function call(path, what, options = {}) {
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (error) {
+    throw new PageError(`${what}: cannot reach the spectgan server (${error.message}). Is it running?`);
+  }
+  if (!response.ok) {
+    throw new PageError(await describeFailure(response, what));
+  }
+  return response.json();
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function guarded(action) {
+  return async (event) => {
+    if (event) event.preventDefault();
+    try {
+      showError("");
+      await action(event);
+    } catch (error) {
+      showError(error instanceof PageError ? error.message : `Unexpected error on the page: ${error.message}`);
+    }
+  };
+}
+
+// --------------------------------------------------------------------------------------------- request form
+
+function option(select, value, text) {
+  const item = document.createElement("option");
+  item.value = value;
+  item.textContent = text;
+  select.appendChild(item);
+}
+
+function fill(select, values, describe = (value) => value) {
+  const previous = select.value;
+  select.replaceChildren();
+  values.forEach((value) => option(select, value, describe(value)));
+  if (values.includes(previous)) select.value = previous;
+}
+
+// The model's valid conditions from /info/ ("BG-unilateral-left"): [{level, pattern, side}] (side "" when none).
+function conditionsOf(model) {
+  return (state.models[model]?.conditions || []).map((label) => {
+    const [level, pattern, side = ""] = label.split("-");
+    return { level, pattern, side, label };
+  });
+}
+
+function unique(values) {
+  return [...new Set(values)];
+}
+
+// Level, pattern and side offer only what the model allows, each given the choices before it.
+function updateConditionChoices() {
+  const conditions = conditionsOf($("model").value);
+  fill($("level"), unique(conditions.map((c) => c.level)));
+  const atLevel = conditions.filter((c) => c.level === $("level").value);
+  fill($("pattern"), unique(atLevel.map((c) => c.pattern)));
+  const sides = unique(atLevel.filter((c) => c.pattern === $("pattern").value).map((c) => c.side));
+  fill($("side"), sides, (side) => side || "none");
+  $("side").disabled = sides.length === 1 && sides[0] === "";
+}
+
+function selectedCondition() {
+  const side = $("side").value;
+  return { level: $("level").value, pattern: $("pattern").value, side,
+           label: [$("level").value, $("pattern").value, side].filter(Boolean).join("-") };
+}
+
+function showConditions() {
+  const list = $("conditions");
+  list.replaceChildren();
+  state.conditions.forEach((condition, index) => {
+    const item = document.createElement("li");
+    item.textContent = condition.label;
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.textContent = "Remove";
+    remove.setAttribute("aria-label", `Remove ${condition.label}`);
+    remove.addEventListener("click", () => { state.conditions.splice(index, 1); showConditions(); });
+    item.appendChild(remove);
+    list.appendChild(item);
+  });
+  $("conditions-hint").hidden = state.conditions.length > 0;
+}
+
+function addCondition() {
+  const condition = selectedCondition();
+  if (!state.conditions.some((c) => c.label === condition.label)) state.conditions.push(condition);
+  showConditions();
+}
+
+// "0-2,7" -> [0, 1, 2, 7]; a PageError names the form.
+function parseSeeds(text) {
+  const seeds = [];
+  for (const item of text.split(",")) {
+    const match = item.trim().match(/^(\d+)(?:\s*-\s*(\d+))?$/);
+    if (!match || (match[2] !== undefined && Number(match[2]) < Number(match[1]))) {
+      throw new PageError(`Invalid seeds "${text}": use whole numbers and ranges such as 0-2,7.`);
+    }
+    for (let seed = Number(match[1]); seed <= Number(match[2] ?? match[1]); seed++) {
+      if (!seeds.includes(seed)) seeds.push(seed);
+      if (seeds.length > MAX_REQUESTS) break;
+    }
+  }
+  return seeds;
+}
+
+function requestedSeeds() {
+  if ($("mode-seeds").checked) return parseSeeds($("seeds").value);
+  const count = Number($("count").value);
+  if (!Number.isInteger(count) || count < 1 || count > 50) {
+    throw new PageError(`Invalid count "${$("count").value}": give a whole number from 1 to 50.`);
+  }
+  return Array(count).fill(null);  // the server draws each seed and echoes it back
+}
+
+// ---------------------------------------------------------------------------------------------------- drawing
+
+function decode(base64, Type) {
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  return new Type(bytes.buffer);
+}
+
+function robustPeak(counts) {
+  const positive = Array.from(counts).filter((v) => v > 0).sort((a, b) => a - b);
+  if (!positive.length) return 0;
+  return positive[Math.min(positive.length - 1, Math.floor(positive.length * ROBUST_PEAK_PERCENTILE / 100))];
+}
+
+// Where the midline a*column + b*row + c = 0 (pixel centres) crosses the image's border: two [column, row] points.
+function midlineEnds([a, b, c], columns, rows) {
+  const points = [];
+  const low = -0.5, right = columns - 0.5, bottom = rows - 0.5;
+  if (Math.abs(b) > 1e-12) {
+    for (const x of [low, right]) {
+      const y = -(a * x + c) / b;
+      if (y >= low && y <= bottom) points.push([x, y]);
+    }
+  }
+  if (Math.abs(a) > 1e-12) {
+    for (const y of [low, bottom]) {
+      const x = -(b * y + c) / a;
+      if (x >= low && x <= right) points.push([x, y]);
+    }
+  }
+  if (points.length < 2) return null;
+  let best = [points[0], points[1]], longest = -1;
+  for (const p of points) for (const q of points) {
+    const length = (p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2;
+    if (length > longest) { longest = length; best = [p, q]; }
+  }
+  return best;
+}
+
+function drawSlice(canvas, entry) {
+  const view = entry.view, { rows, columns } = view, [width_mm, height_mm] = view.spacing_mm;
+  const size = CANVAS_PX * CANVAS_SCALE;
+  canvas.width = canvas.height = size;
+  const context = canvas.getContext("2d");
+  context.fillStyle = "#000";
+  context.fillRect(0, 0, size, size);
+  const mmToPx = 0.94 * size / Math.max(columns * width_mm, rows * height_mm);
+  const pw = width_mm * mmToPx, ph = height_mm * mmToPx;
+  const x0 = (size - columns * pw) / 2, y0 = (size - rows * ph) / 2;
+  const image = new ImageData(columns, rows);
+  const peak = state.peak > 0 ? state.peak : 1;
+  entry.counts.forEach((value, index) => {
+    const grey = Math.max(0, Math.min(255, Math.round(255 * value / peak)));
+    image.data.set([grey, grey, grey, 255], index * 4);
+  });
+  const pixels = document.createElement("canvas");
+  pixels.width = columns;
+  pixels.height = rows;
+  pixels.getContext("2d").putImageData(image, 0, 0);
+  context.imageSmoothingEnabled = false;
+  context.drawImage(pixels, x0, y0, columns * pw, rows * ph);
+  // hemisphere outlines: the pixel edges between a region and anything else
+  const regions = entry.regions, label = (r, c) => (r < 0 || c < 0 || r >= rows || c >= columns) ? 0 : regions[r * columns + c];
+  context.lineWidth = 1.5 * CANVAS_SCALE;
+  for (const [code, colour] of Object.entries(REGION_COLOURS)) {
+    context.strokeStyle = colour;
+    context.beginPath();
+    for (let r = 0; r < rows; r++) for (let c = 0; c < columns; c++) {
+      if (label(r, c) !== Number(code)) continue;
+      const x = x0 + c * pw, y = y0 + r * ph;
+      if (label(r, c - 1) !== Number(code)) { context.moveTo(x, y); context.lineTo(x, y + ph); }
+      if (label(r, c + 1) !== Number(code)) { context.moveTo(x + pw, y); context.lineTo(x + pw, y + ph); }
+      if (label(r - 1, c) !== Number(code)) { context.moveTo(x, y); context.lineTo(x + pw, y); }
+      if (label(r + 1, c) !== Number(code)) { context.moveTo(x, y + ph); context.lineTo(x + pw, y + ph); }
+    }
+    context.stroke();
+  }
+  const ends = midlineEnds(view.midline, columns, rows);
+  if (ends) {
+    context.strokeStyle = "#ffd700";
+    context.setLineDash([10, 7]);
+    context.beginPath();
+    context.moveTo(x0 + (ends[0][0] + 0.5) * pw, y0 + (ends[0][1] + 0.5) * ph);
+    context.lineTo(x0 + (ends[1][0] + 0.5) * pw, y0 + (ends[1][1] + 0.5) * ph);
+    context.stroke();
+    context.setLineDash([]);
+  }
+  context.fillStyle = "#fff";
+  context.font = `${14 * CANVAS_SCALE}px system-ui, sans-serif`;
+  context.textBaseline = "middle";
+  const margin = 6 * CANVAS_SCALE;
+  context.textAlign = "left";
+  context.fillText(view.marks.left, margin, size / 2);
+  context.textAlign = "right";
+  context.fillText(view.marks.right, size - margin, size / 2);
+  context.textAlign = "center";
+  context.textBaseline = "top";
+  context.fillText(view.marks.top, size / 2, margin);
+  context.textBaseline = "bottom";
+  context.fillText(view.marks.bottom, size / 2, size - margin);
+  canvas.dataset.drawn = "true";
+}
+
+function redrawAll() {
+  $("window-peak").textContent = state.peak ? state.peak.toFixed(0) : "-";
+  state.results.forEach((entry) => drawSlice(entry.canvas, entry));
+}
+
+// ---------------------------------------------------------------------------------------------------- results
+
+const number = (value, digits) => (typeof value === "number" ? value.toFixed(digits) : "-");
+
+function statsText(stats) {
+  return `MC ${number(stats.mc, 1)}  LR ${number(stats.lr, 3)}\nL ${number(stats.left, 1)}  R ${number(stats.right, 1)}` +
+    `  AI ${stats.ai >= 0 ? "+" : ""}${number(stats.ai, 1)} %`;
+}
+
+function describeResult(entry) {
+  const r = entry.result;
+  return `${r.condition.label}, seed ${r.seed}`;
+}
+
+function addResult(answer, study) {
+  const entry = { id: answer.id, result: answer.result, view: answer.view, study,
+                  counts: decode(answer.view.counts, Float32Array), regions: decode(answer.view.regions, Uint8Array) };
+  entry.index = state.results.length + 1;
+  const card = document.createElement("article");
+  card.className = "result";
+  card.tabIndex = 0;
+  card.dataset.resultId = entry.id;
+  const title = document.createElement("h3");
+  title.textContent = `#${entry.index} ${describeResult(entry)}`;
+  const canvas = document.createElement("canvas");
+  canvas.setAttribute("role", "img");
+  canvas.setAttribute("aria-label", `Synthetic slice ${describeResult(entry)} over ${study}, with hemisphere ROIs`);
+  const stats = document.createElement("pre");
+  stats.className = "stats";
+  if (entry.result.stats) {
+    stats.textContent = statsText(entry.result.stats);
+  } else {
+    stats.textContent = `no statistics: ${entry.result.stats_error || "no brain found"}`;
+    stats.classList.add("stats-error");
+  }
+  card.append(title, canvas, stats);
+  $("results").appendChild(card);
+  entry.canvas = canvas;
+  state.results.push(entry);
+  addRow(entry);
+  const peak = robustPeak(entry.counts);
+  if (peak > state.peak) {
+    state.peak = peak;
+    redrawAll();
+  } else {
+    drawSlice(canvas, entry);
+  }
+  $("download-csv").disabled = false;
+  updateExportButton();
+}
+
+function addRow(entry) {
+  const row = document.createElement("tr");
+  row.dataset.resultId = entry.id;
+  const select = document.createElement("input");
+  select.type = "checkbox";
+  select.className = "select-result";
+  select.disabled = !entry.result.stats;
+  select.setAttribute("aria-label", `Select #${entry.index} ${describeResult(entry)} for export`);
+  select.addEventListener("change", updateExportButton);
+  const first = document.createElement("td");
+  first.appendChild(select);
+  row.appendChild(first);
+  const stats = entry.result.stats || {};
+  const cells = [[`#${entry.index}`, ""], [entry.study, ""], [`${entry.result.model} ${entry.result.version}`, ""],
+                 [entry.result.condition.label, ""], [String(entry.result.seed), "num"], [number(stats.mc, 1), "num"],
+                 [number(stats.left, 1), "num"], [number(stats.right, 1), "num"], [number(stats.lr, 3), "num"],
+                 [number(stats.ai, 2), "num"]];
+  for (const [text, kind] of cells) {
+    const cell = document.createElement("td");
+    cell.textContent = text;
+    if (kind) cell.className = kind;
+    row.appendChild(cell);
+  }
+  $("stats-body").appendChild(row);
+}
+
+function selectedIds() {
+  return [...document.querySelectorAll(".select-result:checked")].map((box) => box.closest("tr").dataset.resultId);
+}
+
+function updateExportButton() {
+  const count = selectedIds().length;
+  $("export").disabled = !state.config.export || count === 0 || state.busy;
+  $("export").textContent = count ? `Export ${count} selected to PACS` : "Export selected to PACS";
+}
+
+function csvField(value) {
+  const text = value === null || value === undefined ? "" : String(value);
+  return /[",\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+function downloadCsv() {
+  const lines = [CSV_COLUMNS.join(",")];
+  for (const entry of state.results) {
+    const r = entry.result, stats = r.stats || {};
+    const values = { study: entry.study, model: r.model, version: r.version, sha256: r.sha256,
+                     level: r.condition.level, pattern: r.condition.pattern, side: r.condition.side || "",
+                     seed: r.seed, psi: r.psi, stats_error: r.stats_error || "", ...stats };
+    lines.push(CSV_COLUMNS.map((column) => csvField(values[column])).join(","));
+  }
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
+  link.download = "spectgan_stats.csv";
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+}
+
+// ------------------------------------------------------------------------------------------------- generation
+
+function setBusy(busy) {
+  state.busy = busy;
+  $("generate").disabled = busy;
+  updateExportButton();
+}
+
+async function generate() {
+  const study = $("study").value, model = $("model").value;
+  if (!study) throw new PageError("Choose a reference study first (the server's datastore lists none?).");
+  const conditions = state.conditions.length ? state.conditions : [selectedCondition()];
+  const seeds = requestedSeeds();
+  const jobs = conditions.flatMap((condition) => seeds.map((seed) => ({ condition, seed })));
+  if (jobs.length > MAX_REQUESTS) {
+    throw new PageError(`That is ${jobs.length} slices; request at most ${MAX_REQUESTS} at a time.`);
+  }
+  setBusy(true);
+  $("progress-box").hidden = false;
+  $("progress").max = jobs.length;
+  $("progress").value = 0;
+  const started = performance.now();
+  try {
+    for (const [index, job] of jobs.entries()) {
+      $("progress-text").textContent = `Generating ${index + 1} of ${jobs.length}: ${job.condition.label}` +
+        (job.seed === null ? ", random seed" : `, seed ${job.seed}`);
+      const params = { level: job.condition.level, pattern: job.condition.pattern, side: job.condition.side || null,
+                       seed: job.seed };
+      const form = new FormData();
+      form.append("params", JSON.stringify(params));
+      const answer = await call(`${API}/generate/${encodeURIComponent(model)}?image=${encodeURIComponent(study)}`,
+                                `Generation of ${job.condition.label}`, { method: "POST", body: form });
+      addResult(answer, study);
+      $("progress").value = index + 1;
+    }
+    $("progress-text").textContent = `Done: ${jobs.length} slice${jobs.length > 1 ? "s" : ""} in ` +
+      `${((performance.now() - started) / 1000).toFixed(1)} s`;
+  } catch (error) {
+    $("progress-text").textContent = `Stopped after ${$("progress").value} of ${jobs.length}.`;
+    throw error;
+  } finally {
+    setBusy(false);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------ export
+
+async function exportSelected() {
+  const ids = selectedIds();
+  if (!ids.length) throw new PageError("Select the results to export in the table first.");
+  setBusy(true);
+  $("export-status").textContent = `Exporting ${ids.length} result${ids.length > 1 ? "s" : ""} to the PACS…`;
+  try {
+    const answer = await call(`${API}/export`, "Export to the PACS", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ results: ids, run: state.run }) });
+    state.run = answer.run;
+    $("export-status").textContent = `Exported ${ids.length} result${ids.length > 1 ? "s" : ""}: ` +
+      `${answer.instances} DICOM instances confirmed by the PACS (run ${answer.run}).`;
+    for (const study of answer.studies) showExportedStudy(study);
+  } catch (error) {
+    $("export-status").textContent = "Export failed; see the message above.";
+    throw error;
+  } finally {
+    setBusy(false);
+  }
+}
+
+function showExportedStudy(study) {
+  const id = `exported-${study.study_instance_uid}`;
+  const item = document.getElementById(id) || document.createElement("li");
+  item.id = id;
+  item.replaceChildren(`Synthetic study ${study.patient_id} over ${study.reference} ` +
+                       `(${study.scans} scan${study.scans > 1 ? "s" : ""} in this export) `);
+  if (study.ohif_url) {
+    const link = document.createElement("a");
+    link.href = study.ohif_url;
+    link.target = "_blank";
+    link.rel = "noopener";
+    link.className = "open-ohif";
+    link.textContent = "Open in OHIF";
+    item.appendChild(link);
+  } else {
+    item.append(`Study Instance UID ${study.study_instance_uid} (the bundled OHIF reads only this server's ` +
+                "DICOMweb datastore)");
+  }
+  $("exported").appendChild(item);
+}
+
+// ------------------------------------------------------------------------------------------------------- start
+
+async function start() {
+  const [info, studies, config] = await Promise.all([
+    call("/info/", "Reading the server's models"), call(`${API}/studies`, "Listing the datastore's studies"),
+    call(`${API}/config`, "Reading the page's settings")]);
+  state.config = config;
+  state.models = info.models || {};
+  fill($("study"), studies.studies);
+  fill($("model"), Object.keys(state.models), (name) => `${name} ${state.models[name].bundle?.version || ""}`.trim());
+  if (!studies.studies.length) throw new PageError("The server's datastore holds no reference study.");
+  if (!Object.keys(state.models).length) throw new PageError("The server serves no trained model.");
+  updateConditionChoices();
+  if (!config.export) $("export-status").textContent = "Export is off: this server has no PACS configured.";
+  $("generate").disabled = false;
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("generate").disabled = true;
+  $("model").addEventListener("change", () => { state.conditions = []; showConditions(); updateConditionChoices(); });
+  $("level").addEventListener("change", updateConditionChoices);
+  $("pattern").addEventListener("change", updateConditionChoices);
+  $("add-condition").addEventListener("click", addCondition);
+  $("seeds").addEventListener("focus", () => { $("mode-seeds").checked = true; });
+  $("count").addEventListener("focus", () => { $("mode-count").checked = true; });
+  $("request").addEventListener("submit", guarded(generate));
+  $("download-csv").addEventListener("click", guarded(downloadCsv));
+  $("export").addEventListener("click", guarded(exportSelected));
+  $("select-all").addEventListener("change", (event) => {
+    document.querySelectorAll(".select-result:not(:disabled)").forEach((box) => { box.checked = event.target.checked; });
+    updateExportButton();
+  });
+  showConditions();
+  guarded(start)();
+});
