@@ -27,10 +27,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-def server_command(studies: Path, port: int, models: str = "all", host: str = "127.0.0.1",
+def server_command(studies: Path | str, port: int, models: str = "all", host: str = "127.0.0.1",
                    tls: tuple[Path, Path] | None = None, conf: Mapping[str, str] | None = None) -> list[str]:
-    """The documented start command of the app (run from the repository root); ``tls``: (key file, certificate
-    file) to serve HTTPS; ``conf``: more app conf settings (``spectgan.serving.settings``)."""
+    """The documented start command of the app (run from the repository root); ``studies``: a folder, or a PACS's
+    DICOMweb URL; ``tls``: (key file, certificate file) to serve HTTPS; ``conf``: more app conf settings
+    (``spectgan.serving.settings``)."""
     monailabel = Path(sys.executable).with_name("monailabel")
     command = [str(monailabel), "start_server", "--app", "monai_app", "--studies", str(studies), "--conf", "models",
                models, "--uvicorn_app", "monai_app.asgi:app", "--host", host, "--port", str(port)]
@@ -51,11 +52,12 @@ class ServerProcess:
     ``environment``: more environment variables.
     """
 
-    def __init__(self, studies: Path, models_dir: Path, log_path: Path, models: str = "all",
+    def __init__(self, studies: Path | str, models_dir: Path, log_path: Path, models: str = "all",
                  cohort_dir: Path | None = None, start_timeout_s: float = 240.0, token: str | None = None,
                  tls: tuple[Path, Path] | None = None, conf: Mapping[str, str] | None = None,
-                 environment: Mapping[str, str] | None = None):
-        self.studies, self.models, self.tls, self.conf = Path(studies), models, tls, dict(conf or {})
+                 environment: Mapping[str, str] | None = None, port: int | None = None):
+        self.studies = studies if isinstance(studies, str) and "://" in studies else Path(studies)
+        self.models, self.tls, self.conf, self.fixed_port = models, tls, dict(conf or {}), port
         self.scheme = "https" if tls else "http"
         self.verify: str | bool = str(tls[1]) if tls else True
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -71,7 +73,7 @@ class ServerProcess:
         attempts = 0
         while True:
             attempts += 1
-            self.port = free_port()
+            self.port = self.fixed_port or free_port()
             self.url = f"{self.scheme}://127.0.0.1:{self.port}"
             log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
             try:
@@ -81,6 +83,9 @@ class ServerProcess:
                 self.stop()
                 taken = isinstance(error, SpectganError) and PORT_TAKEN in self.log_path.read_text(
                     errors="replace")[log_start:].lower()
+                if taken and self.fixed_port:
+                    raise SpectganError(f"port {self.port} of 127.0.0.1 is taken by another program: stop it or "
+                                        "choose another port") from None
                 if not taken or attempts >= PORT_ATTEMPTS:
                     raise
 
