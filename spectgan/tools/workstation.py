@@ -91,8 +91,10 @@ def pacs_server_environment(orthanc: LocalOrthanc, cache_dir: Path) -> dict[str,
 
 
 def check_port_free(port: int) -> None:
-    """SpectganError naming ``port`` when something on this machine already listens on it (127.0.0.1)."""
+    """SpectganError naming ``port`` when something on this machine already listens on it (127.0.0.1). Probed as
+    the server binds it (SO_REUSEADDR): connections of a stopped server still closing do not count."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((HOST, port))
         except OSError:
