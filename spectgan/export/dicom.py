@@ -19,6 +19,10 @@ every Series Description the model.
   handler draws); one image group (MC, LR and AI) referencing the NM. A hemisphere's two groups and its SEG
   segment share one tracking UID; the segments carry display colours.
 
+A reference study (a 3D volume, e.g. a sample study put into a PACS) is written by ``encode_reference`` as an NM
+RECON TOMO series, one multi-frame instance or one instance per slice, with the same acquisition modules and count
+scaling; ``read_nm_volume`` reads such a series (or another NM RECON TOMO series) back as counts with its geometry.
+
 Quantization: counts are stored as 16-bit integers, counts = stored value x slope with slope = max |counts| / 65535
 (unsigned; 32767 signed when a count is negative), so a read value differs from the original by at most half the
 slope (7.6e-6 x the maximum). The slope travels in the Real World Value Mapping Sequence (0040,9096) in UCUM
