@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_output
+WORKSTATION_PORT ?= 8000
 
-.PHONY: install debs demo test test-slow bench clean
+.PHONY: install debs demo workstation test test-slow bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,10 @@ install: $(STAMP) debs
 
 demo: install
 	$(BIN)/spectgan demo --out $(DEMO_OUT)
+
+# The browser workstation: a local Orthanc (storage in workstation_data/) with the sample studies, and the server.
+workstation: install
+	$(BIN)/spectgan workstation --port $(WORKSTATION_PORT) --data workstation_data
 
 test: install
 	$(BIN)/python -m pytest -ra

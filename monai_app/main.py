@@ -1,6 +1,7 @@
 """The spectgan MONAI Label app: one infer task and one train task per model bundle (``--conf models all``).
 
-Thin: ``spectgan.serving`` does the work. The models are the bundles found in the models folder (or the names in
+Thin: ``spectgan.serving`` does the work. ``--studies`` is a folder of NIfTI / DICOM studies, or a PACS's
+DICOMweb URL (``lib.datastore``: NM series, offline). The models are the bundles found in the models folder (or the names in
 conf ``models``). App conf: see ``spectgan.serving.settings`` (``models``, ``models_dir``, ``cohort``,
 ``generation_workers``, ``api_token``, ``max_upload_mb``).
 
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from lib.configs.spectgan_model import SpectganModelConfig
+from lib.datastore import PacsDatastore
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 
@@ -62,6 +65,11 @@ class SpectganApp(MONAILabelApp):
         super().on_init_complete()
         if isinstance(self.generator, GenerationPool):
             self.generator.start()
+
+    def _init_dicomweb_datastore(self) -> Datastore:
+        """``--studies`` is a DICOMweb URL (a PACS): ``lib.datastore.PacsDatastore``, which opens it offline (no
+        dcmqi download) and reads the NM reference series as counts with their full geometry."""
+        return PacsDatastore(self.studies)
 
     def init_infers(self) -> Dict[str, InferTask]:
         return {name: config.infer() for name, config in self.models.items()}

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "bench": "spectgan.tools.bench",
     "demo": "spectgan.demo",
     "reader-study": "spectgan.reader_study.cli",
+    "workstation": "spectgan.tools.workstation",
 }
 
 

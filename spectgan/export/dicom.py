@@ -21,6 +21,10 @@ every Series Description the model.
   handler draws); one TID 1410 group for the brain (MC, LR and AI) outlined on the NM frame. A hemisphere's two
   groups and its SEG segment share one tracking UID; the segments carry display colours.
 
+A reference study (a 3D volume, e.g. a sample study put into a PACS) is written by ``encode_reference`` as an NM
+RECON TOMO series, one multi-frame instance or one instance per slice, with the same acquisition modules and count
+scaling; ``read_nm_volume`` reads such a series (or another NM RECON TOMO series) back as counts with its geometry.
+
 Quantization: counts are stored as 16-bit integers, counts = stored value x slope with slope = max |counts| / 65535
 (unsigned; 32767 signed when a count is negative), so a read value differs from the original by at most half the
 slope (7.6e-6 x the maximum). The slope travels in the Real World Value Mapping Sequence (0040,9096) in UCUM
@@ -73,6 +77,7 @@ STAT_KEYS = ("mc", "left", "right", "lr", "ai")
 SIZE_KEYS = ("brain_size", "left_size", "right_size")
 METADATA_KEYS = ("condition", "seed", "model", "version", "sha256")
 SIDES = ("left", "right")  # SEG segment numbers 1 and 2
+REFERENCE_FRAMES = ("multi", "single")  # how encode_reference writes a volume: one instance or one per slice
 
 # Coded concepts of the SR. Mean counts are "NM Tomographic Activity" with derivation "Mean" (TID 300); LR and AI
 # have no standard code, so they live in a private coding scheme declared in the SR.
@@ -280,6 +285,121 @@ def write_series(datasets: Iterable[Dataset], folder: str | Path) -> list[Path]:
     return paths
 
 
+def encode_reference(volume: sitk.Image, study: SyntheticStudy, name: str, frames: str = "multi",
+                     protocol: Protocol = protocol_for(DEFAULT_MATRIX)) -> list[Dataset]:
+    """A synthetic reference study (a 3D volume of counts, any direction) as an NM RECON TOMO series of ``study``.
+
+    ``frames``: ``multi`` writes one multi-frame instance, ``single`` one single-frame instance per slice; one
+    count slope for the whole volume. ``name`` (e.g. the sample study's id) goes into the Series Description. The
+    series and instance UIDs derive from the study, ``name`` and ``frames``, so writing the same study again makes
+    the same instances (a PACS keeps one copy). DICOM's slice direction is row x column, so a left-handed direction
+    (an x-flipped study) is written with its slices in reverse order: the same voxels at the same positions, with
+    the third direction column negated. ``read_nm_volume`` reads the series back.
+    """
+    if frames not in REFERENCE_FRAMES:
+        raise DicomError(f"frames {frames!r} is not one of {', '.join(REFERENCE_FRAMES)}")
+    if not isinstance(volume, sitk.Image) or volume.GetDimension() != 3 or \
+            volume.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidImageError("a reference study is one 3D SimpleITK volume of scalar counts")
+    volume = right_handed(volume)
+    stored, slope = quantize_counts(sitk.GetArrayViewFromImage(volume).astype(np.float64))
+    series_uid = study._derived_uid(f"reference series {name} {frames}")
+    series_number = study.next_series_number()
+    slabs = [(volume, stored)] if frames == "multi" else \
+        [(volume[:, :, index:index + 1], stored[index:index + 1]) for index in range(stored.shape[0])]
+    datasets = []
+    for number, (slab, values) in enumerate(slabs, start=1):
+        ds = _nm_instance(slab, values, slope, study, protocol, series_uid, series_number, instance_number=number,
+                          sop_instance_uid=generate_uid(entropy_srcs=[series_uid, str(number)]))
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "RECON TOMO", "EMISSION"]
+        ds.ManufacturerModelName, ds.SoftwareVersions = "spectgan simulator", __version__
+        ds.ImageComments = "SYNTHETIC reference study simulated by spectgan, no real patient"
+        _mark_synthetic(ds, f"SYNTHETIC reference {name}"[:64])
+        datasets.append(ds)
+    return datasets
+
+
+def right_handed(volume: sitk.Image) -> sitk.Image:
+    """``volume`` itself when its direction is right-handed; otherwise the same voxels at the same physical positions
+    with the slice order reversed (origin at the last slice, third direction column negated)."""
+    direction = np.asarray(volume.GetDirection(), dtype=np.float64).reshape(3, 3)
+    if np.linalg.det(direction) > 0:
+        return volume
+    reversed_volume = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(volume)[::-1].copy())
+    reversed_volume.SetSpacing(volume.GetSpacing())
+    reversed_volume.SetOrigin(volume.TransformIndexToPhysicalPoint((0, 0, volume.GetSize()[2] - 1)))
+    reversed_volume.SetDirection((direction * [1.0, 1.0, -1.0]).flatten().tolist())
+    return reversed_volume
+
+
+def read_nm_volume(source: str | Path | Sequence[str | Path]) -> sitk.Image:
+    """The 3D volume (float32 counts) of one NM RECON TOMO series: one multi-frame instance, or single-frame
+    instances ordered along the slice normal (row x column, so the direction is right-handed).
+
+    ``source``: a folder of the series' .dcm files, or the files. Counts come from the ``{propcounts}`` Real World
+    Value Mapping when there is one, else from Rescale Slope / Intercept, else the stored values. Geometry: the
+    Detector Information Sequence's Image Position / Orientation (Patient) of the first slice, Pixel Spacing, and
+    Spacing Between Slices (or, for single frames, the distance between their positions, which must be even).
+    DicomError for anything else (other SOP classes, several series, uneven or tilted slice positions).
+    """
+    datasets = [pydicom.dcmread(path) for path in _scan_files(source)]
+    if not datasets:
+        raise DicomError(f"{source}: no DICOM files")
+    foreign = sorted({str(ds.get("SOPClassUID", "none")) for ds in datasets} - {NuclearMedicineImageStorage})
+    series = {ds.get("SeriesInstanceUID") for ds in datasets}
+    if foreign or len(series) != 1:
+        raise DicomError(f"{source}: expected the instances of one NM series, found SOP classes {foreign or 'NM'} "
+                         f"in {len(series)} series")
+    if len(datasets) > 1 and any(int(ds.get("NumberOfFrames", 1)) != 1 for ds in datasets):
+        raise DicomError(f"{source}: expected one multi-frame NM instance or single-frame NM instances, found "
+                         f"{len(datasets)} instances of which some have several frames")
+    planes = [_detector_plane(ds) for ds in datasets]
+    row, column = planes[0][1][:3], planes[0][1][3:]
+    normal = np.cross(row, column)
+    order = np.argsort([np.dot(position, normal) for position, _ in planes])
+    datasets, positions = [datasets[index] for index in order], np.array([planes[index][0] for index in order])
+    if any(not np.allclose(orientation, planes[0][1], atol=1e-4) for _, orientation in planes):
+        raise DicomError(f"{source}: the slices of the series have different orientations")
+    counts = np.concatenate([_instance_counts(ds) for ds in datasets]).astype(np.float32)
+    if len(datasets) > 1:
+        steps = np.diff(positions, axis=0)
+        along = steps @ normal
+        if np.any(along <= 0) or not np.allclose(steps, np.outer(along, normal), atol=1e-3) or \
+                not np.allclose(along, along.mean(), rtol=1e-3, atol=1e-3):
+            raise DicomError(f"{source}: the slices are not evenly spaced along their normal (steps {along} mm)")
+        slice_spacing = float(along.mean())
+    else:
+        slice_spacing = float(datasets[0].get("SpacingBetweenSlices") or datasets[0].get("SliceThickness") or 1.0)
+    image = sitk.GetImageFromArray(counts)
+    row_spacing, column_spacing = (float(value) for value in datasets[0].PixelSpacing)
+    image.SetSpacing((column_spacing, row_spacing, slice_spacing))
+    image.SetOrigin(positions[0].tolist())
+    image.SetDirection(np.column_stack([row, column, normal]).flatten().tolist())
+    return image
+
+
+def _detector_plane(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(Image Position (3,), Image Orientation (6,)) of an NM instance's first frame, from its Detector Information
+    Sequence (where the NM IOD keeps them)."""
+    detector = ds.get("DetectorInformationSequence", [Dataset()])[0]
+    if "ImagePositionPatient" not in detector or "ImageOrientationPatient" not in detector:
+        raise DicomError(f"NM {ds.get('SOPInstanceUID')} has no Image Position / Orientation (Patient) in its "
+                         "Detector Information Sequence: not a reconstructed (RECON TOMO) volume")
+    return (np.array([float(value) for value in detector.ImagePositionPatient]),
+            np.array([float(value) for value in detector.ImageOrientationPatient]))
+
+
+def _instance_counts(ds: Dataset) -> np.ndarray:
+    """[frames, rows, columns] float64 counts of an NM instance: its {propcounts} mapping, else Rescale, else the
+    stored values."""
+    try:
+        values = real_world_counts(ds)
+    except DicomError:
+        values = ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1.0)) + \
+            float(ds.get("RescaleIntercept", 0.0))
+    return values.reshape(int(ds.get("NumberOfFrames", 1)), ds.Rows, ds.Columns)
+
+
 def read_scan(source: str | Path | Sequence[str | Path]) -> tuple[sitk.Image, dict]:
     """The image (float32, read by SimpleITK) and statistics (from the SR) of one scan.
 
@@ -387,16 +507,34 @@ def _with_file_meta(dataset: Dataset) -> Dataset:
 
 
 def _nm_image(image: sitk.Image, provenance: Provenance, study: SyntheticStudy, protocol: Protocol) -> Dataset:
-    """NM Image IOD: one-frame RECON TOMO with the plane in the Detector Information Sequence, the acquisition
-    modules filled from ``protocol`` and the counts scaled by the Real World Value Mapping Sequence."""
-    stored, slope = quantize_counts(sitk.GetArrayViewFromImage(image)[0].astype(np.float64))
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    spacing_x, spacing_y, thickness = image.GetSpacing()
+    """NM Image IOD of a generated slice: one-frame RECON TOMO (``_nm_instance``) that names its model."""
+    stored, slope = quantize_counts(sitk.GetArrayViewFromImage(image).astype(np.float64))
+    ds = _nm_instance(image, stored, slope, study, protocol, generate_uid(), study.next_series_number(),
+                      instance_number=1, sop_instance_uid=generate_uid())
+    ds.ImageType = ["DERIVED", "PRIMARY", "RECON TOMO", "EMISSION"]
+    ds.ManufacturerModelName, ds.SoftwareVersions = provenance.model, [__version__, provenance.version]
+    ds.ImageComments = provenance.comment()
+    ds.DerivationDescription = study.derivation(provenance.model)
+    _mark_synthetic(ds, provenance.series_description("SPECT"))
+    return ds
+
+
+def _nm_instance(slab: sitk.Image, stored: np.ndarray, slope: float, study: SyntheticStudy, protocol: Protocol,
+                 series_instance_uid: str, series_number: int, instance_number: int,
+                 sop_instance_uid: str) -> Dataset:
+    """One NM Image IOD instance of RECON TOMO frames: ``stored`` [frames, rows, columns] 16-bit values of the slices
+    of ``slab`` (its origin is the first frame's Image Position, its direction's first two columns the Image
+    Orientation, its z spacing Spacing Between Slices), counts = stored x ``slope`` in the Real World Value Mapping
+    Sequence; the acquisition modules from ``protocol``. The caller adds Image Type, model, comments and the
+    synthetic marking."""
+    direction = np.asarray(slab.GetDirection(), dtype=np.float64).reshape(3, 3)
+    spacing_x, spacing_y, thickness = slab.GetSpacing()
+    frames = stored.shape[0]
     now = datetime.now()
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = NuclearMedicineImageStorage
-    ds.SOPInstanceUID = generate_uid()
+    ds.SOPInstanceUID = sop_instance_uid
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     # Patient and study
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = study.patient_name, study.patient_id, "", ""
@@ -405,28 +543,24 @@ def _nm_image(image: sitk.Image, provenance: Provenance, study: SyntheticStudy, 
     ds.StudyDate, ds.StudyTime = study.created.strftime("%Y%m%d"), study.created.strftime("%H%M%S")
     ds.StudyDescription, ds.ReferringPhysicianName = study.description, ""
     # Series, equipment, frame of reference
-    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "NM", generate_uid(), study.next_series_number()
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "NM", series_instance_uid, series_number
     ds.SeriesDate, ds.SeriesTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     ds.BodyPartExamined = "BRAIN"
-    ds.Manufacturer, ds.ManufacturerModelName = MANUFACTURER, provenance.model
-    ds.SoftwareVersions = [__version__, provenance.version]
+    ds.Manufacturer = MANUFACTURER
     ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = study.frame_of_reference_uid, ""
     _add_patient_orientation(ds)
     # Image
-    ds.InstanceNumber = 1
-    ds.ImageType = ["DERIVED", "PRIMARY", "RECON TOMO", "EMISSION"]
+    ds.InstanceNumber = instance_number
     ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
-    ds.ImageComments = provenance.comment()
-    ds.DerivationDescription = study.derivation(provenance.model)
     ds.BurnedInAnnotation = "NO"
     ds.AcquisitionContextSequence = DicomSequence()
     ds.CountsAccumulated = None
-    # NM multi-frame: one slice of a reconstructed volume, one energy window, one detector, one rotation
-    ds.NumberOfFrames, ds.FrameIncrementPointer = 1, SLICE_VECTOR_TAG
-    ds.SliceVector, ds.NumberOfSlices = [1], 1
+    # NM multi-frame: slices of a reconstructed volume, one energy window, one detector, one rotation
+    ds.NumberOfFrames, ds.FrameIncrementPointer = frames, SLICE_VECTOR_TAG
+    ds.SliceVector, ds.NumberOfSlices = list(range(1, frames + 1)), frames
     _add_isotope_and_acquisition(ds, protocol)
     detector = Dataset()
-    detector.ImagePositionPatient = [_ds(value) for value in image.GetOrigin()]
+    detector.ImagePositionPatient = [_ds(value) for value in slab.GetOrigin()]
     detector.ImageOrientationPatient = [_ds(value) for value in (*direction[:, 0], *direction[:, 1])]
     detector.CollimatorType, detector.FocalDistance = COLLIMATOR_TYPE, None
     detector.RadialPosition = _ds(RADIUS_OF_ROTATION_CM * 10)
@@ -440,13 +574,12 @@ def _nm_image(image: sitk.Image, provenance: Provenance, study: SyntheticStudy, 
     ds.SliceThickness = ds.SpacingBetweenSlices = _ds(thickness)
     # Pixels: rows run along the image's y axis, columns along x; counts = stored x slope (RWVM, not Rescale)
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = stored.shape
+    ds.Rows, ds.Columns = stored.shape[1:]
     ds.PixelSpacing = [_ds(spacing_y), _ds(spacing_x)]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelRepresentation = int(stored.dtype == np.int16)
     ds.RealWorldValueMappingSequence = [_counts_mapping(stored.dtype, slope)]
-    ds.PixelData = stored.tobytes()
-    _mark_synthetic(ds, provenance.series_description("SPECT"))
+    ds.PixelData = np.ascontiguousarray(stored).tobytes()
     return _with_file_meta(ds)
 
 
@@ -513,8 +646,8 @@ def counts_slope(nm: Dataset) -> float:
 
 
 def real_world_counts(nm: Dataset) -> np.ndarray:
-    """The counts of a one-frame NM ``encode_scan`` wrote, [rows, columns] float64, from its stored values and
-    Real World Value Mapping (``{propcounts}``)."""
+    """The counts of an NM spectgan wrote, float64 in the shape of its pixel array ([rows, columns] for one frame,
+    [frames, rows, columns] for more), from its stored values and Real World Value Mapping (``{propcounts}``)."""
     mapping = _counts_mapping_item(nm)
     return nm.pixel_array.astype(np.float64) * float(mapping.RealWorldValueSlope) + \
         float(mapping.RealWorldValueIntercept)

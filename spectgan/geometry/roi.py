@@ -21,7 +21,11 @@ from scipy import ndimage
 from spectgan.errors import InvalidImageError
 
 DEFAULT_THRESHOLD_FRACTION = 0.3  # brain = counts >= this fraction of the robust maximum
-ROBUST_MAX_PERCENTILE = 99.5  # percentile of the positive voxels taken as the robust maximum
+ROBUST_MAX_PERCENTILE = 99.5  # percentile of the voxels above the background floor taken as the robust maximum
+# Voxels at or below this fraction of the maximum are background for the robust maximum: a reconstruction's
+# numerical dust (1e-15 counts) and the zeros of the same study stored as 16-bit integers (DICOM) then give the same
+# robust maximum. Above it, 16-bit storage moves a value by at most 7.6e-6 of the maximum.
+BACKGROUND_FLOOR_FRACTION = 1e-3
 ON_PLANE_TOLERANCE_MM = 1e-6  # voxel centres this close to the midline belong to neither hemisphere
 
 SCALAR_PIXEL_TYPES = frozenset({
@@ -168,10 +172,11 @@ def _brain_mask_array(values: np.ndarray, threshold_fraction: float) -> tuple[np
     if not 0.0 < threshold_fraction <= 1.0:
         raise ValueError(f"threshold fraction must be in (0, 1] (a fraction of the robust maximum), "
                          f"got {threshold_fraction}")
-    positive = values[values > 0]
-    if positive.size == 0:
+    peak = float(values.max(initial=0))
+    if peak <= 0:
         raise InvalidImageError("the image has no positive counts: no brain to measure")
-    threshold = threshold_fraction * float(np.percentile(positive, ROBUST_MAX_PERCENTILE))
+    foreground = values[values > BACKGROUND_FLOOR_FRACTION * peak]
+    threshold = threshold_fraction * float(np.percentile(foreground, ROBUST_MAX_PERCENTILE))
     # Topology on the image's own dimension: a one-slice volume is filled as a 2D slice (every voxel of a
     # one-slice 3D volume touches its z border, so a 3D hole filling would fill nothing). Face connectivity.
     above = np.squeeze(values >= threshold)

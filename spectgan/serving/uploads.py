@@ -18,9 +18,14 @@ ALLOWED_TYPES = "NIfTI (.nii, .nii.gz) or DICOM (.dcm, a single file with the DI
 HEADER_BYTES = 1024  # enough for a NIfTI-1/2 header and the DICOM preamble
 
 
+def is_plain_id(value: object) -> bool:
+    """True for a plain datastore id: ``ID_RULE`` (no path separators, no ``..``)."""
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None and ".." not in value
+
+
 def check_id(value: str, what: str = "image id") -> str:
     """``value`` when it is a plain datastore id (no path separators, no ``..``); InvalidRequestError otherwise."""
-    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value) or ".." in value:
+    if not is_plain_id(value):
         shown = repr(value) if isinstance(value, str) and len(value) <= 80 and "/" not in value else "given"
         raise InvalidRequestError(f"the {what} {shown} is not allowed: an id is {ID_RULE}")
     return value

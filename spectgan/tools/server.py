@@ -29,8 +29,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def server_command(studies: Path | str, port: int, models: str = "all", host: str = "127.0.0.1",
                    tls: tuple[Path, Path] | None = None, conf: Mapping[str, str] | None = None) -> list[str]:
-    """The documented start command of the app (run from the repository root); ``tls``: (key file, certificate
-    file) to serve HTTPS; ``conf``: more app conf settings (``spectgan.serving.settings``)."""
+    """The documented start command of the app (run from the repository root); ``studies``: a folder, or a PACS's
+    DICOMweb URL; ``tls``: (key file, certificate file) to serve HTTPS; ``conf``: more app conf settings
+    (``spectgan.serving.settings``)."""
     monailabel = Path(sys.executable).with_name("monailabel")
     command = [str(monailabel), "start_server", "--app", "monai_app", "--studies", str(studies), "--conf", "models",
                models, "--uvicorn_app", "monai_app.asgi:app", "--host", host, "--port", str(port)]
@@ -54,9 +55,9 @@ class ServerProcess:
     def __init__(self, studies: Path | str, models_dir: Path, log_path: Path, models: str = "all",
                  cohort_dir: Path | None = None, start_timeout_s: float = 240.0, token: str | None = None,
                  tls: tuple[Path, Path] | None = None, conf: Mapping[str, str] | None = None,
-                 environment: Mapping[str, str] | None = None):
+                 environment: Mapping[str, str] | None = None, port: int | None = None):
         self.studies = str(studies) if is_dicomweb(str(studies)) else Path(studies)  # a folder or a DICOMweb URL
-        self.models, self.tls, self.conf = models, tls, dict(conf or {})
+        self.models, self.tls, self.conf, self.fixed_port = models, tls, dict(conf or {}), port
         self.scheme = "https" if tls else "http"
         self.verify: str | bool = str(tls[1]) if tls else True
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -75,7 +76,7 @@ class ServerProcess:
         attempts = 0
         while True:
             attempts += 1
-            self.port = free_port()
+            self.port = self.fixed_port or free_port()
             self.url = f"{self.scheme}://127.0.0.1:{self.port}"
             log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
             try:
@@ -85,6 +86,9 @@ class ServerProcess:
                 self.stop()
                 taken = isinstance(error, SpectganError) and PORT_TAKEN in self.log_path.read_text(
                     errors="replace")[log_start:].lower()
+                if taken and self.fixed_port:
+                    raise SpectganError(f"port {self.port} of 127.0.0.1 is taken by another program: stop it or "
+                                        "choose another port") from None
                 if not taken or attempts >= PORT_ATTEMPTS:
                     raise
 
