@@ -62,10 +62,7 @@ class ServerProcess:
         self.verify: str | bool = str(tls[1]) if tls else True
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         inherited = {key: value for key, value in os.environ.items() if key != API_TOKEN_ENV}
-        # the interpreter's folder first on PATH, as in an activated venv: MONAI Label finds dcmqi's tools there
-        # (installed with the package) instead of downloading them for a DICOMweb datastore
-        path = os.pathsep.join([str(Path(sys.executable).parent), inherited.get("PATH", os.defpath)])
-        self.environment = {**inherited, "PATH": path, MODELS_DIR_ENV: str(models_dir), "MONAILABEL_PYEXE": sys.executable,
+        self.environment = {**inherited, MODELS_DIR_ENV: str(models_dir), "MONAILABEL_PYEXE": sys.executable,
                             **({COHORT_ENV: str(cohort_dir)} if cohort_dir else {}),
                             **({API_TOKEN_ENV: token} if token else {}), **(environment or {})}
         self.log_path, self.start_timeout_s = Path(log_path), start_timeout_s
