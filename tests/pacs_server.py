@@ -8,8 +8,10 @@ module (with ``tiny_models`` and ``toy_cohort``, which ``pacs_server`` uses)::
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -45,16 +47,24 @@ def offline_proxy():
             "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
 
 
+@contextlib.contextmanager
+def pacs_backed_server(folder: Path, pacs: SimpleNamespace, proxy: dict[str, str], models_dir: Path,
+                       **options) -> Iterator[ServerProcess]:
+    """The real app with ``--studies <pacs's Orthanc>/dicom-web`` and the bundles of ``models_dir``, its outside
+    network cut by ``proxy`` (``offline_proxy``); ``options`` are ServerProcess's (``models``, ``cohort_dir``).
+    ``pacs`` is ``pacs_studies``; ``cache_dir`` holds the series the server fetched
+    (``<cache_dir>/<hash of the URL>/<series UID>.nii.gz``); the log is ``<folder>/server.log``."""
+    environment = {**pacs_server_environment(pacs.orthanc, folder / "cache"), **proxy, **pacs.environment}
+    with ServerProcess(pacs.orthanc.dicomweb_url, models_dir, folder / "server.log", environment=environment,
+                       **options) as server:
+        server.pacs, server.cache_dir = pacs, folder / "cache"
+        yield server
+
+
 @pytest.fixture(scope="module")
 def pacs_server(tmp_path_factory, pacs_studies, offline_proxy, tiny_models, toy_cohort):
-    """The real app with ``--studies <Orthanc>/dicom-web`` and the tiny bundles, its outside network cut
-    (``offline_proxy``). ``pacs`` is ``pacs_studies``; ``cache_dir`` holds the series the server fetched
-    (``<cache_dir>/<hash of the URL>/<series UID>.nii.gz``)."""
+    """``pacs_backed_server`` with the tiny bundles (``tiny_models``, ``toy_cohort``)."""
     folder = tmp_path_factory.mktemp("pacs_server")
     models = Path(shutil.copytree(tiny_models, folder / "models"))
-    environment = {**pacs_server_environment(pacs_studies.orthanc, folder / "cache"), **offline_proxy,
-                   **pacs_studies.environment}
-    with ServerProcess(pacs_studies.orthanc.dicomweb_url, models, folder / "server.log", cohort_dir=toy_cohort,
-                       environment=environment) as server:
-        server.pacs, server.cache_dir = pacs_studies, folder / "cache"
+    with pacs_backed_server(folder, pacs_studies, offline_proxy, models, cohort_dir=toy_cohort) as server:
         yield server

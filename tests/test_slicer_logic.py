@@ -10,6 +10,8 @@ loaded volume's IJK-to-RAS matrix puts each voxel at the LPS position with x and
 from __future__ import annotations
 
 import shutil
+from collections.abc import Collection
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +65,22 @@ def patient_sides_in_ras(node, midline: MidlinePlane) -> tuple[float, float]:
     midline_x_ras = (RAS_FROM_LPS @ np.asarray(midline.point))[0]
     brain = values >= 0.3 * values.max()
     return float(values[brain & (x_ras < midline_x_ras)].mean()), float(values[brain & (x_ras > midline_x_ras)].mean())
+
+
+def nm_series_as_slicer_loads_them(slicer, orthanc, folder: Path, skip: Collection[str] = ()) -> list:
+    """Each single-instance NM series of ``orthanc`` (a LocalOrthanc) but those whose SeriesInstanceUID is in
+    ``skip``, downloaded into ``folder`` and loaded as Slicer loads it: [(its MainDicomTags, its volume node)]."""
+    loaded = []
+    for series in orthanc.get("/series?expand"):
+        tags = series["MainDicomTags"]
+        if tags.get("Modality") != "NM" or tags["SeriesInstanceUID"] in skip:
+            continue
+        (instance,) = series["Instances"]
+        path = folder / f"{instance}.dcm"
+        path.write_bytes(requests.get(f"{orthanc.rest_url}/instances/{instance}/file",
+                                      auth=(orthanc.username, orthanc.password), timeout=30).content)
+        loaded.append((tags, slicer.util.loadVolume(str(path))))
+    return loaded
 
 
 @pytest.mark.parametrize("study", STUDY_IDS)
@@ -127,16 +145,11 @@ def test_logic_end_to_end_upload_generate_table_export_and_the_side_in_ras(slice
     assert logic.exportToPacs(pacs_login.dicomweb_url).sent == 6  # NM, SEG and SR per scan
     midline = logic.results[0].midline
     assert logic.results[1].midline == midline  # both lie on the BG plane of one registered reference
-    nm_series = [series for series in pacs_login.get("/series?expand")
-                 if series["MainDicomTags"].get("Modality") == "NM"]
-    assert len(nm_series) == 2
-    for series in nm_series:
-        (instance,) = series["Instances"]
-        path = tmp_path / f"{instance}.dcm"
-        path.write_bytes(requests.get(f"{pacs_login.rest_url}/instances/{instance}/file",
-                                      auth=(pacs_login.username, pacs_login.password), timeout=30).content)
-        left, right = patient_sides_in_ras(slicer.util.loadVolume(str(path)), midline)
-        assert left < right, (series["MainDicomTags"], left, right)  # still at the patient's left from the PACS
+    loaded = nm_series_as_slicer_loads_them(slicer, pacs_login, tmp_path)
+    assert len(loaded) == 2
+    for tags, node in loaded:
+        left, right = patient_sides_in_ras(node, midline)
+        assert left < right, (tags, left, right)  # still at the patient's left from the PACS
 
 
 def test_the_modules_own_test_case_runs_over_the_stand_in(slicer_module, shipped_server, monkeypatch):
