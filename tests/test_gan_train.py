@@ -109,6 +109,23 @@ def test_existing_run_needs_resume_and_keeps_its_settings(toy_cohort, tmp_path):
     assert load_checkpoint(run)["step"] == 3
 
 
+def test_noise_stage_is_estimated_once_from_the_train_split_and_kept_on_resume(toy_cohort, tmp_path):
+    from spectgan.models.fastgan.bundle import export_bundle, load_bundle
+
+    run = tmp_path / "run"
+    common = dict(progress=False, cohort=str(toy_cohort), image_size=32, batch_size=4, **TINY_NETWORK)
+    train(run, iterations=2, output_noise=True, **common)
+    noise = load_checkpoint(run)["settings"]["output_noise"]
+    assert set(noise) == {"gain", "exponent", "sigma_px"} and noise["gain"] > 0 and noise["sigma_px"] > 0
+    assert load_checkpoint(run)["network"]["generator"]["output_noise"] == noise
+    train(run, resume=True, iterations=3, **common)
+    assert load_checkpoint(run)["settings"]["output_noise"] == noise  # not estimated again
+    export_bundle(run, tmp_path / "bundle")
+    generator = load_bundle(tmp_path / "bundle").generator
+    assert generator.noise_stage is not None and generator.noise_stage.gain == noise["gain"]
+    assert "noise stage estimated from the training cohort" in (tmp_path / "bundle/docs/README.md").read_text()
+
+
 def test_cli_errors_are_messages(toy_cohort, tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "run")]) == 2
     assert "--cohort is required" in capsys.readouterr().err
