@@ -542,7 +542,8 @@ def _flag(name: str) -> str:
 def _run_train(args) -> int:
     options = {field.name: getattr(args, field.name) for field in fields(TrainSettings) if hasattr(args, field.name)}
     words = ["spectgan", "train", "--out", args.out] + [word for name, value in options.items() if value is not None
-                                                        for word in (_flag(name), str(value))]
+                                                        for word in ((_flag(name),) if value is True
+                                                                     else (_flag(name), str(value)))]
     words += (["--resume"] if args.resume else []) + (["--export-bundle", args.export_bundle_dir]
                                                       if args.export_bundle_dir else [])
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
