@@ -211,12 +211,12 @@ def test_page_requests_two_conditions_shows_statistics_exports_and_opens_ohif(se
                              (("mc", 1), ("left", 1), ("right", 1), ("lr", 3), ("ai", 2))]
     cards = browser.find_elements(By.CSS_SELECTOR, ".result")
     assert len(cards) == 2 and all("MC" in card.text and "AI" in card.text for card in cards)
-    for index, result in enumerate(direct):
-        variance, screen_left, screen_right = canvas_halves(browser, index)
-        assert variance > 100  # a slice, not a blank canvas
-        # radiological: the patient's left is the screen's right, so the darker half is the lower hemisphere
-        assert (screen_right < screen_left) == (result.stats["lr"] < 1), (index, screen_left, screen_right)
-    assert direct[0].stats["lr"] < 1  # a left-sided defect
+    halves = [canvas_halves(browser, index) for index in range(len(direct))]
+    assert all(variance > 100 for variance, _, _ in halves)  # slices, not blank canvases
+    # radiological: the patient's left is the screen's right, so the darker half is the lower hemisphere; checked on
+    # the left-sided defect (a normal slice, LR near 1, may have either half darker by a hair)
+    assert direct[0].stats["lr"] < 0.97
+    assert halves[0][2] < halves[0][1], halves[0]
 
     browser.save_screenshot(str(ARTIFACTS / "page.png"))
     csv_path = ARTIFACTS / "spectgan_stats.csv"
