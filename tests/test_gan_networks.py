@@ -74,7 +74,7 @@ def test_reconstruction_output_zeroes_the_floor_and_keeps_only_the_filters_band(
     power = (torch.fft.fft2((noise + 1) / 2).abs() ** 2).mean(dim=(0, 1))
     # a Gaussian of sigma 1 px passes exp(-(2 pi f)^2) of the power at f cycles/px: 3e-9 at Nyquist (0.5)
     assert power[16, 16] / power[1:4, 1:4].mean() < 1e-3
-    assert "kernel" not in stage.state_dict()  # it follows from sigma: weights saved without it still load
+    assert "profile" not in stage.state_dict()  # it follows from sigma: weights saved without it still load
     with pytest.raises(ValueError, match="sigma >= 0 pixels and 0 <= floor < 1"):
         ReconstructionOutput(sigma=-1.0, floor=0.0)
 

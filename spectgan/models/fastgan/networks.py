@@ -147,13 +147,20 @@ class SkipLayerExcitation(nn.Module):
         return target * self.gate(source)
 
 
-def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    """A normalized 2D Gaussian [1, 1, K, K] of ``sigma`` pixels, K = 2 ceil(3 sigma) + 1."""
+def _gaussian_profile(sigma: float) -> torch.Tensor:
+    """A normalized 1D Gaussian [K] of ``sigma`` pixels, K = 2 ceil(3 sigma) + 1."""
     radius = max(1, math.ceil(3 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
     profile = torch.exp(-0.5 * (offsets / max(sigma, 1e-6)) ** 2)
-    profile = profile / profile.sum()
-    return (profile[:, None] * profile[None, :])[None, None]
+    return profile / profile.sum()
+
+
+def _separable_blur(x: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
+    """Images [B, 1, H, W] convolved with the 2D kernel profile x profile (zero padding, same size): two 1D passes."""
+    profile = profile.to(x.dtype)
+    pad = profile.numel() // 2
+    x = F.conv2d(x, profile.view(1, 1, -1, 1), padding=(pad, 0))
+    return F.conv2d(x, profile.view(1, 1, 1, -1), padding=(0, pad))
 
 
 class ReconstructionOutput(nn.Module):
@@ -176,12 +183,12 @@ class ReconstructionOutput(nn.Module):
             raise ValueError(f"the output stage needs sigma >= 0 pixels and 0 <= floor < 1, got {sigma}, {floor}")
         self.sigma, self.floor = float(sigma), float(floor)
         # not in the state dict: it follows from sigma, so weights saved before this stage existed still load
-        self.register_buffer("kernel", _gaussian_kernel(self.sigma), persistent=False)
+        self.register_buffer("profile", _gaussian_profile(self.sigma), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         counts = ((torch.tanh(x) + 1.0) * 0.5 - self.floor).clamp(min=0.0) / (1.0 - self.floor)
         if self.sigma > 0:
-            counts = F.conv2d(counts, self.kernel.to(counts.dtype), padding=self.kernel.shape[-1] // 2)
+            counts = _separable_blur(counts, self.profile)
         return counts * 2.0 - 1.0
 
 
@@ -200,12 +207,12 @@ class ReconstructionNoise(nn.Module):
         if gain < 0 or sigma_px <= 0:
             raise ValueError(f"the noise stage needs gain >= 0 and sigma_px > 0, got {gain}, {sigma_px}")
         self.gain, self.exponent, self.sigma_px = float(gain), float(exponent), float(sigma_px)
-        kernel = _gaussian_kernel(self.sigma_px)
-        self.register_buffer("kernel", kernel / kernel.pow(2).sum().sqrt(), persistent=False)  # unit-variance output
+        profile = _gaussian_profile(self.sigma_px)
+        self.register_buffer("profile", profile / profile.pow(2).sum().sqrt(), persistent=False)  # unit variance
 
     def forward(self, x: torch.Tensor, white: torch.Tensor) -> torch.Tensor:
         expected = ((x + 1.0) * 0.5).clamp(min=0.0)
-        correlated = F.conv2d(white.to(x.dtype), self.kernel.to(x.dtype), padding=self.kernel.shape[-1] // 2)
+        correlated = _separable_blur(white.to(x.dtype), self.profile)
         noisy = expected + correlated * self.gain * expected.pow(self.exponent)
         return noisy.clamp(min=0.0) * 2.0 - 1.0
 
