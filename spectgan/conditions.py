@@ -1,11 +1,16 @@
-"""Levels, defect patterns and sides: the one place where conditions, their template planes and the paper's
+"""Levels, defect patterns, sides and lesions: the one place where conditions, their template planes and the paper's
 case counts are defined.
+
+A condition names a level, a pattern and (unilateral only) a side; a model with defect axes also takes its lesions:
+per affected hemisphere a vascular territory and a severity (fractional CBF reduction), either of which may be left
+out for the model to draw from its training cohort (``spectgan.lesions``).
 
 Levels are axial planes of the MNI152 template. Template coordinates here are LPS millimetres (ITK/DICOM):
 +x is the patient's left, +y posterior, +z superior; MNI (RAS) z equals LPS z.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Iterable, Optional, Sequence
@@ -60,22 +65,53 @@ SIDED_PATTERNS: frozenset[Pattern] = frozenset({Pattern.UNILATERAL})
 
 
 @dataclass(frozen=True)
+class Lesion:
+    """The defect in one hemisphere: its vascular territory (e.g. ``MCA``) and its severity, the fractional CBF
+    reduction in that territory (0.3 = 30 % less). None where not given: a model draws it from its training cohort,
+    and a cohort without labels records it so."""
+
+    side: Side
+    territory: Optional[str] = None
+    severity: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class Condition:
-    """One generation request: level, pattern and, for unilateral defects only, the side."""
+    """One generation request: level, pattern and, for unilateral defects only, the side; ``lesions`` (one per
+    affected hemisphere, left before right) when the request or the cohort says more of the defect."""
 
     level: Level
     pattern: Pattern
     side: Optional[Side] = None
+    lesions: tuple[Lesion, ...] = ()
 
     @property
     def label(self) -> str:
-        """Short name such as ``BG-unilateral-left``."""
+        """Short name such as ``BG-unilateral-left`` (lesions are not part of it)."""
         parts = [self.level.value, self.pattern.value] + ([self.side.value] if self.side else [])
         return "-".join(parts)
 
+    @property
+    def base(self) -> "Condition":
+        """The condition without its lesions (level, pattern, side)."""
+        return Condition(self.level, self.pattern, self.side)
+
+    def lesion(self, side: Side) -> Optional[Lesion]:
+        """The lesion of one hemisphere, if the condition names it."""
+        return next((lesion for lesion in self.lesions if lesion.side is side), None)
+
     def to_dict(self) -> dict:
-        return {"level": self.level.value, "pattern": self.pattern.value,
-                "side": self.side.value if self.side else None}
+        """Level, pattern, side and, for a defect, ``territory`` and ``severity``: one value for a unilateral
+        defect, ``{"left": .., "right": ..}`` for a bilateral one (None where unknown)."""
+        values = {"level": self.level.value, "pattern": self.pattern.value,
+                  "side": self.side.value if self.side else None}
+        if self.pattern is Pattern.NORMAL:
+            return values
+        for axis in ("territory", "severity"):
+            per_side = {lesion.side.value: getattr(lesion, axis) for lesion in self.lesions}
+            values[axis] = (per_side.get(self.side.value) if takes_side(self.pattern)
+                            else {side.value: per_side.get(side.value) for side in Side})
+        return values
 
 
 def parse_member(enum_type, value, what: str):
@@ -87,6 +123,23 @@ def parse_member(enum_type, value, what: str):
         if isinstance(value, str) and value.strip().lower() == member.value.lower():
             return member
     raise ValueError(f"invalid {what} {value!r}; allowed: {', '.join(allowed)}")
+
+
+NUMBER_TEXT_LIMIT = 40  # characters of a number sent as text
+
+
+def parse_number(value) -> float | None:
+    """A finite number from a JSON number or its text (at most ``NUMBER_TEXT_LIMIT`` characters); None when
+    ``value`` is neither (callers name what they allow)."""
+    parsed = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        parsed = float(value)
+    elif isinstance(value, str) and len(value) <= NUMBER_TEXT_LIMIT:
+        try:
+            parsed = float(value)
+        except ValueError:
+            pass
+    return parsed if parsed is not None and math.isfinite(parsed) else None
 
 
 def parse_levels(levels: str | Iterable[str | Level] | None) -> tuple[Level, ...]:

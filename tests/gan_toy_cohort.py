@@ -3,6 +3,10 @@
 Each slice is a smooth elliptical 'brain' at 64 x 64 whose size depends on the level; defects lower the lateral part
 of one hemisphere (unilateral: the recorded side; column index increases toward the patient's left) or of both
 (bilateral), then Poisson noise. Small and honest: it exercises formats and code paths, not image fidelity.
+
+``build_toy_cohort(..., lesions=True)`` also records a territory and a severity per affected hemisphere in the
+manifest (drawn from ``TOY_TERRITORIES`` and ``TOY_SEVERITY``; the images' defects do not follow them), for models
+with defect axes (``toy_axes_bundle``).
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ import pytest
 
 from spectgan.cohorts.format import (CohortRecord, atomic_write_image, compute_count_scale, write_cohort_info,
                                     write_manifest)
-from spectgan.conditions import Level, Pattern, Side, valid_conditions
+from spectgan.conditions import Condition, Lesion, Level, Pattern, Side, valid_conditions
+from spectgan.lesions import parse_lesions
 from spectgan.geometry.template import SLAB_THICKNESS_MM, canonical_image, pixel_spacing
 
 MATRIX = 64
@@ -22,6 +27,8 @@ SLICES_PER_CONDITION = {"train": 6, "test": 2}
 SEMI_AXES = {Level.CER: (18, 22), Level.BG: (24, 20), Level.COR: (20, 16)}  # (rows, cols) in pixels
 DEFECT_FACTOR = 0.55
 MEAN_COUNTS = 120.0
+TOY_TERRITORIES = {Level.CER: ("MCA", "PICA"), Level.BG: ("ACA", "MCA", "PCA"), Level.COR: ("ACA", "MCA")}
+TOY_SEVERITY = (0.15, 0.5)
 
 
 def toy_slice(level: Level, pattern: Pattern, side: Side | None, rng: np.random.Generator) -> np.ndarray:
@@ -41,9 +48,17 @@ def toy_slice(level: Level, pattern: Pattern, side: Side | None, rng: np.random.
     return rng.poisson(expected).astype(np.float32)
 
 
-def build_toy_cohort(out: Path, seed: int = 1) -> Path:
-    """Write a toy cohort (all valid conditions at all levels) to ``out``; returns ``out``."""
-    rng = np.random.default_rng(seed)
+def toy_lesions(condition: Condition, rng: np.random.Generator) -> tuple[Lesion, ...]:
+    """A territory of the condition's level and a severity per affected hemisphere (left before right)."""
+    sides = {Pattern.NORMAL: [], Pattern.UNILATERAL: [condition.side], Pattern.BILATERAL: list(Side)}[condition.pattern]
+    return tuple(Lesion(side, str(rng.choice(TOY_TERRITORIES[condition.level])),
+                        round(float(rng.uniform(*TOY_SEVERITY)), 4)) for side in sides)
+
+
+def build_toy_cohort(out: Path, seed: int = 1, lesions: bool = False) -> Path:
+    """Write a toy cohort (all valid conditions at all levels) to ``out``; returns ``out``. ``lesions``: the
+    manifest records each defect's territory and severity (``toy_lesions``; drawn apart from the images)."""
+    rng, lesion_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     records, train_arrays = [], []
     for split, count in SLICES_PER_CONDITION.items():
         for condition in valid_conditions():
@@ -52,7 +67,9 @@ def build_toy_cohort(out: Path, seed: int = 1) -> Path:
                 slice_id = f"{condition.label}-{index:02d}"
                 file = f"{split}/{slice_id}.nii.gz"
                 atomic_write_image(canonical_image(array, condition.level), out / file)
-                records.append(CohortRecord(split, slice_id, condition, "", None, file))
+                labels = toy_lesions(condition, lesion_rng) if lesions else parse_lesions(condition.pattern,
+                                                                                          condition.side)
+                records.append(CohortRecord(split, slice_id, condition, labels, file))
                 if split == "train":
                     train_arrays.append(array)
     write_manifest(out, records)
@@ -65,6 +82,12 @@ def build_toy_cohort(out: Path, seed: int = 1) -> Path:
 @pytest.fixture(scope="session")
 def toy_cohort(tmp_path_factory) -> Path:
     return build_toy_cohort(tmp_path_factory.mktemp("toy") / "cohort")
+
+
+@pytest.fixture(scope="session")
+def toy_lesion_cohort(tmp_path_factory) -> Path:
+    """The toy cohort with each defect's territory and severity in its manifest."""
+    return build_toy_cohort(tmp_path_factory.mktemp("toy_lesions") / "cohort", lesions=True)
 
 
 @contextlib.contextmanager
@@ -111,3 +134,17 @@ def toy_bundle(toy_run, tmp_path_factory) -> Path:
 
     with one_thread():
         return export_bundle(toy_run, tmp_path_factory.mktemp("bundles") / "toy_A")
+
+
+@pytest.fixture(scope="session")
+def toy_axes_bundle(toy_lesion_cohort, tmp_path_factory) -> Path:
+    """A tiny model with defect axes (territory and severity) after two training steps on the toy cohort with
+    lesions, exported as the bundle ``toy_axes``."""
+    from spectgan.models.fastgan.train import train
+
+    folder = tmp_path_factory.mktemp("axes")
+    with one_thread():
+        train(folder / "run", progress=False, export_bundle_dir=folder / "toy_axes", cohort=str(toy_lesion_cohort),
+              iterations=2, batch_size=4, sample_every=100, checkpoint_every=100, log_every=1, defect_axes=True,
+              **TINY_NETWORK)
+    return folder / "toy_axes"

@@ -14,7 +14,7 @@ from spectgan.cohorts.simulated import build_cohort, cohort_jobs, simulate_slice
 from spectgan.cohorts.format import load_split, read_cohort_info, read_manifest
 from spectgan.conditions import PAPER_COUNTS, Condition, Level, Pattern, Side
 from spectgan.errors import SpectganError
-from spectgan.simulation.phantom import perfusion_phantom, random_subject
+from spectgan.simulation.phantom import TERRITORIES_AT_LEVEL, perfusion_phantom, random_subject
 from spectgan.geometry.roi import TEMPLATE_MIDLINE, hemisphere_stats
 from spectgan.geometry.template import canonical_grid, canonical_image, mni_maps
 
@@ -45,9 +45,13 @@ def test_manifest_has_the_paper_counts_per_split(small_cohort):
         image = sitk.ReadImage(str(small_cohort / record.file))
         assert image.GetSize() == (64, 64, 1)
         if record.condition.pattern is Pattern.NORMAL:
-            assert record.territory == "" and record.severity is None
-        else:
-            assert record.territory and 0.15 <= record.severity <= 0.5
+            assert record.lesions == ()
+        else:  # one lesion per affected hemisphere, each with its own territory and severity
+            sides = [record.condition.side] if record.condition.side else [Side.LEFT, Side.RIGHT]
+            assert [lesion.side for lesion in record.lesions] == sides
+            for lesion in record.lesions:
+                assert lesion.territory in TERRITORIES_AT_LEVEL[record.condition.level]
+                assert 0.15 <= lesion.severity <= 0.5
 
 
 def test_normals_are_symmetric_and_unilateral_defects_on_their_side(cohort_stats):

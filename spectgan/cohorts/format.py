@@ -6,8 +6,10 @@ A cohort folder holds:
   constant the GAN divides counts by, computed on the train split), ``source`` (simulated | imported) and how the
   cohort was made;
 - ``manifest.csv``: one row per slice with ``split,id,level,pattern,side,territory,severity,file`` (``side`` empty
-  unless unilateral; ``territory`` and ``severity`` empty where unknown; ``file`` relative to the folder), and a
-  ``seed`` column in synthetic cohorts (``spectgan synthesize``: the seed that made the slice);
+  unless unilateral; ``territory`` and ``severity`` empty where unknown, one value for a unilateral defect and for a
+  bilateral one whose sides agree, ``left=X;right=Y`` per side otherwise (``spectgan.lesions``); ``file`` relative
+  to the folder), and a ``seed`` column in synthetic cohorts (``spectgan synthesize``: the seed that made the
+  slice);
 - ``train/<id>.nii.gz`` and ``test/<id>.nii.gz``: canonical one-slice float32 volumes in counts, in template
   geometry (see ``spectgan.geometry.template``).
 """
@@ -24,9 +26,10 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from spectgan.conditions import ALL_LEVELS, Condition, Level, parse_condition
+from spectgan.conditions import ALL_LEVELS, Condition, Lesion, Level, parse_condition
 from spectgan.errors import SpectganError
 from spectgan.geometry.template import canonical_array
+from spectgan.lesions import lesion_text, parse_lesions
 
 MANIFEST_COLUMNS = ("split", "id", "level", "pattern", "side", "territory", "severity", "file")
 SEED_COLUMN = "seed"  # written only when some slice has a seed (synthetic cohorts)
@@ -37,29 +40,34 @@ COUNT_SCALE_MARGIN = 1.05
 
 @dataclass(frozen=True)
 class CohortRecord:
-    """One manifest row."""
+    """One manifest row. ``condition`` is the slice's level, pattern and side; ``lesions`` its defect's territory
+    and severity per affected hemisphere (None where the cohort does not know them)."""
 
     split: str
     id: str
     condition: Condition
-    territory: str
-    severity: float | None
+    lesions: tuple[Lesion, ...]
     file: str
     seed: int | None = None  # the seed of a synthetic slice
 
+    @property
+    def labelled_condition(self) -> Condition:
+        """The condition with its lesions."""
+        return Condition(self.condition.level, self.condition.pattern, self.condition.side, self.lesions)
+
     @classmethod
     def from_row(cls, row: dict[str, str]) -> "CohortRecord":
-        """Parse a manifest row; the condition is validated (ValueError names what is allowed)."""
+        """Parse a manifest row; the condition and lesions are validated (ValueError names what is allowed)."""
         condition = parse_condition(row["level"], row["pattern"], row["side"] or None)
-        severity = float(row["severity"]) if row["severity"] else None
+        lesions = parse_lesions(condition.pattern, condition.side, row["territory"], row["severity"])
         seed = int(row[SEED_COLUMN]) if row.get(SEED_COLUMN) else None
-        return cls(row["split"], row["id"], condition, row["territory"], severity, row["file"], seed)
+        return cls(row["split"], row["id"], condition, lesions, row["file"], seed)
 
     def to_row(self) -> dict[str, str]:
         condition = self.condition.to_dict()
         return {"split": self.split, "id": self.id, "level": condition["level"], "pattern": condition["pattern"],
-                "side": condition["side"] or "", "territory": self.territory,
-                "severity": "" if self.severity is None else f"{self.severity:.4f}", "file": self.file,
+                "side": condition["side"] or "", "territory": lesion_text(self.labelled_condition, "territory"),
+                "severity": lesion_text(self.labelled_condition, "severity"), "file": self.file,
                 SEED_COLUMN: "" if self.seed is None else str(self.seed)}
 
 

@@ -43,6 +43,7 @@ from pydicom.pixel_data_handlers.util import apply_modality_lut
 from tqdm import tqdm
 
 from spectgan import __version__
+from spectgan.lesions import parse_lesions
 from spectgan.cohorts.format import (SPLITS, CohortRecord, atomic_write_bytes, atomic_write_image, compute_count_scale,
                                     load_split, read_cohort_info, write_cohort_info, write_manifest)
 from spectgan.conditions import Condition, Level, Pattern, Side, parse_condition, parse_levels
@@ -734,7 +735,9 @@ def _write_slices(study: PlannedStudy, volume: sitk.Image, registration: Registr
             notes.append(f"{level.value} not imported: no brain counts on both sides of the midline")
             captions[level] = "not imported (no brain)"
         else:
-            record = CohortRecord(study.split, f"{study.id}_{level.value}", study.condition(level), "", None,
+            condition = study.condition(level)
+            record = CohortRecord(study.split, f"{study.id}_{level.value}", condition,
+                                  parse_lesions(condition.pattern, condition.side),
                                   f"{study.split}/{study.id}_{level.value}.nii.gz")
             atomic_write_image(canonical_image(planes[level], level, matrix), out / record.file)
             slices.append(record.to_row())

@@ -24,14 +24,14 @@ from spectgan.tools.bench import print_figures
 from spectgan.cohorts.format import (CohortRecord, atomic_write_bytes, atomic_write_image, compute_count_scale,
                                      finished_cohort, load_split, read_cohort_info, write_cohort_info,
                                      write_manifest)
-from spectgan.conditions import PAPER_COUNTS, Condition, Level, Pattern, Side
+from spectgan.conditions import PAPER_COUNTS, Condition, Lesion, Level, Pattern, Side
 from spectgan.figures import pyplot, save_figure
 from spectgan.geometry.registration import BRAIN_CENTRE_MM, pose_to_dict, similarity_pose
-from spectgan.simulation.phantom import Defect, perfusion_phantom, random_subject
+from spectgan.simulation.phantom import Defect, Subject, perfusion_phantom, random_subject
 from spectgan.geometry.roi import TEMPLATE_MIDLINE, hemisphere_stats
 from spectgan.geometry.template import SLAB_THICKNESS_MM, canonical_grid, canonical_image, pixel_spacing
 
-SIMULATOR_VERSION = "1"
+SIMULATOR_VERSION = "2"  # 2: the manifest records a bilateral defect's territory and severity per side
 CHUNK_SIZE = 32  # slices reconstructed together (one pytomography stack)
 PLANE_STEP_MM = 2.0
 PLANE_HALF_DEPTH_MM = 12.0  # activity planes taken on each side of a level for the axial blur
@@ -83,6 +83,13 @@ def _visible(condition: Condition, activity: np.ndarray) -> bool:
     return lr < 1 - VISIBLE_ASYMMETRY if condition.side is Side.LEFT else lr > 1 + VISIBLE_ASYMMETRY
 
 
+def subject_lesions(subject: Subject) -> tuple[Lesion, ...]:
+    """A simulated subject's defects as the lesions its manifest row records (left before right)."""
+    order = list(Side)
+    return tuple(Lesion(defect.side, defect.territory, round(defect.severity, 4))
+                 for defect in sorted(subject.defects, key=lambda defect: order.index(defect.side)))
+
+
 def simulate_slices(jobs: list[SliceJob], matrix: int) -> tuple[np.ndarray, list[CohortRecord]]:
     """Phantoms, acquisition and reconstruction of a chunk: counts [N, H, W] and the slices' manifest rows."""
     weights = axial_profile(PLANE_STEP_MM, SLAB_THICKNESS_MM, PLANE_HALF_DEPTH_MM)
@@ -102,7 +109,7 @@ def simulate_slices(jobs: list[SliceJob], matrix: int) -> tuple[np.ndarray, list
         noise_seeds.append(int(rng.integers(2**31)))
     counts = acquire(np.stack(activities), np.stack(mus), pixel_spacing(matrix), SLAB_THICKNESS_MM,
                      protocol_for(matrix), np.array([s.count_level for s in subjects]), noise_seeds)
-    records = [CohortRecord(job.split, job.id, job.condition, subject.territory, subject.severity, job.file)
+    records = [CohortRecord(job.split, job.id, job.condition, subject_lesions(subject), job.file)
                for job, subject in zip(jobs, subjects)]
     return counts, records
 
@@ -284,12 +291,19 @@ def draw_preview(cohort_dir: Path, png: Path, split: str = "train", per_cell: in
                 axis.imshow(arrays[matches[k]], cmap="inferno", vmin=0, vmax=vmax)
                 axis.text(0.02, 0.02, "R", color="cyan", transform=axis.transAxes, fontsize=7)
                 axis.text(0.93, 0.02, "L", color="cyan", transform=axis.transAxes, fontsize=7)
-                axis.set_title(f"{record.condition.label}\n{record.territory or '-'} "
-                               f"{'' if record.severity is None else f'{record.severity:.0%}'}", fontsize=6)
+                axis.set_title(f"{record.condition.label}\n{_lesion_caption(record)}", fontsize=6)
     figure.suptitle(f"{Path(cohort_dir).name}: {split} split (one count window per level; R = patient right)",
                     fontsize=9)
     figure.tight_layout()
     return save_figure(figure, png, dpi=90, tight=False)
+
+
+def _lesion_caption(record: CohortRecord) -> str:
+    """``MCA 31%`` (per side for a bilateral defect: ``L MCA 31% R ACA 22%``), ``-`` for a normal slice."""
+    parts = [(f"{lesion.side.value[0].upper()} " if len(record.lesions) > 1 else "")
+             + f"{lesion.territory or '?'} " + ("?" if lesion.severity is None else f"{lesion.severity:.0%}")
+             for lesion in record.lesions]
+    return " ".join(parts) or "-"
 
 
 def add_cohort_command(subparsers) -> None:
