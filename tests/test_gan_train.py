@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from gan_toy_cohort import TINY_NETWORK, single_thread, toy_cohort  # noqa: F401 (fixtures)
+from gan_toy_cohort import TINY_NETWORK, single_thread, toy_cohort, toy_lesion_cohort  # noqa: F401 (fixtures)
 
 from spectgan.cli import main
 from spectgan.errors import SpectganError
@@ -124,6 +124,34 @@ def test_noise_stage_is_estimated_once_from_the_train_split_and_kept_on_resume(t
     generator = load_bundle(tmp_path / "bundle").generator
     assert generator.noise_stage is not None and generator.noise_stage.gain == noise["gain"]
     assert "noise stage estimated from the training cohort" in (tmp_path / "bundle/docs/README.md").read_text()
+
+
+def test_run_with_defect_axes_fine_tunes_a_run_without_them(toy_lesion_cohort, tmp_path):
+    from spectgan.models.fastgan.bundle import export_bundle
+    from spectgan.models.fastgan.train import DEFECT_MODULES
+    from spectgan.models.synthesizer import load_synthesizer
+
+    common = dict(progress=False, cohort=str(toy_lesion_cohort), levels="BG,COR", image_size=32, batch_size=4,
+                  **TINY_NETWORK)
+    train(tmp_path / "plain", iterations=1, **common)
+    plain = load_checkpoint(tmp_path / "plain")
+    train(tmp_path / "axes", iterations=1, defect_axes=True, generator_classification_weight=0.0,
+          init_from=str(tmp_path / "plain"), **common)
+    axes = load_checkpoint(tmp_path / "axes")
+    territories = axes["data"]["territories"]
+    assert territories and territories == sorted(territories)
+    for network in ("generator", "discriminator"):
+        assert axes["network"][network]["territories"] == territories
+    assert axes["settings"]["generator_classification_weight"] == 0.0
+    added = [key for key in axes["generator"] if key.startswith(DEFECT_MODULES)]
+    assert added and set(axes["generator"]) - set(added) == set(plain["generator"])
+    assert any(torch.count_nonzero(axes["generator"][key]) for key in added)  # the zero start learned in one step
+    export_bundle(tmp_path / "axes", tmp_path / "bundle")
+    model = load_synthesizer(tmp_path / "bundle")
+    assert model.defect_axes().territories == {"BG": ("ACA", "MCA", "PCA"), "COR": ("ACA", "MCA")}
+    assert "## Defect axes" in (tmp_path / "bundle/docs/README.md").read_text()
+    with pytest.raises(SpectganError, match="does not fit"):  # another architecture is not a start
+        train(tmp_path / "wide", iterations=1, init_from=str(tmp_path / "axes"), **{**common, "condition_dim": 4})
 
 
 def test_cli_errors_are_messages(toy_cohort, tmp_path, capsys):

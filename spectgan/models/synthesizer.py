@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,9 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
-from spectgan.conditions import Condition, Level
+from spectgan.conditions import Condition, Level, parse_number
 from spectgan.errors import InvalidRequestError, SpectganError
+from spectgan.lesions import DefectAxes
 
 METADATA_FILE = "configs/metadata.json"
 DEFAULT_FAMILY = "conditional_fastgan"  # bundles without a ``family`` entry in their metadata
@@ -49,15 +49,8 @@ class Option:
         InvalidRequestError naming the range otherwise."""
         if value is None or (isinstance(value, str) and not value.strip()):
             return self.default
-        parsed = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            parsed = float(value)
-        elif isinstance(value, str) and len(value) <= 40:
-            try:
-                parsed = float(value)
-            except ValueError:
-                pass
-        if parsed is None or not math.isfinite(parsed) or not self.minimum <= parsed <= self.maximum:
+        parsed = parse_number(value)
+        if parsed is None or not self.minimum <= parsed <= self.maximum:
             raise InvalidRequestError(f"{self.name} must be a number in [{self.minimum:g}, {self.maximum:g}] "
                                       f"({self.description}), got {value!r}")
         return parsed
@@ -80,12 +73,34 @@ class Synthesizer(Protocol):
     def options(self) -> tuple[Option, ...]:
         """The numbers a request may set beside condition and seed."""
 
+    def defect_axes(self) -> DefectAxes | None:
+        """The territory and severity axes it takes (None: level, pattern and side only)."""
+
+    def resolve(self, conditions: Sequence[Condition], seed: int) -> list[Condition]:
+        """The conditions with the lesions ``sample`` will draw for what they leave out (the same seed: the same
+        lesions); a model without defect axes returns them unchanged."""
+
     def describe(self) -> dict:
         """What ``/info/`` shows of the bundle: name, version, sha256, image size, pixel spacing, levels, ..."""
 
     def sample(self, conditions: Sequence[Condition], seed: int, options: Mapping[str, float]) -> np.ndarray:
         """Float32 counts [n, H, W] in the canonical orientation (column toward the patient's left, row toward
         posterior), one slice per condition; the same seed, conditions, options and weights give the same counts."""
+
+
+def check_lesions(synthesizer: Synthesizer, condition: Condition) -> None:
+    """InvalidRequestError unless the condition's territories and severities are ones the model takes (its
+    ``defect_axes``; a model without them takes none); the message names what is allowed."""
+    axes = synthesizer.defect_axes()
+    if axes is None:
+        if any(lesion.territory is not None or lesion.severity is not None for lesion in condition.lesions):
+            raise InvalidRequestError(f"model {synthesizer.name} has no defect axes: it takes level, pattern and "
+                                      "side only; leave territory and severity out")
+        return
+    try:
+        axes.check(condition)
+    except ValueError as error:
+        raise InvalidRequestError(f"{error} (model {synthesizer.name})") from None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 A bundle folder:
 
 - ``configs/metadata.json``: MONAI bundle metadata plus what sampling needs (``count_scale``, ``levels``,
-  ``pixel_spacing_mm``, ``network``) and ``weights_sha256``;
+  ``pixel_spacing_mm``, ``network``; for a model with defect axes ``defect_axes``, the territories per level and the
+  severity range it takes, and ``lesion_distribution``, its train split's lesions per condition, from which a
+  request that leaves them out is drawn) and ``weights_sha256``;
 - ``configs/inference.json``: ``network_def`` for ``monai.bundle.ConfigParser``;
 - ``models/model.pt``: the EMA generator's state dict (batch norm recalibrated), loaded with ``weights_only=True``;
 - ``docs/README.md`` with ``loss_curves.png`` and ``samples.png``.
@@ -28,6 +30,7 @@ import torch
 from spectgan.conditions import (LEVEL_Z_MM, Level, Pattern, check_vocabulary, describe_allowed, parse_levels,
                                  valid_conditions, vocabulary)
 from spectgan.errors import SpectganError
+from spectgan.lesions import DefectAxes, LesionDistribution
 from spectgan.models.fastgan.checkpoint import ema_generator, load_checkpoint
 from spectgan.models.fastgan.figures import save_loss_curves
 from spectgan.models.fastgan.inference import prepare_for_sampling, sampling_copy, save_condition_grid
@@ -47,11 +50,24 @@ INTENDED_USE = ("Research only. Every image is synthetic (made by a GAN); not fo
                 "clinical decision.")
 
 
+LESIONS_KEY = "lesion_distribution"  # metadata: the train split's lesions per condition (LesionDistribution)
+AXES_KEY = "defect_axes"  # metadata: the territory and severity axes (DefectAxes), for a model that takes them
+
+
 class Bundle(NamedTuple):
     """A loaded bundle: the generator prepared for sampling (``prepare_for_sampling``, CPU) and the metadata."""
 
     generator: Generator
     metadata: dict
+
+    @property
+    def lesions(self) -> LesionDistribution:
+        return LesionDistribution.from_dict(self.metadata.get(LESIONS_KEY, {}))
+
+    @property
+    def defect_axes(self) -> DefectAxes | None:
+        """The territory and severity axes, or None for a model without them."""
+        return DefectAxes.from_dict(self.metadata[AXES_KEY]) if self.metadata.get(AXES_KEY) else None
 
 
 def sha256_file(path: Path) -> str:
@@ -93,18 +109,26 @@ def _load_bundle(path: str, stamp: tuple) -> Bundle:
 
 def _network_data_format(generator: dict, count_scale: float) -> dict:
     size = generator["image_size"]
+    channels = {"0": "level: " + ", ".join(f"{i} {v.value}" for i, v in enumerate(Level)),
+                "1": "pattern: " + ", ".join(f"{i} {v.value}" for i, v in enumerate(Pattern)),
+                "2": "side: " + ", ".join(f"{i} {s.value if s else 'none'}" for s, i in SIDE_INDEX.items())}
+    territories = generator.get("territories") or []
+    if territories:
+        names = "0 none, 1 unknown, " + ", ".join(f"{2 + i} {name}" for i, name in enumerate(territories))
+        for offset, side in ((3, "left"), (5, "right")):
+            channels[str(offset)] = f"territory of the {side} hemisphere's lesion: {names}"
+            channels[str(offset + 1)] = f"severity of the {side} hemisphere's lesion (fraction; 0 none, -1 unknown)"
     return {
         "inputs": {
             "latent": {"type": "tensor", "format": "latent", "num_channels": generator["latent_dim"],
                        "spatial_shape": [], "dtype": "float32", "value_range": [], "is_patch_data": False,
                        "channel_def": {"0": "standard normal (times psi for truncation)"}},
-            "condition": {"type": "tensor", "format": "class indices", "num_channels": 3, "spatial_shape": [],
-                          "dtype": "int64", "value_range": [0, max(len(Level), len(Pattern), len(SIDE_INDEX)) - 1],
-                          "is_patch_data": False,
-                          "channel_def": {"0": "level: " + ", ".join(f"{i} {v.value}" for i, v in enumerate(Level)),
-                                          "1": "pattern: " + ", ".join(f"{i} {v.value}" for i, v in enumerate(Pattern)),
-                                          "2": "side: " + ", ".join(f"{i} {s.value if s else 'none'}"
-                                                                    for s, i in SIDE_INDEX.items())}}},
+            "condition": {"type": "tensor", "format": "class indices" + (", severities" if territories else ""),
+                          "num_channels": len(channels), "spatial_shape": [],
+                          "dtype": "float32" if territories else "int64",
+                          "value_range": [-1 if territories else 0,
+                                          max(len(Level), len(Pattern), len(SIDE_INDEX), len(territories) + 2) - 1],
+                          "is_patch_data": False, "channel_def": channels}},
         "outputs": {
             "pred": {"type": "image", "format": "magnitude", "modality": "NM", "num_channels": 1,
                      "spatial_shape": [size, size], "dtype": "float32", "value_range": [-1, 1],
@@ -126,6 +150,9 @@ def _metadata(checkpoint: dict, name: str, version: str, weights_sha256: str) ->
     data, settings = checkpoint["data"], checkpoint["settings"]
     levels = parse_levels(settings["levels"])
     generator = checkpoint["network"]["generator"]
+    lesions = LesionDistribution.from_dict(data.get("lesions", {}))
+    defects = ({AXES_KEY: lesions.axes().to_dict(), LESIONS_KEY: lesions.to_dict()} if generator.get("territories")
+               else {})
     return {
         "schema": MONAI_METADATA_SCHEMA, "name": name, "version": version, "family": FAMILY,
         "changelog": {version: "exported from a spectgan training run"},
@@ -141,7 +168,7 @@ def _metadata(checkpoint: dict, name: str, version: str, weights_sha256: str) ->
         "image_size": data["image_size"], "levels": [lv.value for lv in levels], VOCABULARY_KEY: vocabulary(),
         "level_planes_mm": {lv.value: LEVEL_Z_MM[lv] for lv in levels},
         "valid_conditions": [condition.to_dict() for condition in valid_conditions(levels)],
-        "network": {"generator": generator},
+        **defects, "network": {"generator": generator},
         "training": {"cohort_seed": data["cohort"].get("seed"), "cohort": data["cohort"],
                      "slices_per_condition": data["slices_per_condition"], "iterations": checkpoint["step"],
                      "batch_size": settings["batch_size"], "seed": settings["seed"],
@@ -181,6 +208,7 @@ counts, seed = sample("models/{metadata['name']}", {level!r}, {pattern!r}{side_a
 spectgan sample --bundle models/{metadata['name']} --level {level} --pattern {pattern}{side_flag} --seed 3 --n 4 --out out/
 ```
 
+{_defect_axes(metadata)}
 {_output_stage(metadata)}
 ## Training
 ```
@@ -205,6 +233,27 @@ models/{metadata['name']}/docs/evaluation` (exporting new weights replaces this 
 
 ## Files
 `{WEIGHTS_FILE}` (sha256 `{metadata['weights_sha256']}`), `{METADATA_FILE}`, `{INFERENCE_FILE}`.
+"""
+
+
+def _defect_axes(metadata: dict) -> str:
+    """The README's section on the territory and severity axes (``spectgan.lesions``), if the model takes them."""
+    if not metadata.get(AXES_KEY):
+        return ("## Defect axes\nNone: the model takes level, pattern and side only; territory and severity are "
+                "whatever it learned to draw.\n")
+    axes = DefectAxes.from_dict(metadata[AXES_KEY])
+    territories = "; ".join(f"{level} {', '.join(names)}" for level, names in axes.territories.items())
+    low, high = axes.severity_range
+    level = _example_condition(metadata)[0]
+    territory = axes.territories[level][0]
+    return f"""## Defect axes
+Each affected hemisphere's defect has a vascular territory ({territories}) and a severity, the fractional CBF
+reduction in that territory ({low:g} to {high:g}). A request may name either or both (a bilateral defect one per
+side: `left=MCA;right=ACA`); what it leaves out is drawn from the training cohort's defects of that level, pattern
+and side (`{LESIONS_KEY}` in `{METADATA_FILE}`), so an unqualified request gives a slice like the cohort's.
+```
+spectgan sample --bundle models/{metadata['name']} --level {level} --pattern unilateral --side left --territory {territory} --severity {low:g} --n 4 --out out/
+```
 """
 
 
@@ -261,7 +310,8 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, name: str | None 
     bundle_dir = Path(bundle_dir)
     name = name or bundle_dir.name
     data = checkpoint["data"]
-    generator = sampling_copy(ema_generator(checkpoint), data["slices_per_condition"])
+    lesions = LesionDistribution.from_dict(data.get("lesions", {}))
+    generator = sampling_copy(ema_generator(checkpoint), data["slices_per_condition"], lesions)
     buffer = io.BytesIO()
     torch.save(generator.state_dict(), buffer)
     if buffer.tell() > MAX_WEIGHTS_BYTES:
@@ -281,7 +331,8 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, name: str | None 
         (staging / INFERENCE_FILE).write_text(json.dumps(inference, indent=2) + "\n")
         save_loss_curves(checkpoint["history"], staging / "docs" / "loss_curves.png")
         save_condition_grid(generator, valid_conditions(parse_levels(metadata["levels"])), data["count_scale"],
-                            staging / "docs" / "samples.png", title=f"{name}: step {checkpoint['step']} (EMA)")
+                            staging / "docs" / "samples.png", lesions,
+                            title=f"{name}: step {checkpoint['step']} (EMA)")
         (staging / README_FILE).write_text(_readme(metadata))
         _replace_folder(staging, bundle_dir)
     except BaseException:

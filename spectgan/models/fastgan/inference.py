@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from spectgan.conditions import Condition, parse_condition
+from spectgan.lesions import LesionDistribution, resolve_conditions
 from spectgan.models.fastgan.figures import save_image_grid
 from spectgan.models.fastgan.networks import Generator, autocast, encode_conditions, to_counts
 
@@ -56,11 +57,12 @@ def draw_inputs(generator: Generator, count: int, rng: torch.Generator) -> tuple
 def generate(generator: Generator, conditions: Sequence[Condition], seed: int, psi: float = 1.0) -> torch.Tensor:
     """Images [n, 1, S, S] in the network range (float32, CPU) from an eval-mode generator.
 
-    ``psi`` in [0, 1] scales the latent toward its mean (the truncation trick; 1 = no truncation).
+    ``psi`` in [0, 1] scales the latent toward its mean (the truncation trick; 1 = no truncation). A generator
+    with defect axes takes conditions whose lesions are complete (``spectgan.lesions.resolve_conditions``).
     """
     device = next(generator.parameters()).device
     rng = torch.Generator().manual_seed(seed)
-    codes = encode_conditions(conditions)
+    codes = encode_conditions(conditions, generator.territories)
     images = []
     with torch.inference_mode(), autocast(device):
         for chunk in codes.split(SAMPLE_BATCH.get(device.type, SAMPLE_BATCH["cpu"])):
@@ -99,22 +101,26 @@ def condition_from_label(label: str) -> Condition:
     return parse_condition(*label.split("-"))
 
 
-def sampling_copy(ema: Generator, slices_per_condition: Mapping[str, int], seed: int = GRID_SEED) -> Generator:
-    """An eval-mode copy of the EMA generator with batch norm recalibrated on the training mix of conditions."""
+def sampling_copy(ema: Generator, slices_per_condition: Mapping[str, int], lesions: LesionDistribution,
+                  seed: int = GRID_SEED) -> Generator:
+    """An eval-mode copy of the EMA generator with batch norm recalibrated on the training mix of conditions (and of
+    their lesions, for a generator with defect axes)."""
     labels = [label for label, count in slices_per_condition.items() if count > 0]
     weights = torch.tensor([float(slices_per_condition[label]) for label in labels])
     picks = torch.multinomial(weights, RECALIBRATION_IMAGES, replacement=True,
                               generator=torch.Generator().manual_seed(seed))
+    conditions = resolve_conditions([condition_from_label(labels[i]) for i in picks], lesions, seed)
     generator = copy.deepcopy(ema)
-    recalibrate_batch_norm(generator, encode_conditions([condition_from_label(labels[i]) for i in picks]), seed)
+    recalibrate_batch_norm(generator, encode_conditions(conditions, generator.territories), seed)
     return generator
 
 
 def save_condition_grid(generator: Generator, conditions: Sequence[Condition], count_scale: float, path: Path,
-                        title: str = "", columns: int = GRID_COLUMNS) -> None:
-    """A PNG with one row per condition, the same ``columns`` seeded inputs in every row, in counts."""
+                        lesions: LesionDistribution, title: str = "", columns: int = GRID_COLUMNS) -> None:
+    """A PNG with one row per condition, the same ``columns`` seeded inputs in every row, in counts (lesions drawn
+    from ``lesions`` with the same seed)."""
     rows: list[tuple[str, np.ndarray]] = []
     for condition in conditions:
-        images = generate(generator, [condition] * columns, GRID_SEED)
+        images = generate(generator, resolve_conditions([condition] * columns, lesions, GRID_SEED), GRID_SEED)
         rows.append((condition.label, to_counts(images[:, 0], count_scale).numpy()))
     save_image_grid(rows, path, count_scale, title=title)

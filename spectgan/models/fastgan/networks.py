@@ -6,9 +6,11 @@ The generator ends in ``tanh`` and, optionally, in the reconstruction's own outp
 ``ReconstructionOutput``); ``to_counts`` maps its output back to ``(x + 1) / 2 * count_scale``, which is never
 negative.
 
-Conditions enter as a long tensor ``[B, 3]``: level index, pattern index and side index (0 none, 1 left, 2 right)
-in the order of ``spectgan.conditions``' enums; see ``encode_conditions``. The generator uses conditional batch
-norm (and the condition embedding next to the latent), the discriminator a projection term (Miyato & Koyama 2018).
+Conditions enter as a tensor ``[B, 3]`` (long): level index, pattern index and side index (0 none, 1 left,
+2 right) in the order of ``spectgan.conditions``' enums; a model with defect axes (``territories``) takes ``[B, 7]``
+(float): those three, then territory index and severity of the left and of the right hemisphere (see
+``encode_conditions``). The generator uses conditional batch norm (and the condition embedding next to the latent),
+the discriminator a projection term (Miyato & Koyama 2018).
 
 Channel widths per resolution are ``width * multiplier[resolution]``, fewest at full resolution. Sizing (profiled on
 2 CPU cores, batch 16 at 128 x 128): a step's cost grows with the generator's width (one-thread CPU seconds per
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from spectgan.conditions import Condition, Level, Pattern, Side
+from spectgan.conditions import Condition, Lesion, Level, Pattern, Side
 
 IMAGE_SIZES = (32, 64, 128)
 SIDE_INDEX = {None: 0, Side.LEFT: 1, Side.RIGHT: 2}
@@ -40,11 +42,33 @@ DISCRIMINATOR_MULTIPLIERS = {64: 1, 32: 2, 16: 4, 8: 8}
 DECODER_MULTIPLIERS = {16: 2, 32: 1, 64: 1}
 
 
-def encode_conditions(conditions: Sequence[Condition]) -> torch.Tensor:
-    """Conditions -> long tensor [B, 3] (level, pattern, side indices)."""
+# Territory indices of a model with defect axes: 0 no lesion in that hemisphere, 1 unknown, then its territories.
+NO_TERRITORY, UNKNOWN_TERRITORY = 0, 1
+UNKNOWN_SEVERITY = -1.0
+DEFECT_COLUMNS = 4  # per hemisphere (left, right): territory index, severity
+
+
+def encode_conditions(conditions: Sequence[Condition], territories: Sequence[str] = ()) -> torch.Tensor:
+    """Conditions -> long tensor [B, 3] (level, pattern, side indices); with ``territories`` (a model with defect
+    axes) float [B, 7]: then per hemisphere, left first, the territory index (``NO_TERRITORY``,
+    ``UNKNOWN_TERRITORY`` or 2 + its place in ``territories``) and the severity (0 without a lesion,
+    ``UNKNOWN_SEVERITY`` when not known). An affected hemisphere whose lesion is not named, or a territory the
+    model does not know, is encoded as unknown."""
     levels, patterns = list(Level), list(Pattern)
-    return torch.tensor([[levels.index(c.level), patterns.index(c.pattern), SIDE_INDEX[c.side]] for c in conditions],
-                        dtype=torch.long).reshape(len(conditions), 3)
+    rows = [[levels.index(c.level), patterns.index(c.pattern), SIDE_INDEX[c.side]] for c in conditions]
+    if not territories:
+        return torch.tensor(rows, dtype=torch.long).reshape(len(conditions), 3)
+    index = {name: 2 + i for i, name in enumerate(territories)}
+    for row, condition in zip(rows, conditions):
+        affected = {Pattern.NORMAL: (), Pattern.UNILATERAL: (condition.side,)}.get(condition.pattern, tuple(Side))
+        for side in Side:
+            lesion = condition.lesion(side) or (Lesion(side) if side in affected else None)
+            if lesion is None:
+                row += [NO_TERRITORY, 0.0]
+            else:
+                row += [index.get(lesion.territory, UNKNOWN_TERRITORY),
+                        UNKNOWN_SEVERITY if lesion.severity is None else lesion.severity]
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(conditions), 3 + DEFECT_COLUMNS)
 
 
 def to_network_range(counts: torch.Tensor, count_scale: float) -> torch.Tensor:
@@ -70,7 +94,41 @@ class ConditionEmbedding(nn.Module):
         self.tables = nn.ModuleList(spectral_norm(table) if normalize else table for table in tables)
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
-        return sum(table(condition[:, i]) for i, table in enumerate(self.tables))
+        return sum(table(condition[:, i].long()) for i, table in enumerate(self.tables))
+
+
+class DefectEmbedding(nn.Module):
+    """The defect axes: per hemisphere (left, right) a learned vector of its territory (none, unknown or one of
+    ``territories`` territories) plus the severity times a learned vector of that territory (a learned vector of its
+    own when the severity is unknown): conditions [B, 7] -> [B, dim]. Zero at init, so that a model trained without
+    these axes starts where it was; linear in the severity, so that a mild and a severe defect of one territory lie
+    on one line."""
+
+    def __init__(self, dim: int, territories: int):
+        super().__init__()
+        classes = territories + 2
+        self.territory = nn.ModuleList(nn.Embedding(classes, dim) for _ in range(2))
+        self.severity = nn.ModuleList(nn.Embedding(classes, dim) for _ in range(2))
+        self.unknown_severity = nn.Parameter(torch.zeros(2, dim))
+        for table in (*self.territory, *self.severity):
+            nn.init.zeros_(table.weight)
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        embedding = 0
+        for hemisphere in range(2):
+            territory = condition[:, 3 + 2 * hemisphere].long()
+            severity = condition[:, 4 + 2 * hemisphere].float()[:, None]
+            scaled = severity.clamp(min=0.0) * self.severity[hemisphere](territory)
+            embedding = embedding + self.territory[hemisphere](territory) + torch.where(
+                severity >= 0, scaled, self.unknown_severity[hemisphere].expand_as(scaled))
+        return embedding
+
+
+def embed_condition(base: ConditionEmbedding, defects: DefectEmbedding | None, condition: torch.Tensor
+                    ) -> torch.Tensor:
+    """Level, pattern and side embeddings plus, for a model with defect axes, the defect embedding: [B, dim]."""
+    embedding = base(condition)
+    return embedding if defects is None else embedding + defects(condition).to(embedding.dtype)
 
 
 class ConditionalBatchNorm(nn.Module):
@@ -228,23 +286,27 @@ def _resolutions(start: int, stop: int) -> list[int]:
 
 
 class Generator(nn.Module):
-    """Conditional FastGAN generator: latent [B, latent_dim] + condition [B, 3] -> image [B, 1, S, S] in [-1, 1].
+    """Conditional FastGAN generator: latent [B, latent_dim] + condition [B, 3] (or [B, 7] with defect axes) ->
+    image [B, 1, S, S] in [-1, 1].
 
     Up-blocks from 4 x 4 to the image size alternate with and without noise injection (with noise at 8, 32, 128);
     skip-layer excitation gates every map of 32 pixels or more from the map 16 times (at least 4 px) smaller.
     With ``output_filter_sigma`` (pixels) or ``output_floor`` set, the image passes through the reconstruction's
     output stage (``ReconstructionOutput``) instead of a bare ``tanh``. With ``output_noise`` (``gain``,
     ``exponent``, ``sigma_px``) that image is the expected one and ``ReconstructionNoise`` adds the cohort's noise,
-    from one more noise map.
+    from one more noise map. With ``territories`` it takes the defect axes (conditions [B, 7], ``DefectEmbedding``).
     """
 
     def __init__(self, image_size: int = 128, latent_dim: int = 128, width: int = 16, condition_dim: int = 32,
-                 output_filter_sigma: float = 0.0, output_floor: float = 0.0, output_noise: dict | None = None):
+                 output_filter_sigma: float = 0.0, output_floor: float = 0.0, output_noise: dict | None = None,
+                 territories: Sequence[str] = ()):
         super().__init__()
         _check_image_size(image_size)
         self.image_size, self.latent_dim = image_size, latent_dim
+        self.territories = tuple(territories)
         channels = {r: width * GENERATOR_MULTIPLIERS[r] for r in _resolutions(4, image_size)}
         self.embedding = ConditionEmbedding(condition_dim)
+        self.defect_embedding = DefectEmbedding(condition_dim, len(self.territories)) if self.territories else None
         self.initial = spectral_norm(nn.ConvTranspose2d(latent_dim + condition_dim, 2 * channels[4], 4, bias=False))
         self.initial_norm = ConditionalBatchNorm(2 * channels[4], condition_dim)
         self.block_resolutions = _resolutions(8, image_size)
@@ -269,7 +331,7 @@ class Generator(nn.Module):
         """``noise``: maps shaped as ``noise_shapes`` (drawn from the global RNG when None)."""
         if noise is None:
             noise = [torch.randn(shape, device=latent.device) for shape in self.noise_shapes(latent.shape[0])]
-        embedding = self.embedding(condition)
+        embedding = embed_condition(self.embedding, self.defect_embedding, condition)
         x = self.initial(torch.cat([latent, embedding], dim=1)[:, :, None, None])
         x = F.glu(self.initial_norm(x, embedding), dim=1)
         features, used = {4: x}, 0
@@ -352,7 +414,8 @@ def crop_quadrant(images: torch.Tensor, quadrant: int) -> torch.Tensor:
 
 
 class Discriminator(nn.Module):
-    """Projection discriminator after FastGAN: image [B, 1, S, S] + condition [B, 3] -> logits [B, 25].
+    """Projection discriminator after FastGAN: image [B, 1, S, S] + condition [B, 3] (or [B, 7] with defect axes)
+    -> logits [B, 25].
 
     Encoder: a 4x4 stride-2 stem to S/2, down-blocks to 8 x 8, skip-layer excitation from the stem's map into the
     last map, a 1x1 + 4x4 head (a 5 x 5 map of logits) plus the projection of the condition embedding on the pooled
@@ -365,7 +428,8 @@ class Discriminator(nn.Module):
     the 16 x 16 map.
     """
 
-    def __init__(self, image_size: int = 128, width: int = 16, reconstruction_size: int = 32):
+    def __init__(self, image_size: int = 128, width: int = 16, reconstruction_size: int = 32,
+                 territories: Sequence[str] = ()):
         super().__init__()
         _check_image_size(image_size)
         if reconstruction_size not in _resolutions(16, 64):
@@ -379,6 +443,7 @@ class Discriminator(nn.Module):
         self.head = nn.Sequential(_conv(channels[8] + 1, channels[8] // 2, 1), nn.BatchNorm2d(channels[8] // 2),
                                   _lrelu(), _conv(channels[8] // 2, 1, 4))
         self.projection = ConditionEmbedding(channels[8], normalize=True)
+        self.defect_projection = DefectEmbedding(channels[8], len(territories)) if territories else None
         self.classifier = nn.Linear(channels[8], sum(CONDITION_CLASSES))
         self.decode_whole = Decoder(channels[8], width, reconstruction_size)
         self.decode_quadrant = Decoder(channels[16], width, reconstruction_size)
@@ -394,7 +459,8 @@ class Discriminator(nn.Module):
             features[resolution] = x
         x = self.excitation(stem, x)
         pooled = x.mean(dim=(2, 3))
-        projection = (self.projection(condition) * pooled).sum(dim=1, keepdim=True)
+        projection = (embed_condition(self.projection, self.defect_projection, condition) * pooled
+                      ).sum(dim=1, keepdim=True)
         logits = self.head(torch.cat([x, minibatch_std(x)], dim=1)).flatten(1) + projection
         class_logits = self.classifier(pooled)
         if quadrant is None:
@@ -408,7 +474,7 @@ def condition_classification_loss(class_logits: torch.Tensor, condition: torch.T
     """Summed cross-entropy of the level, pattern and side predictions [B, sum(CONDITION_CLASSES)] against the
     encoded conditions [B, 3]."""
     heads = torch.split(class_logits.float(), CONDITION_CLASSES, dim=1)
-    return sum(F.cross_entropy(head, condition[:, column]) for column, head in enumerate(heads))
+    return sum(F.cross_entropy(head, condition[:, column].long()) for column, head in enumerate(heads))
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:

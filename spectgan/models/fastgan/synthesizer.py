@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from spectgan.conditions import Condition, Level, parse_levels, valid_conditions
+from spectgan.lesions import DefectAxes, resolve_conditions
 from spectgan.models.fastgan.bundle import FAMILY as FAMILY_NAME
 from spectgan.models.fastgan.bundle import Bundle, export_bundle, load_bundle
 from spectgan.models.fastgan.inference import generate
@@ -40,6 +41,15 @@ class FastGANSynthesizer:
     def options(self) -> tuple[Option, ...]:
         return (PSI,)
 
+    def defect_axes(self) -> DefectAxes | None:
+        return self.bundle.defect_axes
+
+    def resolve(self, conditions: Sequence[Condition], seed: int) -> list[Condition]:
+        """Lesions left out drawn from the bundle's training cohort (a model without defect axes: unchanged)."""
+        if self.bundle.defect_axes is None:
+            return list(conditions)
+        return resolve_conditions(conditions, self.bundle.lesions, seed)
+
     def describe(self) -> dict:
         metadata = self.bundle.metadata
         return {"name": metadata["name"], "family": FAMILY_NAME, "version": metadata["version"],
@@ -49,8 +59,10 @@ class FastGANSynthesizer:
                 "trained_iterations": metadata["training"]["iterations"], "exported": metadata["exported"]}
 
     def sample(self, conditions: Sequence[Condition], seed: int, options: Mapping[str, float]) -> np.ndarray:
-        """Float32 counts [n, H, W]: the EMA generator's output mapped through the bundle's one count scale."""
-        images = generate(self.bundle.generator, list(conditions), seed, options.get(PSI.name, PSI.default))
+        """Float32 counts [n, H, W]: the EMA generator's output mapped through the bundle's one count scale; lesions
+        left out are drawn as ``resolve`` draws them."""
+        images = generate(self.bundle.generator, self.resolve(conditions, seed), seed,
+                          options.get(PSI.name, PSI.default))
         return to_counts(images[:, 0], self.bundle.metadata["count_scale"]).numpy()
 
 
@@ -74,7 +86,8 @@ class FastGANFamily:
 
     def retrain(self, plan: TrainPlan, progress: bool) -> None:
         """Train ``plan.run_dir`` afresh with the architecture of the bundle it replaces (image size, width, latent
-        and condition sizes; the training defaults when there is none), then export it to ``plan.bundle_dir``."""
+        and condition sizes, defect axes; the training defaults when there is none), then export it to
+        ``plan.bundle_dir``."""
         try:
             architecture = json.loads((plan.bundle_dir / "configs" / "metadata.json").read_text())["network"][
                 "generator"]
@@ -84,7 +97,7 @@ class FastGANFamily:
               levels=",".join(level.value for level in plan.levels), iterations=plan.iterations,
               batch_size=plan.batch_size, image_size=architecture.get("image_size"),
               generator_width=architecture.get("width"), latent_dim=architecture.get("latent_dim"),
-              condition_dim=architecture.get("condition_dim"))
+              condition_dim=architecture.get("condition_dim"), defect_axes=bool(architecture.get("territories")) or None)
         export_bundle(plan.run_dir, plan.bundle_dir, name=plan.name, version=plan.version)
 
 

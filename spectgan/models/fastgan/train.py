@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,7 @@ from spectgan.cohorts.format import load_split, read_cohort_info
 from spectgan.cohorts.noise import estimate_noise_model
 from spectgan.conditions import parse_levels, valid_conditions
 from spectgan.errors import SpectganError
+from spectgan.lesions import LesionDistribution
 from spectgan.models.fastgan.augment import diff_augment
 from spectgan.models.fastgan.bundle import BUNDLE_VERSION, export_bundle
 from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
@@ -38,6 +40,8 @@ from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
 from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
                                    condition_classification_loss, crop_quadrant, encode_conditions,
                                    minibatch_group, to_counts, to_network_range)
+
+DEFECT_MODULES = ("defect_embedding.", "defect_projection.")  # modules a run with defect axes adds
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,10 @@ class TrainSettings:
     ema_decay: float = 0.999
     diversity_weight: float = 1.0  # weight of the diversity hinge in the generator loss (0: adversarial loss only)
     classification_weight: float = 1.0  # weight of the auxiliary condition classifier in both losses (0: off)
+    # its weight in the generator's loss alone (None: classification_weight); an auxiliary-classifier reward pushes
+    # samples away from the class boundary, where the mild defects lie
+    generator_classification_weight: float | None = None
+    defect_axes: bool = False  # condition on each hemisphere's territory and severity as the cohort records them
     output_filter_fwhm_mm: float | None = None  # the generator's fixed post-filter; None: the cohort's, 0: none
     output_floor: float = 0.001  # share of the range the generator's output stage sets to zero (0: none)
     # the generator's noise stage (ReconstructionNoise: gain, exponent, sigma_px) estimated from the train split when
@@ -70,15 +78,18 @@ class TrainSettings:
     sample_every: int = 1000
     log_every: int = 20
 
-    def network(self, pixel_spacing_mm: float) -> dict:
-        """Keyword arguments of the generator and the discriminator, for images of ``pixel_spacing_mm``."""
+    def network(self, pixel_spacing_mm: float, territories: Sequence[str] = ()) -> dict:
+        """Keyword arguments of the generator and the discriminator, for images of ``pixel_spacing_mm`` (and, with
+        ``defect_axes``, the cohort's ``territories``)."""
         sigma = (self.output_filter_fwhm_mm or 0.0) / FWHM_PER_SIGMA / pixel_spacing_mm
+        defects = {"territories": list(territories)} if self.defect_axes else {}
         return {"generator": {"image_size": self.image_size, "latent_dim": self.latent_dim,
                               "width": self.generator_width, "condition_dim": self.condition_dim,
                               "output_filter_sigma": round(sigma, 4), "output_floor": self.output_floor,
-                              **({"output_noise": self.output_noise} if isinstance(self.output_noise, dict) else {})},
+                              **({"output_noise": self.output_noise} if isinstance(self.output_noise, dict) else {}),
+                              **defects},
                 "discriminator": {"image_size": self.image_size, "width": self.discriminator_width,
-                                  "reconstruction_size": self.reconstruction_size}}
+                                  "reconstruction_size": self.reconstruction_size, **defects}}
 
 
 FWHM_PER_SIGMA = 2.3548
@@ -100,11 +111,22 @@ class TrainingData:
     conditions: torch.Tensor
     condition_ids: torch.Tensor
     summary: dict  # count_scale, pixel_spacing_mm, image_size, slices_per_condition, cohort (its cohort.json),
-    # pair_spread (mean L1 between two train images of one condition, network range)
+    # pair_spread (mean L1 between two train images of one condition, network range), territories (sorted, those
+    # the train split's lesions name) and lesions (``LesionDistribution.to_dict``)
+
+    @property
+    def territories(self) -> tuple[str, ...]:
+        return tuple(self.summary["territories"])
+
+    @property
+    def lesions(self) -> LesionDistribution:
+        return LesionDistribution.from_dict(self.summary["lesions"])
 
 
-def load_training_data(cohort: str, levels: tuple[str, ...], image_size: int | None) -> TrainingData:
-    """Read the train split at ``levels``, area-average to ``image_size`` and divide by the cohort's count scale."""
+def load_training_data(cohort: str, levels: tuple[str, ...], image_size: int | None, defect_axes: bool = False
+                       ) -> TrainingData:
+    """Read the train split at ``levels``, area-average to ``image_size`` and divide by the cohort's count scale;
+    with ``defect_axes`` the conditions carry each slice's lesions (``encode_conditions``)."""
     info = read_cohort_info(cohort)
     missing = [key for key in ("count_scale", "pixel_spacing_mm", "matrix") if key not in info]
     if missing:
@@ -124,8 +146,14 @@ def load_training_data(cohort: str, levels: tuple[str, ...], image_size: int | N
                "pixel_spacing_mm": float(info["pixel_spacing_mm"]) * matrix / image_size,
                "slices_per_condition": slices, "cohort": info}
     images = to_network_range(images, summary["count_scale"])
-    conditions = encode_conditions([record.condition for record in records])
-    condition_ids = torch.unique(conditions, dim=0, return_inverse=True)[1]
+    labelled = [record.labelled_condition for record in records]
+    lesions = LesionDistribution.from_conditions(labelled)
+    summary["territories"] = sorted({lesion.territory for condition in labelled for lesion in condition.lesions
+                                     if lesion.territory is not None})
+    summary["lesions"] = lesions.to_dict()
+    conditions = encode_conditions(labelled, summary["territories"] if defect_axes else ())
+    condition_ids = torch.unique(encode_conditions([record.condition for record in records]), dim=0,
+                                 return_inverse=True)[1]
     summary["pair_spread"] = pair_spread(images, condition_ids)
     return TrainingData(images, conditions, condition_ids, summary)
 
@@ -213,10 +241,9 @@ def _cpu_model() -> str:
 class Trainer:
     """Networks, optimisers and EMA generator of one process; ``step`` is one FastGAN iteration."""
 
-    def __init__(self, settings: TrainSettings, processes: Processes, pixel_spacing_mm: float):
+    def __init__(self, settings: TrainSettings, processes: Processes, network: dict):
         self.settings, self.device = settings, processes.device
         torch.manual_seed(settings.seed)  # identical initial weights in every process
-        network = settings.network(pixel_spacing_mm)
         self.generator = Generator(**network["generator"]).to(self.device)
         self.discriminator = Discriminator(**network["discriminator"]).to(self.device)
         self.ema = copy.deepcopy(self.generator).requires_grad_(False)
@@ -241,9 +268,20 @@ class Trainer:
             getattr(self, name).load_state_dict(state[name])
 
     def load_weights(self, state: dict) -> None:
-        """Start from another run's network weights (generator, discriminator, EMA), with fresh optimisers."""
+        """Start from another run's network weights (generator, discriminator, EMA), with fresh optimisers. A run
+        without defect axes may start one with them: the defect embeddings keep their zero start, so the first
+        step makes what the other run made."""
         for name in ("generator", "discriminator", "ema"):
-            getattr(self, name).load_state_dict(state[name])
+            try:
+                result = getattr(self, name).load_state_dict(state[name], strict=False)
+            except RuntimeError:  # tensors of other shapes
+                raise SpectganError(f"--init-from: the {name} of that run does not fit this one (other widths, "
+                                    "sizes or condition dimensions)") from None
+            missing = [key for key in result.missing_keys if not key.startswith(DEFECT_MODULES)]
+            if missing or result.unexpected_keys:
+                raise SpectganError(f"--init-from: the {name} of that run does not fit this one (missing "
+                                    f"{', '.join(missing) or 'nothing'}; unexpected "
+                                    f"{', '.join(result.unexpected_keys) or 'nothing'})")
 
     def step(self, real: torch.Tensor, condition: torch.Tensor, step: int, pair_spread: float = 0.0
              ) -> dict[str, torch.Tensor]:
@@ -278,8 +316,10 @@ class Trainer:
         losses["g"] = -fake_logits.float().mean()
         losses["g_classes"] = condition_classification_loss(fake_classes, condition)
         losses["diversity"] = diversity_shortfall(fake, pair_spread)
+        generator_weight = weight if self.settings.generator_classification_weight is None \
+            else self.settings.generator_classification_weight
         self.optimizer_generator.zero_grad(set_to_none=True)
-        self.grad_scaler.scale(losses["g"] + weight * losses["g_classes"]
+        self.grad_scaler.scale(losses["g"] + generator_weight * losses["g_classes"]
                                + self.settings.diversity_weight * losses["diversity"]).backward()
         self.grad_scaler.step(self.optimizer_generator)
         self.grad_scaler.update()
@@ -396,7 +436,7 @@ def train(out: str | Path, resume: bool = False, progress: bool = True, export_b
                                     "--out")
             checkpoint = load_checkpoint(run_dir)
         settings = resolve_settings(checkpoint, options)
-        data = load_training_data(settings.cohort, settings.levels, settings.image_size)
+        data = load_training_data(settings.cohort, settings.levels, settings.image_size, settings.defect_axes)
         image_size = data.summary["image_size"]
         settings = replace(settings, image_size=image_size,
                            reconstruction_size=settings.reconstruction_size or image_size // 2,
@@ -419,7 +459,8 @@ def train(out: str | Path, resume: bool = False, progress: bool = True, export_b
 def _run(run_dir: Path, settings: TrainSettings, data: TrainingData, checkpoint: dict | None, processes: Processes,
          progress: bool, command: str) -> None:
     device, main = processes.device, processes.main
-    trainer = Trainer(settings, processes, data.summary["pixel_spacing_mm"])
+    network = settings.network(data.summary["pixel_spacing_mm"], data.territories)
+    trainer = Trainer(settings, processes, network)
     step, history, elapsed, commands = 0, [], 0.0, []
     if checkpoint is None and settings.init_from is not None:
         trainer.load_weights(load_checkpoint(Path(settings.init_from)))
@@ -457,7 +498,7 @@ def _run(run_dir: Path, settings: TrainSettings, data: TrainingData, checkpoint:
         if main:
             save_checkpoint(run_dir, {
                 "format": CHECKPOINT_FORMAT, "step": at_step, "settings": asdict(settings),
-                "network": settings.network(data.summary["pixel_spacing_mm"]), **trainer.state_dict(), "rng": rng, "history": history,
+                "network": network, **trainer.state_dict(), "rng": rng, "history": history,
                 "elapsed_s": elapsed + time.perf_counter() - session_start, "commands": commands,
                 "data": data.summary, "hardware": processes.hardware()})
 
@@ -480,9 +521,9 @@ def _run(run_dir: Path, settings: TrainSettings, data: TrainingData, checkpoint:
                 writer.add_scalar("time/seconds_per_step", seconds_per_step, step)
             sums, count, interval_start = {}, 0, time.perf_counter()
         if main and (step % settings.sample_every == 0 or last):
-            save_condition_grid(sampling_copy(trainer.ema, data.summary["slices_per_condition"]),
+            save_condition_grid(sampling_copy(trainer.ema, data.summary["slices_per_condition"], data.lesions),
                                 valid_conditions(parse_levels(settings.levels)), data.summary["count_scale"],
-                                run_dir / "samples" / f"step_{step:06d}.png", title=f"step {step} (EMA)")
+                                run_dir / "samples" / f"step_{step:06d}.png", data.lesions, title=f"step {step} (EMA)")
         if step % settings.checkpoint_every == 0 or last:
             save(step)
     bar.close()
@@ -508,6 +549,12 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--classification-weight", type=float,
                         help="weight of the discriminator's auxiliary level/pattern/side classifier (default 1.0; "
                              "0 turns it off)")
+    parser.add_argument("--generator-classification-weight", type=float,
+                        help="weight of that classifier in the generator's loss alone (default: "
+                             "--classification-weight; 0: the generator is not rewarded by it)")
+    parser.add_argument("--defect-axes", action="store_const", const=True,
+                        help="condition on each hemisphere's territory and severity as the cohort records them "
+                             "(requests may then name them; default: off)")
     parser.add_argument("--output-filter-fwhm-mm", type=float,
                         help="the generator's fixed post-filter, FWHM in mm (default: the cohort's reconstruction "
                              "post-filter; 0: none)")
