@@ -5,6 +5,7 @@ picture, export to PACS, and the ``spectgan generate`` command. The CLI and the 
     image_id = client.upload("my_scan.nii.gz")  # or an image id already in the server's datastore
     result = client.generate(image_id, "spect_fastgan_A", "BG", "unilateral", side="left", seed=3)
     result.image, result.stats["ai"], result.midline  # SimpleITK image in the reference's LPS space
+    result.condition.lesions  # a model with defect axes: the territory and severity it drew (or was given)
 
 HTTP: one ``requests.Session``; every request has a timeout; connection errors and 5xx answers are retried with
 exponential backoff; a 4xx answer is a ``RequestRejectedError`` carrying the server's message, at once. The
@@ -40,6 +41,7 @@ import SimpleITK as sitk
 
 from spectgan.cohorts.format import atomic_write_bytes, atomic_write_image
 from spectgan.conditions import Condition, Pattern, Side, parse_condition, parse_levels, parse_member, takes_side
+from spectgan.lesions import LESION_AXES, apply_lesions, condition_from_dict, lesion_text
 from spectgan.errors import SpectganError
 from spectgan.figures import pyplot, save_figure
 from spectgan.geometry.display import display_orientation, midline_distance, oriented
@@ -143,8 +145,9 @@ class GenerationResult:
 
     @property
     def condition(self) -> Condition:
-        condition = self.metadata["condition"]
-        return parse_condition(condition["level"], condition["pattern"], condition.get("side"))
+        """The condition the scan was made of, with the territory and severity the model drew for what the request
+        left out (a model with defect axes)."""
+        return condition_from_dict(self.metadata["condition"])
 
     @property
     def seed(self) -> int:
@@ -183,11 +186,13 @@ class GenerationResult:
         return self.path
 
     def record(self) -> dict:
-        """A flat row for tables and CSV: file, condition, seed, model and every statistic."""
+        """A flat row for tables and CSV: file, condition (territory and severity empty where the model has no
+        defect axes), seed, model and every statistic."""
         condition = self.condition
         row = {"file": self.path.name if self.path else "", "level": condition.level.value,
                "pattern": condition.pattern.value, "side": condition.side.value if condition.side else "",
-               "seed": self.seed, "model": self.metadata["model"], "version": self.metadata["version"]}
+               **{axis: lesion_text(condition, axis) for axis in LESION_AXES}, "seed": self.seed,
+               "model": self.metadata["model"], "version": self.metadata["version"]}
         row.update(self.stats if self.stats is not None else {"stats_error": self.metadata.get("stats_error", "")})
         return row
 
@@ -319,16 +324,19 @@ class SpectGANClient:
         return str(answer["image"])
 
     def generate(self, image: str, model: str, level, pattern, side=None, seed: int | None = None,
-                 psi: float = 1.0, output_space: str = "slice") -> GenerationResult:
+                 psi: float = 1.0, output_space: str = "slice", territory=None, severity=None) -> GenerationResult:
         """One synthetic scan of a condition, registered over the reference ``image`` (a datastore id).
 
         ``seed=None`` lets the server draw one (it comes back in the result). ``output_space``: ``slice`` (a
         one-slice volume on the level's plane) or ``reference`` (resampled onto the reference's grid).
+        ``territory`` and ``severity`` (a model with defect axes; the forms of ``spectgan.lesions``): None lets the
+        model draw them from its training cohort; the result's ``condition`` says what it drew.
         """
         if output_space not in OUTPUT_SPACES:
             raise ValueError(f"invalid output_space {output_space!r}; allowed: {', '.join(OUTPUT_SPACES)}")
         params = {"level": _value(level), "pattern": _value(pattern), "side": _value(side) if side else None,
-                  "seed": seed, "psi": psi, "output_space": output_space}
+                  "seed": seed, "psi": psi, "output_space": output_space,
+                  **{axis: value for axis, value in zip(LESION_AXES, (territory, severity)) if value is not None}}
         request = f"generation of {params['level']} {params['pattern']} {params['side'] or ''} with {model}"
         response = self._request("POST", f"/infer/{quote(model, safe='')}?image={quote(image, safe='')}&output=all",
                                  what=" ".join(request.split()), data={"params": json.dumps(params)})
@@ -463,6 +471,11 @@ def expand_conditions(available: Sequence[Condition], levels=None, patterns=None
     return chosen
 
 
+def lesion_params(condition: Condition) -> dict[str, str]:
+    """The territory and severity a condition's lesions give, as request params (only those it names)."""
+    return {axis: text for axis in LESION_AXES if (text := lesion_text(condition, axis))}
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"0-9"``, ``"3"``, ``"0-4,10,12"`` -> the seeds in order, without repeats."""
     seeds: list[int] = []
@@ -485,7 +498,8 @@ def seeds_from_spinboxes(seed: int, count: int) -> list[int | None]:
 
 @dataclass
 class GenerationJob:
-    """Every scan of one request: conditions x seeds (None: the server draws one), over one reference image."""
+    """Every scan of one request: conditions x seeds (None: the server draws one), over one reference image. A
+    condition's lesions are sent as its territory and severity (what they leave out, the model draws)."""
 
     client: SpectGANClient
     image: str
@@ -505,7 +519,7 @@ class GenerationJob:
         for condition in self.conditions:
             for seed in self.seeds:
                 result = self.client.generate(self.image, self.model, condition.level, condition.pattern,
-                                              condition.side, seed=seed, psi=self.psi)
+                                              condition.side, seed=seed, psi=self.psi, **lesion_params(condition))
                 if out is not None:
                     result.save(out)
                 self.results.append(result)
@@ -670,8 +684,8 @@ def draw_overview(results: Sequence[GenerationResult], path: str | Path, title: 
 # -------------------------------------------------------------------------------------------------------- CLI
 
 def add_generate_command(subparsers) -> None:
-    """``spectgan generate --server URL --image ID --model M --level L --pattern P [--side S] --seeds 0-9 --out DIR
-    [--pacs URL]``."""
+    """``spectgan generate --server URL --image ID --model M --level L --pattern P [--side S] [--territory T]
+    [--severity S] --seeds 0-9 --out DIR [--pacs URL]``."""
     parser = subparsers.add_parser(
         "generate", help="generate synthetic scans on a spectgan server, registered over a reference study",
         description="Request every combination of levels x patterns x sides x seeds from the server, write one NIfTI "
@@ -685,6 +699,11 @@ def add_generate_command(subparsers) -> None:
     parser.add_argument("--level", default="all", help="CER, BG, COR, a list or all (default: all)")
     parser.add_argument("--pattern", default="all", help="normal, unilateral, bilateral, a list or all (default: all)")
     parser.add_argument("--side", help="for unilateral: left, right, a list or all (default: all)")
+    parser.add_argument("--territory", help="defect territory for a model with defect axes, e.g. MCA, or per side "
+                        "for bilateral: left=MCA;right=ACA (default: drawn from the model's training cohort; "
+                        "applies to the unilateral and bilateral conditions)")
+    parser.add_argument("--severity", help="defect severity (fractional CBF reduction, e.g. 0.3), or per side for "
+                        "bilateral: left=0.2;right=0.4 (default: drawn from the model's training cohort)")
     parser.add_argument("--seeds", help="seeds such as 0-9 or 1,5,7 (default: --count seeds drawn by the server)")
     parser.add_argument("--count", type=int, default=1, help="scans per condition without --seeds (default 1)")
     parser.add_argument("--psi", type=float, default=1.0, help="truncation in [0, 1] (default 1: none)")
@@ -727,7 +746,8 @@ def run_generate(args: argparse.Namespace) -> int:
         run = SyntheticRun(args.run) if args.run else SyntheticRun()
     with SpectGANClient(args.server, timeout=(DEFAULT_TIMEOUT_S[0], args.timeout), retries=args.retries,
                         token=_token_from_file(args.token_file), verify=args.ca_cert or True) as client:
-        conditions = expand_conditions(client.conditions(args.model), args.level, args.pattern, args.side)
+        conditions = apply_lesions(expand_conditions(client.conditions(args.model), args.level, args.pattern,
+                                                     args.side), args.territory, args.severity)
         image = client.upload(args.image) if Path(args.image).is_file() else args.image
         job = GenerationJob(client, image, args.model, conditions, seeds, psi=args.psi)
         print(job.run_to_folder(out, progress=not args.no_progress))

@@ -51,6 +51,12 @@ class StandInSynthesizer:
     def options(self) -> tuple:
         return ()
 
+    def defect_axes(self) -> None:
+        return None
+
+    def resolve(self, conditions: Sequence[Condition], seed: int) -> list[Condition]:
+        return list(conditions)
+
     def describe(self) -> dict:
         return {"name": self.name, "family": NAME, "version": self.metadata["version"], "sha256": "0" * 64,
                 "description": "left-low stand-in for tests", "image_size": IMAGE_SIZE, "levels": ["CER", "BG", "COR"]}

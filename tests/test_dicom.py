@@ -1,6 +1,7 @@
 """DICOM encoding of a synthetic scan: NM + SEG + SR, geometry and values round trip, synthetic markers, dciodvfy."""
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import dataclass
 
@@ -12,8 +13,8 @@ import SimpleITK as sitk
 from matplotlib.path import Path
 from pydicom.sr.codedict import codes
 
-from spectgan.export.dicom import (SYNTHETIC_DATA_TAG, DicomError, SyntheticRun, SyntheticStudy, counts_slope,
-                                   encode_scan, reference_label,
+from spectgan.export.dicom import (DEFECT_SEVERITY, DEFECT_TERRITORY, SYNTHETIC_DATA_TAG, DicomError, SyntheticRun,
+                                   SyntheticStudy, counts_slope, encode_scan, reference_label,
                                    outline, quantize_counts, read_scan, real_world_counts,
                                    write_series)
 from spectgan.errors import InvalidImageError
@@ -231,6 +232,33 @@ def test_sr_outlines_each_hemisphere_on_the_nm_frame_with_the_segments_tracking_
         inside = Path(points).contains_points(centres).reshape(mask.shape)
         np.testing.assert_array_equal(inside, mask)
         assert [item.value for item in group.get_measurements()] == [item.value for item in volume.get_measurements()]
+
+
+def _hemisphere_defects(sr: pydicom.Dataset, folder) -> list[list[tuple[list[str], list[float]]]]:
+    """Per kind of hemisphere group (SEG-based, outline), per hemisphere (left, right): the territories and
+    severities the SR records of its synthetic defect (read back from its file in ``folder``)."""
+    report = hd.sr.MeasurementReport.from_sequence([pydicom.dcmread(write_series([sr], folder)[0])])
+    return [[([evaluation.value.value for evaluation in group.get_qualitative_evaluations(name=DEFECT_TERRITORY)],
+              [measurement.value for measurement in group.get_measurements(name=DEFECT_SEVERITY)])
+             for group in groups]
+            for groups in (report.get_volumetric_roi_measurement_groups(),
+                           report.get_planar_roi_measurement_groups(finding_type=codes.SCT.CerebralHemisphere))]
+
+
+def test_sr_records_the_territory_and_severity_of_each_hemispheres_synthetic_defect(tmp_path):
+    scan = make_oblique_scan()
+    condition = {"level": "COR", "pattern": "bilateral", "side": None, "territory": {"left": "MCA", "right": "ACA"},
+                 "severity": {"left": 0.2, "right": 0.3512}}
+    nm, _, sr = encode_scan(scan.image, scan.left, scan.right, scan.stats, {**METADATA, "condition": condition},
+                            SyntheticStudy(REFERENCE))
+    assert _hemisphere_defects(sr, tmp_path / "bilateral") == [[(["MCA"], [0.2]), (["ACA"], [0.3512])]] * 2
+    assert dciodvfy_errors(next((tmp_path / "bilateral").iterdir())) == []
+    assert json.loads(nm.ImageComments.split(": ", 1)[1])["condition"] == condition
+    unilateral = {**METADATA["condition"], "territory": "PCA", "severity": 0.25}  # BG unilateral left
+    sr = encode_scan(scan.image, scan.left, scan.right, scan.stats, {**METADATA, "condition": unilateral},
+                     SyntheticStudy(REFERENCE))[2]
+    assert _hemisphere_defects(sr, tmp_path / "unilateral") == [[(["PCA"], [0.25]), ([], [])]] * 2
+    assert _hemisphere_defects(encode(scan)[2], tmp_path / "plain") == [[([], []), ([], [])]] * 2  # no axes: none
 
 
 def test_outline_traces_the_largest_region_closed_at_the_image_edge():

@@ -8,6 +8,7 @@ shipped weights when models/spect_fastgan_A exists.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -24,18 +25,22 @@ import pytest
 import requests
 import SimpleITK as sitk
 import torch
-from gan_toy_cohort import toy_cohort  # noqa: F401 (a fixture)
+from gan_toy_cohort import toy_axes_bundle, toy_cohort, toy_lesion_cohort  # noqa: F401 (fixtures)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from monailabel.client import MONAILabelClient
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 from stand_in_family import left_low_counts
 
-from spectgan.conditions import ALL_LEVELS, LEVEL_Z_MM, Level, valid_conditions
+from spectgan.cli import main as cli_main
+from spectgan.client import GenerationResult
+from spectgan.conditions import ALL_LEVELS, LEVEL_Z_MM, Lesion, Level, Side, valid_conditions
 from spectgan.models.fastgan import export_bundle
 from spectgan.models.fastgan.train import train
 from spectgan.geometry.registration import pose_from_sidecar
 from spectgan.geometry.roi import hemisphere_stats
+from spectgan.lesions import LESION_AXES, DefectAxes
+from spectgan.models.synthesizer import load_synthesizer
 from spectgan.serving.request import BASE_INFER_PARAMS
 from spectgan.serving.service import GenerationService
 from spectgan.serving.settings import DEFAULT_MODELS_DIR, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR, generation_workers_from
@@ -51,6 +56,7 @@ POSITION_TOLERANCE_MM = 4.0  # registration error allowed on the slice centre (2
 ANGLE_TOLERANCE_DEG = 4.0
 TRAIN_TIMEOUT_S = 300.0
 MODELS = {"spect_fastgan_A": ALL_LEVELS, "spect_fastgan_B": (Level.COR,)}  # the bundles the tests make, and levels
+AXES_MODEL = "toy_axes"  # a tiny model with defect axes (territory, severity), served by the real server only
 
 
 # --------------------------------------------------------------------------------------------------------- fixtures
@@ -80,10 +86,12 @@ def _studies_copy(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_models, toy_cohort):  # noqa: F811
+def server(tmp_path_factory, tiny_models, toy_cohort, toy_axes_bundle):  # noqa: F811
+    """The real server with the tiny bundles A and B and the tiny model with defect axes (``AXES_MODEL``)."""
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with ServerProcess(_studies_copy(tmp_path_factory), _models_copy(tmp_path_factory, tiny_models), log_path,
-                       cohort_dir=toy_cohort) as process:
+    models = _models_copy(tmp_path_factory, tiny_models)
+    shutil.copytree(toy_axes_bundle, models / AXES_MODEL)
+    with ServerProcess(_studies_copy(tmp_path_factory), models, log_path, cohort_dir=toy_cohort) as process:
         yield process
 
 
@@ -156,7 +164,7 @@ def _assert_same_geometry(actual: dict, expected: dict) -> None:
 
 def test_info_lists_one_infer_and_train_task_per_bundle(server):
     info = requests.get(f"{server.url}/info/", timeout=30).json()
-    assert set(info["models"]) == set(MODELS) and set(info["trainers"]) == set(MODELS)
+    assert set(info["models"]) == set(info["trainers"]) == {*MODELS, AXES_MODEL}
     for name, model_levels in MODELS.items():
         model = info["models"][name]
         levels = [level.value for level in model_levels]
@@ -172,6 +180,16 @@ def test_info_lists_one_infer_and_train_task_per_bundle(server):
         assert model["bundle"]["name"] == name and len(model["bundle"]["sha256"]) == 64
         assert info["trainers"][name]["config"]["levels"] == ",".join(levels)
     assert "CER-bilateral" not in info["models"]["spect_fastgan_A"]["conditions"]
+
+
+def test_info_lists_the_defect_axes_of_a_model_that_has_them(server, toy_axes_bundle):  # noqa: F811
+    params = requests.get(f"{server.url}/info/", timeout=30).json()["models"][AXES_MODEL]["params"]
+    assert set(params) == {*BASE_INFER_PARAMS, *LESION_AXES, "psi"}
+    axes = load_synthesizer(toy_axes_bundle).defect_axes()
+    assert DefectAxes.from_dict(params) == axes and axes.territories["CER"] == ("MCA", "PICA")
+    assert params["territory"]["default"] is None and params["severity"]["default"] is None
+    assert params["severity"]["unit"] == "fractional CBF reduction" and "left=VALUE;right=VALUE" in \
+        params["territory"]["description"]
 
 
 # ------------------------------------------------------------------------------------------------------- inference
@@ -225,6 +243,47 @@ def test_same_seed_same_image_and_a_drawn_seed_is_echoed(server, tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(again_image), sitk.GetArrayFromImage(first_image))
 
 
+def test_territory_and_severity_come_back_as_given_or_as_drawn(server, toy_axes_bundle, tmp_path):  # noqa: F811
+    """Given values come back as sent; what a request leaves out comes back as the model drew it (the same seed: the
+    same draw, among the territories of the level and within the severity range)."""
+    axes = load_synthesizer(toy_axes_bundle).defect_axes()
+    given = {"level": "BG", "pattern": "unilateral", "side": "right", "territory": "pca", "severity": "0.3", "seed": 2}
+    result, _ = _parts(_infer(server.url, AXES_MODEL, OBLIQUE_STUDY, given), tmp_path)
+    assert result["condition"] == {"level": "BG", "pattern": "unilateral", "side": "right", "territory": "PCA",
+                                   "severity": 0.3, "label": "BG-unilateral-right"}
+    per_side = {"level": "COR", "pattern": "bilateral", "territory": {"left": "MCA", "right": "ACA"},
+                "severity": "right=0.25", "seed": 4}
+    result, _ = _parts(_infer(server.url, AXES_MODEL, OBLIQUE_STUDY, per_side), tmp_path)
+    condition = result["condition"]
+    assert condition["territory"] == {"left": "MCA", "right": "ACA"} and condition["severity"]["right"] == 0.25
+    assert axes.severity_range[0] <= condition["severity"]["left"] <= axes.severity_range[1]  # drawn
+    drawn, again = (_infer(server.url, AXES_MODEL, OBLIQUE_STUDY, {"level": "CER", "pattern": "unilateral",
+                                                                   "side": "left", "seed": 9}, "json").json()
+                    for _ in range(2))
+    assert drawn["condition"] == again["condition"] and drawn["condition"]["territory"] in axes.territories["CER"]
+    assert axes.severity_range[0] <= drawn["condition"]["severity"] <= axes.severity_range[1]
+
+
+def test_generate_command_sends_territory_and_severity_and_records_what_was_used(server, tmp_path):
+    """`spectgan generate` with --territory / --severity through the real server: the defect conditions get them
+    (the normal one none), and stats.csv / stats.json record the territory and severity of every scan."""
+    out = tmp_path / "generated"
+    assert cli_main(["generate", "--server", server.url, "--image", OBLIQUE_STUDY, "--model", AXES_MODEL,
+                     "--level", "COR", "--territory", "ACA", "--severity", "left=0.2;right=0.3", "--pattern",
+                     "normal,bilateral", "--seeds", "1", "--out", str(out), "--no-progress"]) == 0
+    with open(out / "stats.csv", newline="") as stream:
+        rows = {row["pattern"]: row for row in csv.DictReader(stream)}
+    assert (rows["normal"]["territory"], rows["normal"]["severity"]) == ("", "")
+    assert (rows["bilateral"]["territory"], rows["bilateral"]["severity"]) == ("ACA", "left=0.2000;right=0.3000")
+    bilateral = next(entry for entry in json.loads((out / "stats.json").read_text())
+                     if entry["condition"]["pattern"] == "bilateral")
+    assert GenerationResult(None, bilateral["stats"], bilateral).condition.lesions == (
+        Lesion(Side.LEFT, "ACA", 0.2), Lesion(Side.RIGHT, "ACA", 0.3))
+    assert cli_main(["generate", "--server", server.url, "--image", OBLIQUE_STUDY, "--model", AXES_MODEL,
+                     "--level", "COR", "--pattern", "normal", "--territory", "ACA", "--out", str(tmp_path / "no"),
+                     "--no-progress"]) == 2
+
+
 ERROR_CASES = {
     "bilateral at CER": ("spect_fastgan_A", OBLIQUE_STUDY, {"level": "CER", "pattern": "bilateral"}, 422,
                          "allowed patterns at CER: normal, unilateral"),
@@ -254,6 +313,26 @@ ERROR_CASES = {
     "unknown model": ("spect_fastgan_C", OBLIQUE_STUDY, {"level": "BG", "pattern": "normal"}, 404,
                       "spect_fastgan_A, spect_fastgan_B"),
 }
+
+
+UNILATERAL_LEFT = {"level": "CER", "pattern": "unilateral", "side": "left"}
+ERROR_CASES.update({
+    "territory not at the level": (AXES_MODEL, OBLIQUE_STUDY, {**UNILATERAL_LEFT, "territory": "ACA"}, 422,
+                                   "territory ACA is not available at CER; allowed: MCA, PICA"),
+    "severity out of range": (AXES_MODEL, OBLIQUE_STUDY, {**UNILATERAL_LEFT, "severity": 0.9}, 422,
+                              "severity 0.9 is outside the trained range; allowed: 0.15 to 0.49"),
+    "severity not a fraction": (AXES_MODEL, OBLIQUE_STUDY, {**UNILATERAL_LEFT, "severity": "much"}, 422,
+                                "severities 0.15 to 0.49"),
+    "per-side territory of a unilateral defect": (AXES_MODEL, OBLIQUE_STUDY,
+                                                  {**UNILATERAL_LEFT, "territory": {"left": "MCA"}}, 422,
+                                                  "one territory (its own side's)"),
+    "territory of a normal slice": (AXES_MODEL, OBLIQUE_STUDY, {"level": "BG", "pattern": "normal",
+                                                                "territory": "MCA"}, 422,
+                                    "a normal pattern takes neither"),
+    "territory for a model without defect axes": ("spect_fastgan_A", OBLIQUE_STUDY,
+                                                  {**UNILATERAL_LEFT, "territory": "MCA", "severity": 0.3}, 422,
+                                                  "model spect_fastgan_A has no defect axes"),
+})
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
@@ -315,7 +394,8 @@ def test_no_error_answer_shows_a_server_path(server, tmp_path):
 
 def _left_low_slice(synthesizer, request):
     """The stand-in family's known left-low slice in place of the generator's."""
-    return canonical_image(left_low_counts(synthesizer.describe()["image_size"]), request.condition.level), 11
+    level = request.condition.level
+    return canonical_image(left_low_counts(synthesizer.describe()["image_size"]), level), 11, request.condition
 
 
 @pytest.mark.parametrize("output_space", ["slice", "reference"])
@@ -354,7 +434,9 @@ JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=
                            | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
 VALID_VALUES = {"level": ["CER", "BG", "COR", "bg"], "pattern": ["normal", "unilateral", "bilateral"],
                 "side": ["left", "right", "", None], "seed": [0, 7, 2 ** 63 - 1, "42"], "psi": [0, 0.5, 1, "0.8"],
-                "output_space": ["slice", "reference"]}
+                "output_space": ["slice", "reference"],
+                "territory": ["MCA", "", None, {"left": "MCA"}, "left=MCA;right=ACA"],
+                "severity": [0.3, "0.2", None, {"right": 0.3}, "left=0.2"]}
 PARAMS = st.fixed_dictionaries({}, optional={name: st.one_of(st.sampled_from(values), JSON_VALUES)
                                              for name, values in VALID_VALUES.items()})
 PARAMS_TEXT = st.one_of(PARAMS.map(json.dumps), PARAMS.map(json.dumps), JSON_VALUES.map(json.dumps),

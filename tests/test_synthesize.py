@@ -4,11 +4,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+from gan_toy_cohort import toy_axes_bundle, toy_lesion_cohort  # noqa: F401 (fixtures)
 from kill_part_way import kill_after_first_chunk
 
 from spectgan import cli
 from spectgan.cohorts.format import load_split, read_cohort_info, read_manifest
-from spectgan.conditions import parse_levels, valid_conditions
+from spectgan.conditions import Level, Pattern, parse_levels, valid_conditions
+from spectgan.lesions import lesion_text
+from spectgan.models.synthesizer import load_synthesizer
 from spectgan.models.fastgan.bundle import load_bundle
 from spectgan.models.fastgan.sample import sample
 from spectgan.cohorts.synthetic import CHUNK_SIZE
@@ -16,8 +19,8 @@ from spectgan.cohorts.synthetic import CHUNK_SIZE
 BUNDLE = Path(__file__).resolve().parents[1] / "models" / "spect_fastgan_A"
 
 
-def synthesize(out: Path, *options: str) -> int:
-    return cli.main(["synthesize", "--bundle", str(BUNDLE), "--out", str(out), "--no-progress", *options])
+def synthesize(out: Path, *options: str, bundle: Path = BUNDLE) -> int:
+    return cli.main(["synthesize", "--bundle", str(bundle), "--out", str(out), "--no-progress", *options])
 
 
 def slices(cohort: Path) -> tuple[np.ndarray, list]:
@@ -56,6 +59,36 @@ def test_like_cohort_copies_the_train_split_counts(small_cohort, tmp_path):
     assert sorted(map(str, synthetic)) == sorted(map(str, real))
 
 
+def test_the_manifest_records_each_slices_territory_and_severity(toy_axes_bundle, toy_lesion_cohort,  # noqa: F811
+                                                                  tmp_path):
+    """A model with defect axes: --territory fixes the territory and the severity is drawn within the trained range;
+    the manifest's lesions make the slice again with `spectgan sample`; --like-cohort draws the cohort's lesions."""
+    axes = load_synthesizer(toy_axes_bundle).defect_axes()
+    out = tmp_path / "mca"
+    assert synthesize(out, "--per-condition", "1", "--levels", "COR", "--territory", "MCA", "--workers", "1",
+                      bundle=toy_axes_bundle) == 0
+    records = read_manifest(out)
+    assert [record.condition.label for record in records] == [c.label for c in valid_conditions((Level.COR,))]
+    defects = [record for record in records if record.condition.pattern is not Pattern.NORMAL]
+    assert all(lesion.territory == "MCA" and axes.severity_range[0] <= lesion.severity <= axes.severity_range[1]
+               for record in defects for lesion in record.lesions)
+    assert [len(record.lesions) for record in records] == [0, 1, 1, 2]
+    record = defects[-1]
+    condition = record.labelled_condition
+    again, _ = sample(toy_axes_bundle, "COR", "bilateral", seed=record.seed,
+                      territory=lesion_text(condition, "territory"), severity=lesion_text(condition, "severity"))
+    assert np.array_equal(again[0], load_split(out, "train")[0][-1])
+
+    like = tmp_path / "like"
+    assert synthesize(like, "--like-cohort", str(toy_lesion_cohort), "--levels", "COR", "--workers", "1",
+                      bundle=toy_axes_bundle) == 0
+    train = [(r.condition, r.lesions) for r in read_manifest(toy_lesion_cohort)
+             if r.split == "train" and r.condition.level is Level.COR]
+    synthetic = [(r.condition, r.lesions) for r in read_manifest(like)]
+    assert sorted(c.label for c, _ in synthetic) == sorted(c.label for c, _ in train)
+    assert set(synthetic) <= set(train)  # every defect is one of the cohort's train slices' (its joint mix)
+
+
 def test_bad_requests_name_what_is_allowed(tmp_path, capsys):
     assert synthesize(tmp_path / "a", "--per-condition", "0") == 2
     assert "--per-condition must be a positive integer" in capsys.readouterr().err
@@ -63,6 +96,8 @@ def test_bad_requests_name_what_is_allowed(tmp_path, capsys):
     (tmp_path / "full" / "notes.txt").write_text("mine")
     assert synthesize(tmp_path / "full", "--per-condition", "1") == 2
     assert "not empty" in capsys.readouterr().err and (tmp_path / "full" / "notes.txt").read_text() == "mine"
+    assert synthesize(tmp_path / "b", "--per-condition", "1", "--levels", "PONS") == 2
+    assert "allowed: CER, BG, COR" in capsys.readouterr().err
 
 
 def test_same_seed_same_files_and_a_killed_run_resumes_to_them(tmp_path):

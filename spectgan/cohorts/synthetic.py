@@ -4,12 +4,16 @@ Dataset of the manifest's files.
 
 The model is reached only through the model contract (``spectgan.models.synthesizer``), so any model family's
 bundle works. Every slice has its own seed (the manifest's ``seed`` column): ``spectgan sample --bundle B --level L
---pattern P [--side S] --seed SEED --n 1`` makes the same slice again. Work is split in fixed chunks written
-atomically, one worker process per core: an interrupted run continues where it stopped, and the same bundle, counts
-and seed give the same files.
+--pattern P [--side S] [--territory T --severity V] --seed SEED --n 1`` makes the same slice again. For a model with
+defect axes the manifest records each slice's territory and severity: those asked for (``--territory``,
+``--severity``), the rest drawn per slice from the seed, out of the training cohort of the model
+(``Synthesizer.resolve``) or, with ``--like-cohort``, out of that cohort's train split, so that the synthetic cohort
+has its mix of defects too. Work is split in fixed chunks written atomically, one worker process per core: an
+interrupted run continues where it stopped, and the same bundle, counts and seed give the same files.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -25,10 +29,11 @@ from tqdm import tqdm
 from spectgan.tools.bench import print_figures
 from spectgan.cohorts.format import (CohortRecord, atomic_write_bytes, atomic_write_image, finished_cohort,
                                      read_cohort_info, read_manifest, write_cohort_info, write_manifest)
-from spectgan.conditions import Condition, parse_condition, valid_conditions
+from spectgan.conditions import Condition, parse_levels, valid_conditions
 from spectgan.errors import SpectganError
 from spectgan.geometry.template import SLAB_THICKNESS_MM, canonical_image
-from spectgan.models.synthesizer import load_synthesizer
+from spectgan.lesions import LESION_AXES, LesionDistribution, apply_lesions, lesion_text, resolve_conditions
+from spectgan.models.synthesizer import check_lesions, load_synthesizer
 
 CHUNK_SIZE = 512  # slices written by one task
 SPLIT = "train"  # a synthetic cohort is training data: every slice goes to the train split
@@ -41,24 +46,32 @@ def slice_seeds(seed: int, count: int) -> list[int]:
     return [int(value) for value in (words[0::2] << np.uint64(31)) ^ words[1::2]]
 
 
-def plan(conditions_and_counts: Sequence[tuple[Condition, int]], seed: int) -> list[tuple[Condition, int]]:
-    """Every slice of the cohort, in a fixed order: (condition, seed)."""
+def plan(conditions_and_counts: Sequence[tuple[Condition, int]], seed: int,
+         lesions: LesionDistribution | None = None) -> list[tuple[Condition, int]]:
+    """Every slice of the cohort, in a fixed order: (condition, seed). With ``lesions``, the territory and severity a
+    condition leaves out are drawn from them here, slice by slice from the run ``seed`` (the model draws the rest
+    from its own training cohort when it makes the slice)."""
     conditions = [condition for condition, count in conditions_and_counts for _ in range(count)]
     if not conditions:
         raise SpectganError("nothing to synthesize: ask for at least one slice")
     if len(conditions) > MAX_SLICES:
         raise SpectganError(f"{len(conditions)} slices asked for; at most {MAX_SLICES} in one cohort")
+    if lesions is not None:
+        conditions = resolve_conditions(conditions, lesions, seed)
     return list(zip(conditions, slice_seeds(seed, len(conditions))))
 
 
-def counts_like(cohort_dir: Path, levels) -> list[tuple[Condition, int]]:
-    """The train split's slices per condition in a cohort, at the bundle's ``levels`` (others are left out)."""
-    counts = Counter(record.condition for record in read_manifest(Path(cohort_dir))
-                     if record.split == "train" and record.condition.level in levels)
-    if not counts:
+def counts_like(cohort_dir: Path, levels) -> tuple[list[tuple[Condition, int]], LesionDistribution]:
+    """The train split's slices per condition in a cohort, at the bundle's ``levels`` (others are left out), and
+    their lesions (what a synthetic cohort like it draws its territories and severities from)."""
+    records = [record for record in read_manifest(Path(cohort_dir))
+               if record.split == "train" and record.condition.level in levels]
+    if not records:
         raise SpectganError(f"{cohort_dir} has no train slices at the bundle's levels "
                             f"{', '.join(level.value for level in levels)}")
-    return [(condition, counts[condition]) for condition in valid_conditions(levels) if counts[condition]]
+    counts = Counter(record.condition for record in records)
+    return ([(condition, counts[condition]) for condition in valid_conditions(levels) if counts[condition]],
+            LesionDistribution.from_conditions([record.labelled_condition for record in records]))
 
 
 def _chunk_file(out: Path, number: int) -> Path:
@@ -73,16 +86,17 @@ def _start_worker(bundle_dir: str) -> None:
     _WORKER["model"] = load_synthesizer(bundle_dir)
 
 
-def _run_chunk(number: int, first: int, jobs: list[tuple[str, str, str | None, int]], out: str) -> int:
-    """Worker: generate one chunk slice by slice (each from its own seed), write its slices, then its manifest rows
-    (which mark it done)."""
+def _run_chunk(number: int, first: int, jobs: list[tuple[Condition, int]], out: str) -> int:
+    """Worker: generate one chunk slice by slice (each from its own seed, its lesions completed by the model from
+    that seed), write its slices, then its manifest rows (which mark it done)."""
     model = _WORKER["model"]
     rows = []
-    for offset, (level, pattern, side, seed) in enumerate(jobs):
-        condition = parse_condition(level, pattern, side)
+    for offset, (requested, seed) in enumerate(jobs):
+        condition = model.resolve([requested], seed)[0]
         counts = model.sample([condition], seed, {})[0]
         identifier = f"synth_{first + offset:07d}"
-        record = CohortRecord(SPLIT, identifier, condition, "", None, f"{SPLIT}/{identifier}.nii.gz", seed)
+        record = CohortRecord(SPLIT, identifier, condition.base, condition.lesions, f"{SPLIT}/{identifier}.nii.gz",
+                              seed)
         atomic_write_image(canonical_image(counts, condition.level), Path(out) / record.file)
         rows.append(record.to_row())
     atomic_write_bytes(_chunk_file(Path(out), number), json.dumps(rows).encode())
@@ -90,13 +104,23 @@ def _run_chunk(number: int, first: int, jobs: list[tuple[str, str, str | None, i
 
 
 def synthesize_cohort(bundle_dir: Path, out: Path, conditions_and_counts: Sequence[tuple[Condition, int]],
-                      seed: int = 0, workers: int | None = None, progress: bool = True) -> Path:
-    """Write (or continue, or reuse) a synthetic cohort in ``out``; returns ``out``."""
+                      seed: int = 0, workers: int | None = None, progress: bool = True,
+                      lesions: LesionDistribution | None = None) -> Path:
+    """Write (or continue, or reuse) a synthetic cohort in ``out``; returns ``out``.
+
+    A condition's lesions say what its slices' defects must be (``--territory``, ``--severity``); what they leave
+    out is drawn per slice, from ``lesions`` when given (a cohort to be like) for a model with defect axes, and
+    otherwise by the model. InvalidRequestError for lesions the model does not take."""
     out = Path(out)
-    model = load_synthesizer(bundle_dir).describe()
-    jobs = plan(conditions_and_counts, seed)
+    synthesizer = load_synthesizer(bundle_dir)
+    model = synthesizer.describe()
+    lesions = lesions if synthesizer.defect_axes() is not None else None
+    jobs = plan(conditions_and_counts, seed, lesions)
+    for condition in dict.fromkeys(condition for condition, _ in jobs):
+        check_lesions(synthesizer, condition)
     key = {"bundle": model["name"], "version": model["version"], "weights_sha256": model["sha256"],
-           "seed": seed, "slices": {condition.label: count for condition, count in conditions_and_counts}}
+           "seed": seed, "slices": {condition.label: count for condition, count in conditions_and_counts},
+           **lesions_key(conditions_and_counts, lesions)}
     if finished_cohort(out, key, progress):
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -108,9 +132,8 @@ def synthesize_cohort(bundle_dir: Path, out: Path, conditions_and_counts: Sequen
     with tqdm(total=len(jobs), initial=len(jobs) - sum(len(chunks[n]) for n in pending), unit="slice",
               desc="synthesize", disable=not progress) as bar, \
             ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(str(bundle_dir),)) as pool:
-        tasks = [pool.submit(_run_chunk, number, number * CHUNK_SIZE,
-                             [(c.level.value, c.pattern.value, c.side.value if c.side else None, s)
-                              for c, s in chunks[number]], str(out)) for number in pending]
+        tasks = [pool.submit(_run_chunk, number, number * CHUNK_SIZE, chunks[number], str(out))
+                 for number in pending]
         for task in tasks:
             bar.update(task.result())
     records = [CohortRecord.from_row(row) for number in range(len(chunks))
@@ -128,6 +151,18 @@ def synthesize_cohort(bundle_dir: Path, out: Path, conditions_and_counts: Sequen
     return out
 
 
+def lesions_key(conditions_and_counts: Sequence[tuple[Condition, int]], lesions: LesionDistribution | None
+                ) -> dict:
+    """What a cohort's key records of its lesions (empty when nothing restricts or draws them, so that the key of a
+    cohort without them stays as it was): the territory and severity asked for per condition and a digest of the
+    distribution the rest is drawn from."""
+    asked = {condition.label: {axis: lesion_text(condition, axis) for axis in LESION_AXES}
+             for condition, _ in conditions_and_counts if any(lesion_text(condition, axis) for axis in LESION_AXES)}
+    digest = None if lesions is None else hashlib.sha256(
+        json.dumps(lesions.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    return {**({"lesions_asked": asked} if asked else {}), **({"lesions_drawn_from": digest} if digest else {})}
+
+
 def add_synthesize_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "synthesize", help="write a labelled synthetic cohort (cohort format) from a model bundle",
@@ -139,7 +174,13 @@ def add_synthesize_command(subparsers) -> None:
     how_many = parser.add_mutually_exclusive_group(required=True)
     how_many.add_argument("--per-condition", type=int, metavar="N", help="N slices of every condition the model makes")
     how_many.add_argument("--like-cohort", type=Path, metavar="DIR",
-                          help="as many slices per condition as the train split of this cohort holds")
+                          help="as many slices per condition as the train split of this cohort holds (and, for a "
+                               "model with defect axes, territories and severities drawn from its train split)")
+    parser.add_argument("--levels", help="levels to synthesize, comma-separated (default: all the bundle's)")
+    parser.add_argument("--territory", help="defect territory of every unilateral and bilateral slice (a model with "
+                        "defect axes), e.g. MCA, or per side for bilateral: left=MCA;right=ACA (default: drawn)")
+    parser.add_argument("--severity", help="defect severity (fractional CBF reduction, e.g. 0.3), or per side for "
+                        "bilateral: left=0.2;right=0.4 (default: drawn)")
     parser.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
     parser.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -148,13 +189,22 @@ def add_synthesize_command(subparsers) -> None:
 
 def _run_synthesize(args) -> int:
     model = load_synthesizer(args.bundle)
+    levels = model.levels if args.levels is None else parse_levels(args.levels)
+    missing = [level.value for level in levels if level not in model.levels]
+    if missing:
+        raise SpectganError(f"the bundle has no level {', '.join(missing)}; its levels: "
+                            f"{', '.join(level.value for level in model.levels)}")
+    lesions = None
     if args.per_condition is not None:
         if args.per_condition < 1:
             raise SpectganError(f"--per-condition must be a positive integer, got {args.per_condition}")
-        wanted = [(condition, args.per_condition) for condition in model.conditions()]
+        wanted = [(condition, args.per_condition) for condition in valid_conditions(levels)]
     else:
-        wanted = counts_like(args.like_cohort, model.levels)
-    out = synthesize_cohort(args.bundle, args.out, wanted, args.seed, args.workers, progress=not args.no_progress)
+        wanted, lesions = counts_like(args.like_cohort, levels)
+    restricted = apply_lesions([condition for condition, _ in wanted], args.territory, args.severity)
+    wanted = [(condition, count) for condition, (_, count) in zip(restricted, wanted)]
+    out = synthesize_cohort(args.bundle, args.out, wanted, args.seed, args.workers, progress=not args.no_progress,
+                            lesions=lesions)
     info = read_cohort_info(out)
     print(f"synthetic cohort of {info['counts'][SPLIT]} slices from {info['bundle']['name']} "
           f"{info['bundle']['version']} in {out} (manifest.csv, cohort.json, {SPLIT}/)")

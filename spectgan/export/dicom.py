@@ -19,7 +19,10 @@ every Series Description the model.
   OHIF 3.10 draws only from SCOORD3D): per hemisphere (mean counts and size) a TID 1411 group referencing its SEG
   segment and a TID 1410 group with its outline as a closed SCOORD polyline on the NM frame (what OHIF's SR
   handler draws); one TID 1410 group for the brain (MC, LR and AI) outlined on the NM frame. A hemisphere's two
-  groups and its SEG segment share one tracking UID; the segments carry display colours.
+  groups and its SEG segment share one tracking UID; the segments carry display colours. For a model with defect
+  axes, both groups of a hemisphere with a defect also record the defect the scan was made with (the territory and
+  severity the request gave or the model drew): its territory as a qualitative evaluation and its severity as a
+  measurement (fractional CBF reduction), in spectgan's private coding scheme.
 
 A reference study (a 3D volume, e.g. a sample study put into a PACS) is written by ``encode_reference`` as an NM
 RECON TOMO series, one multi-frame instance or one instance per slice, with the same acquisition modules and count
@@ -63,8 +66,9 @@ from pydicom.valuerep import DSfloat
 
 from spectgan import __version__
 from spectgan.cohorts.format import atomic_write_bytes
-from spectgan.conditions import Condition, parse_condition
+from spectgan.conditions import Condition, Lesion, Side
 from spectgan.errors import InvalidImageError, SpectganError
+from spectgan.lesions import condition_from_dict
 from spectgan.simulation.protocol import (COLLIMATOR_TYPE, DEFAULT_MATRIX, ENERGY_WINDOW_FRACTION, PHOTOPEAK_KEV,
                                           RADIUS_OF_ROTATION_CM, ROTATION_DIRECTION, SCAN_ARC_DEG, START_ANGLE_DEG,
                                           Protocol, energy_window_kev, protocol_for)
@@ -85,6 +89,10 @@ PRIVATE_SCHEME = "99SPECTGAN"
 MEAN_COUNTS = codes.DCM.NuclearMedicineTomographicActivity
 LR_RATIO = Code("LR", PRIVATE_SCHEME, "Left to right hemisphere mean count ratio")
 ASYMMETRY_INDEX = Code("AI", PRIVATE_SCHEME, "Hemisphere asymmetry index")
+# The synthetic defect of a hemisphere (the condition the generator was given): its vascular territory (a code of
+# the private scheme per territory name, e.g. MCA) and its severity, the fractional CBF reduction.
+DEFECT_TERRITORY = Code("DEFTERRITORY", PRIVATE_SCHEME, "Vascular territory of the synthetic defect")
+DEFECT_SEVERITY = Code("DEFSEVERITY", PRIVATE_SCHEME, "Fractional CBF reduction of the synthetic defect")
 SIZE_CODES = {"mm2": codes.SCT.Area, "mm3": codes.SCT.Volume}
 UNITS = {"counts": codes.UCUM.Counts, "ratio": codes.UCUM.Ratio, "percent": codes.UCUM.Percent,
          "mm2": Code("mm2", "UCUM", "mm2"), "mm3": Code("mm3", "UCUM", "mm3")}
@@ -232,7 +240,10 @@ class Provenance:
             raise DicomError(f"scan metadata lacks {', '.join(missing)}; required: {', '.join(METADATA_KEYS)}")
         condition = metadata["condition"]
         if not isinstance(condition, Condition):
-            condition = parse_condition(condition["level"], condition["pattern"], condition.get("side"))
+            try:
+                condition = condition_from_dict(condition)
+            except (KeyError, TypeError, ValueError) as error:
+                raise DicomError(f"scan metadata has an invalid condition {condition!r}: {error}") from None
         return cls(condition, int(metadata["seed"]), str(metadata["model"]), str(metadata["version"]),
                    str(metadata["sha256"]))
 
@@ -255,7 +266,8 @@ def encode_scan(image: sitk.Image, left_mask: np.ndarray | sitk.Image, right_mas
     ``image``: a one-slice volume (or 2D image) in counts, any direction; ``left_mask`` / ``right_mask``: binary
     masks on its grid (patient sides); ``stats``: ``mc``, ``left``, ``right``, ``lr``, ``ai`` and, optionally,
     ``brain_size``, ``left_size``, ``right_size`` in ``size_unit`` (mm2 or mm3), as ``spectgan.geometry.roi`` reports them;
-    ``metadata``: ``condition`` (level, pattern, side), ``seed``, ``model``, ``version``, ``sha256``;
+    ``metadata``: ``condition`` (level, pattern, side and, from a model with defect axes, territory and severity:
+    ``Condition.to_dict``), ``seed``, ``model``, ``version``, ``sha256``;
     ``protocol``: the simulated acquisition of the model's training cohort, which the NM header states (views,
     orbit).
     """
@@ -737,12 +749,25 @@ def _measurement(name: Code, value: float, unit: str, derivation: Code | None = 
     return hd.sr.Measurement(name=name, value=value, unit=UNITS[unit], derivation=derivation)
 
 
+def _defect_items(lesion: Lesion | None) -> tuple[list[hd.sr.QualitativeEvaluation], list[hd.sr.Measurement]]:
+    """What a hemisphere's groups record of its synthetic defect: the territory as a qualitative evaluation (a code
+    of the private scheme named after it, e.g. MCA), the severity as a measurement; those the lesion names, none
+    without a lesion."""
+    if lesion is None:
+        return [], []
+    evaluations = [] if lesion.territory is None else [hd.sr.QualitativeEvaluation(
+        DEFECT_TERRITORY, Code(lesion.territory, PRIVATE_SCHEME, f"{lesion.territory} territory"))]
+    measurements = [] if lesion.severity is None else [_measurement(DEFECT_SEVERITY, lesion.severity, "ratio")]
+    return evaluations, measurements
+
+
 def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], tracking: dict[str, str], stats: dict,
                         provenance: Provenance, study: SyntheticStudy) -> Dataset:
     """TID 1500 SR: per hemisphere a TID 1411 group (its SEG segment) and a TID 1410 group (its outline on the NM
-    frame, which viewers such as OHIF draw), both with the hemisphere's tracking UID; a TID 1410 group for the
-    brain (MC, LR, AI) with the outline of both hemispheres. (A group without coordinates, such as a TID 1501
-    image group, stops OHIF 3.10 from loading the SR at all: it expects every NUM there to hold coordinates.)"""
+    frame, which viewers such as OHIF draw), both with the hemisphere's tracking UID and the territory and severity
+    of its synthetic defect (``_defect_items``); a TID 1410 group for the brain (MC, LR, AI) with the outline of
+    both hemispheres. (A group without coordinates, such as a TID 1501 image group, stops OHIF 3.10 from loading
+    the SR at all: it expects every NUM there to hold coordinates.)"""
     algorithm = hd.sr.AlgorithmIdentification(name="spectgan hemisphere statistics", version=__version__)
     nm_frame = dict(referenced_sop_class_uid=nm.SOPClassUID, referenced_sop_instance_uid=nm.SOPInstanceUID,
                     referenced_frame_numbers=[1])
@@ -754,12 +779,14 @@ def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], trac
     groups: list = []
     centroids = [np.argwhere(mask).mean(axis=0)[::-1] for mask in masks]  # (column, row) of each hemisphere
     for number, (side, mask) in enumerate(zip(SIDES, masks), start=1):
+        evaluations, defect = _defect_items(provenance.condition.lesion(Side(side)))
         hemisphere = dict(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[side], identifier=f"{side} hemisphere"),
             finding_type=codes.SCT.CerebralHemisphere,
             finding_sites=[hd.sr.FindingSite(codes.SCT.CerebralHemisphere, laterality=LATERALITY[side])],
-            algorithm_id=algorithm,
-            measurements=sized([_measurement(MEAN_COUNTS, stats[side], "counts", codes.SCT.Mean)], f"{side}_size"))
+            algorithm_id=algorithm, qualitative_evaluations=evaluations,
+            measurements=sized([_measurement(MEAN_COUNTS, stats[side], "counts", codes.SCT.Mean)], f"{side}_size")
+            + defect)
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             referenced_segment=hd.sr.ReferencedSegment(
                 sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
@@ -791,7 +818,7 @@ def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], trac
         manufacturer=MANUFACTURER, is_complete=True)
     scheme = Dataset()
     scheme.CodingSchemeDesignator = PRIVATE_SCHEME
-    scheme.CodingSchemeName = "spectgan hemisphere statistics"
+    scheme.CodingSchemeName = "spectgan hemisphere statistics and synthetic defects"
     scheme.CodingSchemeResponsibleOrganization = "spectgan"
     sr.CodingSchemeIdentificationSequence = [scheme]
     _mark_synthetic(sr, provenance.series_description("stats"))

@@ -1,7 +1,8 @@
 """Requests to the server, validated once at its edge into typed objects that every later step takes as they are.
 
 An infer request (MONAI Label's form field ``params``, a JSON object) becomes a ``GenerationRequest``: the model, a
-``Condition`` valid for it, a seed (or None: drawn at generation and echoed back), the values of the model
+``Condition`` valid for it (with the lesions a model with defect axes takes: ``territory`` and ``severity``, in the
+forms of ``spectgan.lesions``), a seed (or None: drawn at generation and echoed back), the values of the model
 family's own options (FastGAN: ``psi``) and the output space. A train request becomes a ``TrainRequest``. Errors
 are ``spectgan.errors`` domain errors whose message names what is allowed; ``monai_app`` maps them to HTTP.
 """
@@ -16,11 +17,14 @@ from spectgan.conditions import (Condition, Level, Pattern, Side, describe_allow
                                  valid_conditions)
 from spectgan.errors import InvalidRequestError, MalformedRequestError
 from spectgan.geometry.registration import OUTPUT_SPACES
-from spectgan.models.synthesizer import Option, Synthesizer
+from spectgan.lesions import DefectAxes, with_lesions
+from spectgan.models.synthesizer import Option, Synthesizer, check_lesions
 
 GENERATION_REQUEST = "spectgan_request"  # key of the checked GenerationRequest in MONAI Label's infer request dict
 CONDITION_PARAMS = ("level", "pattern", "side")
 BASE_INFER_PARAMS = (*CONDITION_PARAMS, "seed", "output_space")  # plus the model family's options
+PER_SIDE_FORMS = ('a bilateral defect takes one value for both sides, a JSON object {"left": .., "right": ..} or '
+                  "the text left=VALUE;right=VALUE (a side left out is drawn)")
 TRAIN_PARAMS = ("iterations", "batch", "levels")
 MAX_SEED = 2 ** 63 - 1
 DRAWN_SEEDS = 2 ** 31  # a seed drawn for a request that gave none is below this
@@ -89,8 +93,8 @@ def parse_integer(value, name: str, low: int, high: int, hint: str = "") -> int:
 
 
 def parse_condition_params(params: Mapping[str, Any], synthesizer: Synthesizer) -> Condition:
-    """``level``, ``pattern`` and ``side`` as a condition the model can make; InvalidRequestError naming the allowed
-    values and the model's valid conditions otherwise."""
+    """``level``, ``pattern``, ``side`` and (a model with defect axes) ``territory`` and ``severity`` as a condition
+    the model can make; InvalidRequestError naming the allowed values and the model's valid conditions otherwise."""
     levels = synthesizer.levels
     valid = f"Valid conditions for {synthesizer.name}: {describe_allowed(levels)}"
     for name, allowed in (("level", [level.value for level in levels]), ("pattern", [p.value for p in Pattern])):
@@ -98,9 +102,26 @@ def parse_condition_params(params: Mapping[str, Any], synthesizer: Synthesizer) 
             raise InvalidRequestError(f"{name} is required; allowed: {', '.join(allowed)}. {valid}")
     side = params.get("side")
     try:
-        return parse_condition(params["level"], params["pattern"], None if _is_empty(side) else side, levels=levels)
+        condition = parse_condition(params["level"], params["pattern"], None if _is_empty(side) else side,
+                                    levels=levels)
     except ValueError as error:
         raise InvalidRequestError(f"{error}. {valid}") from None
+    try:
+        condition = with_lesions(condition, params.get("territory"), params.get("severity"))
+    except ValueError as error:
+        raise InvalidRequestError(f"{error}. {describe_defect_axes(synthesizer)}; {PER_SIDE_FORMS}") from None
+    check_lesions(synthesizer, condition)
+    return condition
+
+
+def describe_defect_axes(synthesizer: Synthesizer) -> str:
+    """The territories (per level) and severities a model takes, for error messages."""
+    axes = synthesizer.defect_axes()
+    if axes is None:
+        return f"Model {synthesizer.name} has no defect axes (territory, severity)"
+    territories = "; ".join(f"{level}: {', '.join(names)}" for level, names in axes.territories.items())
+    low, high = axes.severity_range
+    return f"Model {synthesizer.name} takes territories {territories} and severities {low:g} to {high:g}"
 
 
 def parse_generation_request(model: str, params: Mapping[str, Any], synthesizer: Synthesizer) -> GenerationRequest:
@@ -120,8 +141,20 @@ def parse_generation_request(model: str, params: Mapping[str, Any], synthesizer:
     return GenerationRequest(model, condition, seed, options, output_space)
 
 
-def infer_param_spec(levels: Sequence[Level], options: Sequence[Option]) -> dict:
-    """What a client may send, per param: allowed values or range, default and meaning (for ``/info/``)."""
+def defect_param_spec(axes: DefectAxes) -> dict:
+    """``territory`` and ``severity`` as ``/info/`` lists them for a model with these defect axes: the territories
+    per level and the severity range (``DefectAxes.to_dict``), default None (drawn)."""
+    declared = axes.to_dict()
+    drawn = "empty: drawn from the training cohort (with what else the request gives); " + PER_SIDE_FORMS
+    return {"territory": {"type": "string", **declared["territory"], "default": None,
+                          "description": f"vascular territory of the defect (allowed per level); {drawn}"},
+            "severity": {"type": "number", **declared["severity"], "default": None,
+                         "description": f"fractional CBF reduction of the defect (0.3: 30 % less); {drawn}"}}
+
+
+def infer_param_spec(levels: Sequence[Level], options: Sequence[Option], axes: DefectAxes | None = None) -> dict:
+    """What a client may send, per param: allowed values or range, default and meaning (for ``/info/``); ``territory``
+    and ``severity`` for a model with defect ``axes``."""
     patterns = list(dict.fromkeys(condition.pattern.value for condition in valid_conditions(levels)))
     return {
         "level": {"allowed": [level.value for level in levels], "required": True,
@@ -129,6 +162,7 @@ def infer_param_spec(levels: Sequence[Level], options: Sequence[Option]) -> dict
         "pattern": {"allowed": patterns, "required": True, "description": "perfusion defect pattern"},
         "side": {"allowed": [side.value for side in Side], "default": None,
                  "description": "hemisphere of a one-sided defect (the patient's side); empty otherwise"},
+        **(defect_param_spec(axes) if axes else {}),
         "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "default": None,
                  "description": "random seed; empty for a random one (always echoed back)"},
         **{option.name: option.spec() for option in options},

@@ -3,10 +3,12 @@
 The served models are bundles in the models folder, each loaded through its family
 (``spectgan.models.synthesizer``): serving knows a model only as a ``Synthesizer``. A request arrives validated, as a
 ``spectgan.serving.request.GenerationRequest``; the service registers the reference study to the template (cached
-per file path, modification time and size), has the synthesizer make the canonical slice, places it on the level's
-plane in the study's physical space (``spectgan.geometry.registration``) and measures it with
-``spectgan.geometry.roi``, split by the REGISTERED midline. The result is a float32 image in counts plus a
-JSON-serialisable dict, written for MONAI Label into this process's private results folder.
+per file path, modification time and size), has the synthesizer complete the condition (the territory and severity
+a request left out, drawn from the model's training cohort: ``Synthesizer.resolve``) and make the canonical slice,
+places it on the level's plane in the study's physical space (``spectgan.geometry.registration``) and measures it
+with ``spectgan.geometry.roi``, split by the REGISTERED midline. The result is a float32 image in counts plus a
+JSON-serialisable dict (its ``condition`` is the completed one), written for MONAI Label into this process's
+private results folder.
 
 It also retrains a model for the app's train task (``retrain``: a new bundle version, published atomically by its
 family; a running service picks it up on its next request). Errors are ``spectgan.errors`` domain errors; HTTP is
@@ -30,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import SimpleITK as sitk
 import torch
 
-from spectgan.conditions import ALL_LEVELS, Level, valid_conditions
+from spectgan.conditions import ALL_LEVELS, Condition, Level, valid_conditions
 from spectgan.errors import InvalidImageError, InvalidRequestError, NotFoundError, SpectganError, UnavailableError
 from spectgan.geometry.registration import Registration, level_plane, place_slice, register_to_template
 from spectgan.geometry.roi import hemisphere_stats, read_image
@@ -224,7 +226,8 @@ class GenerationService:
     def _description(name: str, synthesizer: Synthesizer | None) -> dict:
         levels = synthesizer.levels if synthesizer else ALL_LEVELS
         bundle = synthesizer.describe() if synthesizer else None
-        params = infer_param_spec(levels, synthesizer.options() if synthesizer else ())
+        params = infer_param_spec(levels, synthesizer.options() if synthesizer else (),
+                                  synthesizer.defect_axes() if synthesizer else None)
         return {"description": bundle["description"] if bundle else f"{name}: no trained bundle yet",
                 "bundle": bundle, "params": params,
                 "conditions": [condition.label for condition in valid_conditions(levels)],
@@ -242,11 +245,14 @@ class GenerationService:
                                    family.default_batch_size)
 
     # ---- generation
-    def canonical_slice(self, synthesizer: Synthesizer, request: GenerationRequest) -> tuple[sitk.Image, int]:
-        """The generated canonical slice (template geometry, counts) and the seed used."""
+    def canonical_slice(self, synthesizer: Synthesizer, request: GenerationRequest
+                        ) -> tuple[sitk.Image, int, Condition]:
+        """The generated canonical slice (template geometry, counts), the seed used and the condition it was made
+        of: the request's, with the lesions it left out drawn for that seed (``Synthesizer.resolve``)."""
         seed = request.resolved_seed()
-        counts = synthesizer.sample([request.condition], seed, request.options)
-        return canonical_image(counts[0], request.condition.level), seed
+        condition = synthesizer.resolve([request.condition], seed)[0]
+        counts = synthesizer.sample([condition], seed, request.options)
+        return canonical_image(counts[0], condition.level), seed, condition
 
     def reference_study(self, image_path: str | Path | None) -> tuple[RegisteredStudy, bool]:
         """The registered study behind an image path (cached); NotFoundError / InvalidRequestError for a missing /
@@ -269,7 +275,7 @@ class GenerationService:
         bundle = synthesizer.describe()
         study, cached = self.reference_study(image_path)
         registered = time.perf_counter()
-        canonical, seed = self.canonical_slice(synthesizer, request)
+        canonical, seed, condition = self.canonical_slice(synthesizer, request)
         generated = time.perf_counter()
         placed = place_slice(canonical, study.registration, request.output_space, study.image)
         positioned = time.perf_counter()
@@ -284,7 +290,7 @@ class GenerationService:
         result = {
             "model": request.model, "family": bundle["family"], "version": bundle["version"],
             "sha256": bundle["sha256"],
-            "condition": {**request.condition.to_dict(), "label": request.condition.label},
+            "condition": {**condition.to_dict(), "label": condition.label},
             "seed": seed, **request.options, "options": dict(request.options), "output_space": request.output_space,
             "image": Path(image_path).name,
             "stats": stats, **({"stats_error": stats_error} if stats_error else {}),

@@ -1,22 +1,29 @@
 """Sampling a model bundle: ``spectgan.models.fastgan.sample(...)`` and ``spectgan sample``.
 
-Same seed, condition, ``n``, ``psi`` and weights give bit-identical counts on the CPU (see ``gan.inference``).
+Same seed, condition, ``n``, ``psi`` and weights give bit-identical counts on the CPU (see ``gan.inference``). A
+model with defect axes also takes the defect's ``territory`` and ``severity`` (the forms of ``spectgan.lesions``);
+what a request leaves out it draws from its training cohort, slice by slice, from the seed
+(``FastGANSynthesizer.resolve``).
 """
 from __future__ import annotations
 
+import csv
+import io
 import numbers
 import operator
 import secrets
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from spectgan.cohorts.format import atomic_write_image
-from spectgan.conditions import Condition, describe_allowed, parse_condition, parse_levels
+from spectgan.cohorts.format import atomic_write_bytes, atomic_write_image
+from spectgan.conditions import Condition, describe_allowed, parse_condition
+from spectgan.lesions import LESION_AXES, lesion_text, with_lesions
 from spectgan.models.fastgan.bundle import Bundle, load_bundle
 from spectgan.models.fastgan.figures import save_image_grid
-from spectgan.models.fastgan.inference import generate
-from spectgan.models.fastgan.networks import to_counts
+from spectgan.models.fastgan.synthesizer import PSI, FastGANSynthesizer
+from spectgan.models.synthesizer import check_lesions
 from spectgan.geometry.template import canonical_image
 
 MAX_SEED = 2 ** 63 - 1
@@ -45,43 +52,69 @@ def _checked_psi(psi) -> float:
     return float(psi)
 
 
-def resolve_condition(metadata: dict, level, pattern, side=None) -> Condition:
-    """Validate a request against a bundle's levels; the ValueError lists the model's valid conditions."""
+def model_of(bundle: Bundle | str | Path) -> FastGANSynthesizer:
+    """A bundle folder or ``load_bundle``'s result as the model contract's Synthesizer."""
+    return FastGANSynthesizer(bundle if isinstance(bundle, Bundle) else load_bundle(bundle))
+
+
+def checked_condition(model: FastGANSynthesizer, level, pattern, side=None, territory=None, severity=None
+                      ) -> Condition:
+    """Validate a request against a bundle's levels (ValueError listing the model's valid conditions) and its defect
+    axes (InvalidRequestError naming the territories and severities it takes)."""
     try:
-        return parse_condition(level, pattern, side, levels=parse_levels(metadata["levels"]))
+        condition = with_lesions(parse_condition(level, pattern, side, levels=model.levels), territory, severity)
     except ValueError as error:
-        raise ValueError(f"{error}. Valid conditions for {metadata['name']}: "
-                         f"{describe_allowed(parse_levels(metadata['levels']))}") from None
+        raise ValueError(f"{error}. Valid conditions for {model.name}: {describe_allowed(model.levels)}") from None
+    check_lesions(model, condition)
+    return condition
 
 
 def sample(bundle: Bundle | str | Path, level, pattern, side=None, seed: int | None = None, n: int = 1,
-           psi: float = 1.0) -> tuple[np.ndarray, int]:
+           psi: float = 1.0, territory=None, severity=None) -> tuple[np.ndarray, int]:
     """Generate ``n`` slices of one condition: float32 counts [n, H, W] in the canonical orientation, and the seed.
 
-    ``bundle`` is a bundle folder or ``load_bundle``'s result. ``seed=None`` draws one at random.
-    Raises ValueError for an invalid condition (naming what is allowed), seed, ``n`` or ``psi``.
+    ``bundle`` is a bundle folder or ``load_bundle``'s result. ``seed=None`` draws one at random. ``territory`` and
+    ``severity`` (a model with defect axes): what they leave out is drawn per slice (``FastGANSynthesizer.resolve``
+    with the same seed and ``n`` gives the lesions drawn).
+    Raises ValueError for an invalid condition (naming what is allowed), seed, ``n`` or ``psi``, and
+    InvalidRequestError for a territory or severity the model does not take.
     """
-    generator, metadata = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    condition = resolve_condition(metadata, level, pattern, side)
+    model = model_of(bundle)
+    condition = checked_condition(model, level, pattern, side, territory, severity)
     n = _integer(n, "n", 1, MAX_IMAGES)
     seed = draw_seed() if seed is None else _integer(seed, "seed", 0, MAX_SEED)
-    images = generate(generator, [condition] * n, seed, _checked_psi(psi))
-    return to_counts(images[:, 0], metadata["count_scale"]).numpy(), seed
+    return model.sample([condition] * n, seed, {PSI.name: _checked_psi(psi)}), seed
 
 
-def write_samples(counts: np.ndarray, condition: Condition, seed: int, out_dir: Path, count_scale: float
-                  ) -> list[Path]:
-    """Write each slice as a one-slice NIfTI in template geometry plus one PNG of all of them; returns the paths."""
+def write_samples(counts: np.ndarray, conditions: Sequence[Condition], seed: int, out_dir: Path,
+                  count_scale: float) -> list[Path]:
+    """Write each slice as a one-slice NIfTI in template geometry, one PNG of all of them and, when the slices have
+    lesions (a model with defect axes), a CSV of each file's territory and severity; returns the paths.
+    ``conditions``: one per slice, all of one label."""
     out_dir = Path(out_dir)
-    stem = f"{condition.label}_seed{seed}"
-    paths = []
-    for index, image in enumerate(counts):
+    label = conditions[0].label
+    stem = f"{label}_seed{seed}"
+    slices = []
+    for index, (image, condition) in enumerate(zip(counts, conditions)):
         path = out_dir / f"{stem}_{index:03d}.nii.gz"
         atomic_write_image(canonical_image(image, condition.level), path)
-        paths.append(path)
+        slices.append(path)
     png = out_dir / f"{stem}.png"
-    save_image_grid([(condition.label, counts)], png, count_scale, title=f"{condition.label}, seed {seed} (counts)")
-    return paths + [png]
+    save_image_grid([(label, counts)], png, count_scale, title=f"{label}, seed {seed} (counts)")
+    if not any(condition.lesions for condition in conditions):
+        return slices + [png]
+    return slices + [png, _write_lesions(out_dir / f"{stem}.csv", slices, conditions)]
+
+
+def _write_lesions(path: Path, files: Sequence[Path], conditions: Sequence[Condition]) -> Path:
+    """``file,territory,severity`` per slice (manifest cells: ``spectgan.lesions.lesion_text``)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(("file", *LESION_AXES))
+    writer.writerows((file.name, *(lesion_text(condition, axis) for axis in LESION_AXES))
+                     for file, condition in zip(files, conditions))
+    atomic_write_bytes(path, text.getvalue().encode())
+    return path
 
 
 def add_sample_command(subparsers) -> None:
@@ -90,6 +123,10 @@ def add_sample_command(subparsers) -> None:
     parser.add_argument("--level", required=True, help="CER, BG or COR (the bundle's levels)")
     parser.add_argument("--pattern", required=True, help="normal, unilateral or bilateral")
     parser.add_argument("--side", default=None, help="left or right (unilateral only)")
+    parser.add_argument("--territory", help="defect territory for a model with defect axes, e.g. MCA, or per side for "
+                        "bilateral: left=MCA;right=ACA (default: drawn from the training cohort per slice)")
+    parser.add_argument("--severity", help="defect severity (fractional CBF reduction, e.g. 0.3), or per side for "
+                        "bilateral: left=0.2;right=0.4 (default: drawn from the training cohort per slice)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
     parser.add_argument("--n", type=int, default=1, help="number of slices")
     parser.add_argument("--psi", type=float, default=1.0, help="truncation in [0, 1] (1: none)")
@@ -98,9 +135,11 @@ def add_sample_command(subparsers) -> None:
 
 
 def _run_sample(args) -> int:
-    bundle = load_bundle(args.bundle)
-    counts, seed = sample(bundle, args.level, args.pattern, args.side, args.seed, args.n, args.psi)
-    condition = resolve_condition(bundle.metadata, args.level, args.pattern, args.side)
-    paths = write_samples(counts, condition, seed, Path(args.out), bundle.metadata["count_scale"])
+    model = model_of(args.bundle)
+    counts, seed = sample(model.bundle, args.level, args.pattern, args.side, args.seed, args.n, args.psi,
+                          args.territory, args.severity)
+    condition = checked_condition(model, args.level, args.pattern, args.side, args.territory, args.severity)
+    conditions = model.resolve([condition] * len(counts), seed)
+    paths = write_samples(counts, conditions, seed, Path(args.out), model.bundle.metadata["count_scale"])
     print(f"{condition.label}: {len(counts)} slice(s), seed {seed}; wrote {len(paths)} files to {args.out}")
     return 0

@@ -9,8 +9,9 @@ const CANVAS_SCALE = 2;
 const MAX_REQUESTS = 200;            // slices per Generate
 const ROBUST_PEAK_PERCENTILE = 99.5; // the grey scale's top: this percentile of a slice's positive counts
 const REGION_COLOURS = { 1: "#ff7f0e", 2: "#3d9bff" };  // patient left, right (the overview's, right lighter)
-const CSV_COLUMNS = ["study", "model", "version", "sha256", "level", "pattern", "side", "seed", "psi", "mc", "left",
-                     "right", "lr", "ai", "brain_size", "left_size", "right_size", "size_unit", "stats_error"];
+const CSV_COLUMNS = ["study", "model", "version", "sha256", "level", "pattern", "side", "territory", "severity", "seed",
+                     "psi", "mc", "left", "right", "lr", "ai", "brain_size", "left_size", "right_size", "size_unit",
+                     "stats_error"];
 
 const state = { models: {}, results: [], conditions: [], peak: 0, run: null, busy: false, config: {} };
 const $ = (id) => document.getElementById(id);
@@ -280,9 +281,21 @@ function statsText(stats) {
     `  AI ${stats.ai >= 0 ? "+" : ""}${number(stats.ai, 1)} %`;
 }
 
+// A result's territory or severity (a model with defect axes: what it was given or drew) as the manifest writes it:
+// "MCA", "left=MCA;right=ACA" when a bilateral defect's sides differ, "" when the model has none.
+function lesionText(value) {
+  if (value === null || value === undefined) return "";
+  if (typeof value !== "object") return String(value);
+  const values = Object.values(value);
+  if (values.every((item) => item === null)) return "";
+  if (unique(values).length === 1) return String(values[0]);
+  return Object.entries(value).map(([side, item]) => `${side}=${item ?? ""}`).join(";");
+}
+
 function describeResult(entry) {
   const r = entry.result;
-  return `${r.condition.label}, seed ${r.seed}`;
+  const lesion = [lesionText(r.condition.territory), lesionText(r.condition.severity)].filter(Boolean).join(" ");
+  return `${r.condition.label}${lesion ? ` (${lesion})` : ""}, seed ${r.seed}`;
 }
 
 function addResult(answer, study) {
@@ -369,6 +382,7 @@ function downloadCsv() {
     const r = entry.result, stats = r.stats || {};
     const values = { study: entry.study, model: r.model, version: r.version, sha256: r.sha256,
                      level: r.condition.level, pattern: r.condition.pattern, side: r.condition.side || "",
+                     territory: lesionText(r.condition.territory), severity: lesionText(r.condition.severity),
                      seed: r.seed, psi: r.psi, stats_error: r.stats_error || "", ...stats };
     lines.push(CSV_COLUMNS.map((column) => csvField(values[column])).join(","));
   }
