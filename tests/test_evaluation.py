@@ -1,6 +1,7 @@
 """Evaluation: statistics and metrics on inputs with known answers, the whole evaluation on the small simulated cohort
-with arrays standing in for generators (copies of the test split, a count shift, copies of training slices), and
-`spectgan evaluate --quick` end to end with a bundle trained for two steps."""
+with arrays standing in for generators (copies of the test split, a count shift, copies of training slices, copies
+without lesions), and `spectgan evaluate --quick` end to end with a bundle with defect axes trained for two steps.
+The defect-realism measures on known answers are in test_evaluation_defects.py."""
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ from spectgan import cli
 from spectgan.cohorts.format import read_cohort_info
 from spectgan.conditions import Condition, Level, Pattern, Side
 from spectgan.errors import SpectganError
-from spectgan.evaluation.data import ArraySource, read_split
+from spectgan.evaluation.data import ArraySource, SliceSet, read_split
 from spectgan.evaluation.features import to_inputs
 from spectgan.evaluation.metrics import (condition_accuracy, frechet_distance, kernel_distance, memorization,
                                          nearest_distances, precision_recall, two_sample_test)
@@ -19,14 +20,17 @@ from spectgan.evaluation.pipeline import QUICK
 from spectgan.evaluation.report import run_evaluation
 from spectgan.evaluation.statistics import accuracy_interval, compare_samples
 from spectgan.models.fastgan.train import train
+from spectgan.models.synthesizer import load_synthesizer
 
 PAPER_ROW_KEYS = {"bundle", "level", "pattern", "metric", "n_real", "n_synth", "p_mannwhitney", "effect_r",
                   "mean_real", "mean_synth"}
 BUNDLE_KEYS = {"paper_table", "c2st_accuracy", "fid_domain", "kid_domain", "precision", "recall",
-               "conditional_accuracy", "tstr", "trtr", "memorization_fraction", "targets", "figures"}
+               "conditional_accuracy", "tstr", "trtr", "memorization_fraction", "targets", "figures",
+               "defect_asymmetry", "tstr_breakdown", "controllability", "territory_recognition"}
 SHIFT = 1.5
+DEFECT_AXES_TARGETS = ["severity_spearman", "severity_bins", "territory"]
 TARGET_KEYS = ["c2st", "pooled", "cells", "level", "side", "pattern", "tstr", "memorization", "spectrum",
-               "background"]
+               "background", "ai_ks", "mild_share", "tstr_patterns", *DEFECT_AXES_TARGETS]
 
 
 def passed(summary: dict, key: str) -> bool:
@@ -176,12 +180,14 @@ def test_c2st_refuses_sets_of_different_sizes(pool):
 
 @pytest.fixture(scope="module")
 def array_evaluation(small_cohort, tmp_path_factory):
-    """One quick evaluation of three stand-ins: the (capped) test split itself, the test split with 1.5 x the
-    counts, and copies of COR training slices."""
+    """One quick evaluation of four stand-ins: the (capped) test split itself, the test split with 1.5 x the
+    counts, copies of COR training slices (these three with the lesions the cohort records: defect axes), and the
+    test split without lesions (no defect axes)."""
     test = read_split(small_cohort, "test").capped(QUICK.per_condition_cap)
     train_cor = read_split(small_cohort, "train", [Level.COR]).capped(QUICK.per_condition_cap)
     sources = [ArraySource("copy_of_test", test), ArraySource("shifted_test", test, gain=SHIFT),
-               ArraySource("train_copies_COR", train_cor)]
+               ArraySource("train_copies_COR", train_cor),
+               ArraySource("copy_without_lesions", SliceSet(test.counts, test.conditions))]
     out = tmp_path_factory.mktemp("evaluation")
     return out, run_evaluation(sources, small_cohort, out, QUICK, progress=False)
 
@@ -190,12 +196,14 @@ def test_report_files_and_structure(array_evaluation):
     out, result = array_evaluation
     assert json.loads((out / "evaluation.json").read_text()) == result
     assert result["mode"] == "quick" and result["real"]["split"] == "test" and result["run_time_s"] > 0
-    assert list(result["bundles"]) == ["copy_of_test", "shifted_test", "train_copies_COR"]
+    assert list(result["bundles"]) == ["copy_of_test", "shifted_test", "train_copies_COR", "copy_without_lesions"]
     for name, summary in result["bundles"].items():
         assert BUNDLE_KEYS <= set(summary)
         assert set(summary["conditional_accuracy"]) == {"level", "pattern", "side"}
         assert [t["key"] for t in summary["targets"]] == TARGET_KEYS
-        assert all(isinstance(t["passed"], bool) for t in summary["targets"])
+        not_applicable = name == "copy_without_lesions" and DEFECT_AXES_TARGETS
+        assert all(t["passed"] is None if t["key"] in (not_applicable or ()) else isinstance(t["passed"], bool)
+                   for t in summary["targets"])
         assert all((out / path).stat().st_size > 1000 for path in summary["figures"].values())
         assert all(PAPER_ROW_KEYS <= set(row) and row["bundle"] == name for row in summary["paper_table"])
     assert len(result["paper_table"]) == sum(len(s["paper_table"]) for s in result["bundles"].values())
@@ -206,7 +214,9 @@ def test_report_files_and_structure(array_evaluation):
     for text in ("Fidelity targets", "PASS", "FAIL", "held-out **test** split", "Pooled per pattern", "C2ST",
                  "TSTR", "Memorization", "Run time", "quick run", "figures/measures_copy_of_test.png",
                  "train split (reference)", "Texture: power spectrum and background",
-                 "figures/spectra_copy_of_test.png", "figures/c2st_saliency_copy_of_test.png"):
+                 "figures/spectra_copy_of_test.png", "figures/c2st_saliency_copy_of_test.png", "Defect realism",
+                 "figures/defect_asymmetry_copy_of_test.png", "figures/severity_control_copy_of_test.png",
+                 "Controllability of severity", "Territory recognition", "**n/a** not applicable (no defect axes)"):
         assert text in report
 
 
@@ -222,6 +232,26 @@ def test_copies_of_the_test_split_are_indistinguishable_from_it(array_evaluation
     assert summary["precision"] == summary["recall"] == 1.0
     assert summary["conditional_accuracy"] == summary["classifier_accuracy_real_test"]
     assert summary["memorization_fraction"] <= 0.05  # as close to the train split as the test split is
+    asymmetry = summary["defect_asymmetry"]
+    assert list(asymmetry) == ["normal", "unilateral", "bilateral"]
+    for row in asymmetry.values():
+        assert row["ks_p_abs_ai"] == pytest.approx(1.0) and row["abs_ai"]["real"] == row["abs_ai"]["synthetic"]
+        assert row["mild_share"]["real"] == row["mild_share"]["synthetic"]
+    assert passed(summary, "ai_ks") and passed(summary, "mild_share")
+    # the stand-in answers each request with the test slice nearest to it: it knows every territory it was asked for
+    assert summary["controllability"]["applicable"] and summary["territory_recognition"]["applicable"]
+    assert summary["controllability"]["n"] == summary["territory_recognition"]["synthetic"]["n"]
+    assert summary["controllability"]["real_spearman"]["n"] == summary["territory_recognition"]["real"]["n"]
+
+
+def test_copies_without_lesions_have_no_defect_axes_but_their_defect_size_is_measured(array_evaluation):
+    out, result = array_evaluation
+    summary = result["bundles"]["copy_without_lesions"]
+    assert summary["controllability"] == {"applicable": False, "reason": "no defect axes"}
+    assert summary["territory_recognition"] == summary["controllability"]
+    assert summary["defect_asymmetry"] == result["bundles"]["copy_of_test"]["defect_asymmetry"]
+    assert summary["tstr_breakdown"]["unilateral"]["all"]["n"] == summary["defect_asymmetry"]["unilateral"]["n"]["real"]
+    assert "severity_control" not in summary["figures"] and "defect_asymmetry" in summary["figures"]
 
 
 def test_a_count_shift_is_found_in_mc_but_not_in_lr(array_evaluation):
@@ -238,6 +268,11 @@ def test_a_count_shift_is_found_in_mc_but_not_in_lr(array_evaluation):
     assert not passed(summary, "spectrum")
     assert summary["background"]["ratio"] == pytest.approx(SHIFT, rel=1e-3) and passed(summary, "background")
     assert summary["fid_domain"] > 1.0 and summary["memorization_fraction"] == 0.0
+    # |AI| is a ratio of counts: a gain leaves the defects as large as they were
+    copies = array_evaluation[1]["bundles"]["copy_of_test"]["defect_asymmetry"]
+    for pattern, row in summary["defect_asymmetry"].items():
+        assert row["abs_ai"]["synthetic"] == pytest.approx(copies[pattern]["abs_ai"]["synthetic"], rel=1e-4)
+    assert passed(summary, "ai_ks") and passed(summary, "mild_share")
 
 
 def test_copies_of_training_slices_are_memorized(array_evaluation):
@@ -262,7 +297,8 @@ def test_evaluate_command_quick_with_a_tiny_trained_bundle(small_cohort, tmp_pat
     bundle = tmp_path / "tiny_A"
     train(tmp_path / "run", progress=False, cohort=str(small_cohort), iterations=2, batch_size=4,
                        image_size=32, generator_width=4, discriminator_width=4, latent_dim=16, condition_dim=8,
-                       sample_every=1000, checkpoint_every=1000, log_every=1, export_bundle_dir=bundle)
+                       defect_axes=True, sample_every=1000, checkpoint_every=1000, log_every=1,
+                       export_bundle_dir=bundle)
     out = tmp_path / "report"
     assert cli.main(["evaluate", "--bundle", str(bundle), "--cohort", str(small_cohort), "--out", str(out),
                      "--quick", "--no-progress"]) == 0
@@ -272,6 +308,14 @@ def test_evaluate_command_quick_with_a_tiny_trained_bundle(small_cohort, tmp_pat
     summary = result["bundles"]["tiny_A"]
     assert summary["levels"] == ["CER", "BG", "COR"] and summary["n_synth"] == summary["n_real"]
     assert 0.0 <= summary["c2st_accuracy"] <= 1.0
+    # the grid asks every territory the model knows at each level, both sides, QUICK's severities across its range
+    axes = load_synthesizer(bundle).defect_axes()
+    control = summary["controllability"]
+    assert control["applicable"] and control["severity_range"] == list(axes.severity_range)
+    territories = sum(len(names) for names in axes.territories.values())
+    assert control["n"] == territories * 2 * QUICK.control_severities * QUICK.control_repeats
+    assert summary["territory_recognition"]["synthetic"]["n"] == control["n"]
+    assert (out / summary["figures"]["severity_control"]).is_file()
     assert "tiny_A" in (out / "report.md").read_text()
 
 

@@ -1,5 +1,6 @@
 """PNG figures of an evaluation: MC and LR per cell (real beside synthetic), sample grids, confusion matrices, the
-memorization histogram, power spectra per level and the map of where the C2ST critic looks."""
+memorization histogram, power spectra per level, the map of where the C2ST critic looks, the |AI| distributions per
+pattern and, for a model with defect axes, |AI| against severity."""
 from __future__ import annotations
 
 import re
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from spectgan.evaluation.data import CLASS_NAMES
+from spectgan.evaluation.defects import MILD_AI, SEVERITY_EDGES, SeverityControl
 from spectgan.figures import pyplot, save_figure
 from spectgan.evaluation.pipeline import SourceEvaluation
 from spectgan.evaluation.statistics import MEASURES
@@ -155,16 +157,75 @@ def plot_saliency(evaluation: SourceEvaluation, path: Path) -> None:
     save_figure(figure, path)
 
 
+def plot_defect_asymmetry(evaluation: SourceEvaluation, path: Path) -> None:
+    """Per pattern, the empirical distribution functions of |AI| of real (solid) and synthetic (dashed) slices, with
+    the mild-defect threshold and the KS P."""
+    plt = pyplot()
+    compared = evaluation.summary["defect_asymmetry"]
+    figure, axes = plt.subplots(1, len(compared), figsize=(4.2 * len(compared), 3.6), squeeze=False,
+                                constrained_layout=True)
+    for axis, (pattern, result) in zip(axes[0], compared.items()):
+        for measured, colour, style, label in [(evaluation.real, REAL_COLOUR, "-", "real (test split)"),
+                                               (evaluation.synthetic, SYNTHETIC_COLOUR, "--", evaluation.name)]:
+            values = np.sort(np.abs(measured.values["AI"][measured.slices.patterns == pattern]))
+            values = values[np.isfinite(values)]
+            axis.step(values, np.arange(1, len(values) + 1) / len(values), where="post", color=colour,
+                      linestyle=style, label=f"{label} (n={len(values)})")
+        axis.axvline(MILD_AI, color="grey", linestyle=":", linewidth=1)
+        axis.set_title(f"{pattern}: KS P={result['ks_p_abs_ai']:.2g}; |AI| < {MILD_AI:g} %: "
+                       f"{result['mild_share']['real']:.0%} real, {result['mild_share']['synthetic']:.0%} synthetic",
+                       fontsize=8)
+        axis.set_xlabel("|AI| (%)")
+        axis.set_ylabel("share of slices with |AI| at most x")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="lower right")
+    figure.suptitle(f"{evaluation.name}: defect size per pattern (hemispheric asymmetry |AI|)", fontsize=10)
+    save_figure(figure, path)
+
+
+def plot_severity_control(evaluation: SourceEvaluation, control: SeverityControl, path: Path) -> None:
+    """|AI| against severity: the real unilateral test slices (recorded severity) and the synthetic ones (requested
+    severity), each with its least-squares line; dotted lines mark the severity bins."""
+    plt = pyplot()
+    summary = evaluation.summary["controllability"]
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    low, high = summary["severity_range"]
+    line = np.linspace(low, high, 2)
+    for severity, abs_ai, fit, colour, label in [
+            (control.real_severity, control.real_abs_ai, summary["real_fit"], REAL_COLOUR, "real unilateral (test)"),
+            (control.synthetic_severity, control.synthetic_abs_ai, summary["synthetic_fit"], SYNTHETIC_COLOUR,
+             f"{evaluation.name} (requested)")]:
+        axis.scatter(severity, abs_ai, s=10, alpha=0.5, color=colour, label=label)
+        axis.plot(line, fit["slope"] * line + fit["offset"], color=colour,
+                  label=f"fit: {fit['slope']:.1f} x severity {fit['offset']:+.1f}")
+    for edge in SEVERITY_EDGES:
+        axis.axvline(edge, color="grey", linestyle=":", linewidth=1)
+    axis.set_xlabel("severity (fractional CBF reduction)")
+    axis.set_ylabel("|AI| (%)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title(f"{evaluation.name}: |AI| against severity, Spearman rho {summary['spearman']['rho']:.2f} "
+                   f"(real slices: {summary['real_spearman']['rho']:.2f})", fontsize=10)
+    save_figure(figure, path)
+
+
 def write_figures(evaluation: SourceEvaluation, folder: Path, count_scale: float) -> dict[str, Path]:
-    """Every figure of one source into ``folder``; returns {kind: path}."""
+    """Every figure of one source into ``folder`` (``defect_asymmetry`` where a pattern has measured slices on both
+    sides, ``severity_control`` for a source with defect axes); returns {kind: path}."""
     folder.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", evaluation.name)
-    paths = {kind: folder / f"{kind}_{stem}.png"
-             for kind in ("measures", "samples", "confusion", "memorization", "spectra", "c2st_saliency")}
+    optional = {"defect_asymmetry": bool(evaluation.summary["defect_asymmetry"]),
+                "severity_control": evaluation.severity_control is not None}
+    kinds = ["measures", "samples", "confusion", "memorization", "spectra", "c2st_saliency"]
+    paths = {kind: folder / f"{kind}_{stem}.png" for kind in kinds + [kind for kind, made in optional.items() if made]}
     plot_measures(evaluation, paths["measures"])
     save_sample_grid(evaluation, paths["samples"], count_scale)
     plot_confusions(evaluation, paths["confusion"])
     plot_memorization(evaluation, paths["memorization"])
     plot_spectra(evaluation, paths["spectra"])
     plot_saliency(evaluation, paths["c2st_saliency"])
+    if "defect_asymmetry" in paths:
+        plot_defect_asymmetry(evaluation, paths["defect_asymmetry"])
+    if "severity_control" in paths:
+        plot_severity_control(evaluation, evaluation.severity_control, paths["severity_control"])
     return paths

@@ -10,14 +10,17 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from spectgan.conditions import Condition, Level, valid_conditions
+from spectgan.conditions import Condition, Level, Pattern, valid_conditions
 from spectgan.errors import SpectganError
 from spectgan.evaluation.data import SliceSet, SyntheticSource, class_indices
+from spectgan.evaluation.defects import (SeverityControl, TerritoryClassifier, accuracy_breakdown, asymmetry_by_pattern,
+                                         control_grid, train_territory_classifier)
 from spectgan.evaluation.features import CONDITION_HEADS, SliceClassifier, classify, to_inputs, train_classifier
 from spectgan.evaluation.metrics import (condition_accuracy, frechet_distance, kernel_distance, memorization,
                                          nearest_distances, precision_recall, two_sample_test)
@@ -25,6 +28,7 @@ from spectgan.evaluation.statistics import MeasuredSlices, measure, paper_table
 from spectgan.evaluation.texture import SpectrumComparison, background_level, background_mask, compare_spectra
 
 SEEDS_PER_RUN = 100  # condition i of run seed s is generated from seed s * SEEDS_PER_RUN + i
+CONTROL_SEED = SEEDS_PER_RUN - 1  # ... and the controllability grid from s * SEEDS_PER_RUN + CONTROL_SEED
 REFERENCE_NAME = "train split (reference)"  # the train split compared with the test split like a source
 
 
@@ -32,13 +36,17 @@ REFERENCE_NAME = "train split (reference)"  # the train split compared with the 
 class EvaluationSettings:
     """How much work an evaluation does. Classifiers train for a number of mini-batches (their cost does not grow
     with the cohort); ``per_condition_cap`` keeps at most that many slices of each condition in both splits (None:
-    all). ``mode`` names the settings in the report."""
+    all). The controllability grid of a model with defect axes requests ``control_severities`` severities across
+    its range, each ``control_repeats`` times per level, territory and side. ``mode`` names the settings in the
+    report."""
 
     mode: str = "full"
     classifier_steps: int = 900
     c2st_steps: int = 400
     c2st_folds: int = 5
     per_condition_cap: int | None = None
+    control_severities: int = 8
+    control_repeats: int = 3
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -46,10 +54,12 @@ class EvaluationSettings:
 
 
 FULL = EvaluationSettings()
-QUICK = EvaluationSettings(mode="quick", classifier_steps=40, c2st_steps=30, c2st_folds=2, per_condition_cap=8)
+QUICK = EvaluationSettings(mode="quick", classifier_steps=40, c2st_steps=30, c2st_folds=2, per_condition_cap=8,
+                           control_severities=4, control_repeats=1)
 
 REAL_STAGES = 1  # stages of prepare_real
-SOURCE_STAGES = 7  # stages of evaluate_source
+SOURCE_STAGES = 8  # stages of evaluate_source
+NO_DEFECT_AXES = "no defect axes"  # why controllability and territory recognition do not apply to a source
 
 
 class Stages:
@@ -73,8 +83,8 @@ class Stages:
 
 @dataclass
 class RealDomain:
-    """The real side, prepared once: the train split's inputs and condition classifier, per test slice its MC and
-    LR, domain features, the classifier's logits and its distance to the nearest train slice, and the paper table
+    """The real side, prepared once: the train split's inputs and condition classifier, per test slice its MC, LR
+    and AI, domain features, the classifier's logits and its distance to the nearest train slice, and the paper table
     of the train split against the test split (what two real samples of the cohort score)."""
 
     train: SliceSet
@@ -101,6 +111,13 @@ class RealDomain:
                 self.train_inputs[subset], class_indices(self.train.take(subset).conditions), CONDITION_HEADS,
                 self.settings.classifier_steps, self.settings.seed)
         return self.level_classifiers[levels]
+
+    @cached_property
+    def territory_classifier(self) -> TerritoryClassifier | None:
+        """The territory classifier trained on the real train split's unilateral slices (made on first use; None
+        when the cohort records no territory)."""
+        return train_territory_classifier(self.train_inputs, self.train, self.settings.classifier_steps,
+                                          self.settings.seed)
 
 
 def prepare_real(train: SliceSet, test: SliceSet, count_scale: float, pixel_mm: float,
@@ -132,6 +149,7 @@ class SourceEvaluation:
     reference_distances: np.ndarray
     spectra: dict[str, SpectrumComparison]  # per level
     c2st_saliency: np.ndarray  # [H, W]: where the C2ST critic looks
+    severity_control: SeverityControl | None  # None: the source has no defect axes
 
 
 def condition_seed(run_seed: int, condition: Condition) -> int:
@@ -189,8 +207,15 @@ def evaluate_source(source: SyntheticSource, real: RealDomain, settings: Evaluat
     with stages.stage(f"{name}: TSTR and TRTR"):
         synthetic_trained = train_classifier(synthetic_inputs, class_indices(synthetic.conditions), CONDITION_HEADS,
                                              settings.classifier_steps, settings.seed)
-        tstr = condition_accuracy(classify(synthetic_trained, real_inputs)[1], real_test.slices.conditions)
-        trtr = condition_accuracy(classify(real.classifier_at(levels), real_inputs)[1], real_test.slices.conditions)
+        logits = {"tstr": classify(synthetic_trained, real_inputs)[1],
+                  "trtr": classify(real.classifier_at(levels), real_inputs)[1]}
+        tstr, trtr = (condition_accuracy(logits[kind], real_test.slices.conditions) for kind in ("tstr", "trtr"))
+        tstr_breakdown = accuracy_breakdown({kind: values["pattern"].argmax(dim=1).numpy()
+                                             for kind, values in logits.items()}, real_test.slices)
+    with stages.stage(f"{name}: defect size, severity and territory"):
+        asymmetry = asymmetry_by_pattern(real_test, synthetic_measured)
+        controllability, territory, severity_control = requested_defects(source, real, real_test, real_inputs, levels,
+                                                                          settings)
     with stages.stage(f"{name}: memorization"):
         synthetic_distances = nearest_distances(synthetic_inputs, real.train_inputs)
         reference_distances = real.test_to_train[in_levels]
@@ -204,14 +229,47 @@ def evaluate_source(source: SyntheticSource, real: RealDomain, settings: Evaluat
         "confusion_matrices": conditional["confusion"],
         "classifier_accuracy_real_test": real_conditional["accuracy"],
         "tstr": tstr["accuracy"]["pattern"], "trtr": trtr["accuracy"]["pattern"],
-        "tstr_heads": tstr["accuracy"], "trtr_heads": trtr["accuracy"],
+        "tstr_heads": tstr["accuracy"], "trtr_heads": trtr["accuracy"], "tstr_breakdown": tstr_breakdown,
+        "defect_asymmetry": asymmetry, "controllability": controllability, "territory_recognition": territory,
         "memorization_fraction": memorized["fraction"], "memorization": memorized,
         "spectrum_max_gap_decades": max(spectrum.max_gap_decades for spectrum in spectra.values()),
         "spectrum": {level: spectrum.to_dict() for level, spectrum in spectra.items()},
         "background": background,
     }
     return SourceEvaluation(name, summary, real_test, synthetic_measured, synthetic_distances, reference_distances,
-                            spectra, c2st_saliency)
+                            spectra, c2st_saliency, severity_control)
+
+
+def requested_defects(source: SyntheticSource, real: RealDomain, real_test: MeasuredSlices, real_inputs: torch.Tensor,
+                      levels: tuple[Level, ...], settings: EvaluationSettings
+                      ) -> tuple[dict, dict, SeverityControl | None]:
+    """Controllability and territory recognition of a source with defect axes, on unilateral slices it makes for the
+    requests of ``control_grid`` at ``levels``: the summaries of both (``SeverityControl.summary``, and the real
+    territory classifier's accuracy on the real unilateral test slices and on the synthetic ones) and the severity
+    data of the figure. ``real_test`` and ``real_inputs`` [N, 1, H, W] are the test split at ``levels``. Without
+    defect axes, or without a territory at these levels, both summaries say why they do not apply."""
+    axes = source.defect_axes
+    grid = control_grid(axes, levels, settings.control_severities, settings.control_repeats) if axes else []
+    if not grid:
+        reason = NO_DEFECT_AXES if axes is None else f"no territory at {', '.join(lv.value for lv in levels)}"
+        return {"applicable": False, "reason": reason}, {"applicable": False, "reason": reason}, None
+    made = SliceSet(np.asarray(source.generate_lesioned(grid, settings.seed * SEEDS_PER_RUN + CONTROL_SEED),
+                               dtype=np.float32), tuple(condition.base for condition in grid),
+                    tuple(condition.lesions for condition in grid))
+    unilateral = real_test.slices.patterns == Pattern.UNILATERAL.value
+    real_unilateral = real_test.take(unilateral)
+    control = SeverityControl(real_unilateral.slices.severities(), np.abs(real_unilateral.values["AI"]),
+                              made.severities(), np.abs(measure(made).values["AI"]))
+    controllability = {"applicable": True, "n": len(grid), "severity_range": list(axes.severity_range),
+                       "severities": settings.control_severities, "repeats": settings.control_repeats,
+                       **control.summary()}
+    classifier = real.territory_classifier
+    territory = ({"applicable": False, "reason": "the cohort records no territory"} if classifier is None else
+                 {"applicable": True,
+                  "territories": {level: list(names) for level, names in classifier.at_level.items()},
+                  "real": classifier.accuracy(real_inputs[torch.from_numpy(unilateral)], real_unilateral.slices),
+                  "synthetic": classifier.accuracy(to_inputs(made.counts, real.count_scale), made)})
+    return controllability, territory, control
 
 
 def texture(real: SliceSet, synthetic: SliceSet, pixel_mm: float, count_scale: float

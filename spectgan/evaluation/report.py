@@ -23,6 +23,7 @@ from spectgan.cohorts.format import atomic_write_bytes, read_cohort_info
 from spectgan.conditions import Level
 from spectgan.errors import SpectganError
 from spectgan.evaluation.data import ArraySource, BundleSource, SyntheticSource, read_split
+from spectgan.evaluation.defects import ALL, MILD_AI, PERCENTILES
 from spectgan.evaluation.features import FEATURE_DIM
 from spectgan.evaluation.figures import write_figures
 from spectgan.evaluation.metrics import NEIGHBOURS
@@ -43,6 +44,10 @@ TSTR_GAP_TARGET = 0.05
 MEMORIZATION_TARGET = 0.02  # "near 1 %": at most twice what real test slices score
 SPECTRUM_TARGET_DECADES = 0.3  # the largest |log10 ratio| of synthetic to real power at any frequency and level
 BACKGROUND_FACTOR = 2.0  # synthetic background mean within this factor of real
+MILD_SHARE_GAP_TARGET = 0.05  # share of mild defects (|AI| < MILD_AI) per pattern within this of real
+SPEARMAN_TARGET = 0.8  # Spearman's rho of requested severity and measured |AI|
+SEVERITY_GAP_TARGET = 2.0  # points of |AI|: each severity bin's mean synthetic |AI| within this of the real fit
+TERRITORY_GAP_TARGET = 0.05  # territory accuracy on synthetic slices within this of that on real ones
 DEFAULT_COHORT = Path("sample_data/cohorts/default")
 DEFAULT_BUNDLES = (Path("models/spect_fastgan_A"), Path("models/spect_fastgan_B"))
 SCOPE_TITLES = {"pattern": "Pooled per pattern (as in the paper)", "level": "Pooled per level",
@@ -80,9 +85,73 @@ def _pooled_patterns(paper_table: Sequence[dict]) -> tuple[str, bool]:
     return value, all(row["p_mannwhitney"] > P_TARGET for row in rows)
 
 
+def _asymmetry_ks(asymmetry: dict) -> tuple[str, bool]:
+    """The KS P of |AI| of every pattern (``defect_asymmetry``), and whether each is above P_TARGET."""
+    value = ", ".join(f"{pattern} P={_p_value(result['ks_p_abs_ai'])}" for pattern, result in asymmetry.items())
+    return value, bool(asymmetry) and all(result["ks_p_abs_ai"] > P_TARGET for result in asymmetry.values())
+
+
+def _mild_shares(asymmetry: dict) -> tuple[str, bool]:
+    """The synthetic and real shares of mild defects of every pattern, and whether each pair is within
+    MILD_SHARE_GAP_TARGET."""
+    shares = {pattern: result["mild_share"] for pattern, result in asymmetry.items()}
+    value = ", ".join(f"{pattern} {share['synthetic']:.0%} (real {share['real']:.0%})"
+                      for pattern, share in shares.items())
+    return value, bool(shares) and all(abs(share["synthetic"] - share["real"]) <= MILD_SHARE_GAP_TARGET
+                                       for share in shares.values())
+
+
+def _tstr_per_pattern(breakdown: dict) -> tuple[str, bool]:
+    """TSTR and TRTR of every pattern (``tstr_breakdown``), and whether each pair is within TSTR_GAP_TARGET."""
+    pooled = {pattern: groups[ALL] for pattern, groups in breakdown.items()}
+    value = ", ".join(f"{pattern} {row['tstr']:.0%} vs {row['trtr']:.0%}" for pattern, row in pooled.items())
+    return value, all(abs(row["tstr"] - row["trtr"]) <= TSTR_GAP_TARGET for row in pooled.values())
+
+
+def _not_applicable(reason: str) -> tuple[str, None]:
+    """The value and verdict (None) of a target that does not apply, and why."""
+    return f"not applicable ({reason})", None
+
+
+def _severity_spearman(control: dict) -> tuple[str, bool | None]:
+    """Spearman's rho of requested severity and |AI| (``controllability``), and whether it reaches SPEARMAN_TARGET."""
+    if not control["applicable"]:
+        return _not_applicable(control["reason"])
+    rho, real = control["spearman"]["rho"], control["real_spearman"]["rho"]
+    return (f"rho {rho:.2f} over {control['spearman']['n']} slices (the real unilateral test slices' own: "
+            f"{real:.2f})", rho >= SPEARMAN_TARGET)
+
+
+def _severity_bins(control: dict) -> tuple[str, bool | None]:
+    """Mean synthetic |AI| of every severity bin against the real fit, and whether each is within
+    SEVERITY_GAP_TARGET points."""
+    if not control["applicable"]:
+        return _not_applicable(control["reason"])
+    if math.isnan(control["real_fit"]["slope"]):
+        return _not_applicable("the test split records too few severities for a fit")
+    bins = control["bins"]
+    if not bins:
+        return "no synthetic slice with a measurable brain", False
+    value = ", ".join(f"{label}: {row['mean_abs_ai']:.1f} % vs {row['real_fit']:.1f} %" for label, row in bins.items())
+    return value, all(abs(row["gap"]) <= SEVERITY_GAP_TARGET for row in bins.values())
+
+
+def _territory(territory: dict) -> tuple[str, bool | None]:
+    """Territory accuracy on synthetic and real slices (``territory_recognition``), and whether they are within
+    TERRITORY_GAP_TARGET."""
+    if not territory["applicable"]:
+        return _not_applicable(territory["reason"])
+    real, synthetic = territory["real"], territory["synthetic"]
+    if not (real["n"] and synthetic["n"]):
+        return _not_applicable("no unilateral slice of a territory the classifier knows")
+    return (f"{synthetic['accuracy']:.1%} of {synthetic['n']} synthetic, {real['accuracy']:.1%} of {real['n']} real",
+            abs(synthetic["accuracy"] - real["accuracy"]) <= TERRITORY_GAP_TARGET)
+
+
 def assess_targets(summary: dict, reference_table: Sequence[dict]) -> list[dict]:
-    """Each fidelity target with the measured value and whether it is met; ``reference_table`` is the train split's
-    paper table against the test split (what two real samples score)."""
+    """Each fidelity target with the measured value and whether it is met (``passed`` None: not applicable, e.g. the
+    defect-axes targets of a model without them); ``reference_table`` is the train split's paper table against the
+    test split (what two real samples score)."""
     low, high = summary["c2st"]["ci95"]
     accuracy, ceiling = summary["conditional_accuracy"], summary["classifier_accuracy_real_test"]
     gap = summary["tstr"] - summary["trtr"]
@@ -113,8 +182,21 @@ def assess_targets(summary: dict, reference_table: Sequence[dict]) -> list[dict]
                 summary["spectrum_max_gap_decades"] <= SPECTRUM_TARGET_DECADES),
                ("background", f"background outside the head: mean within a factor {BACKGROUND_FACTOR:g} of real",
                 f"{background['synthetic']['mean']:.3f} counts against {background['real']['mean']:.3f}",
-                1 / BACKGROUND_FACTOR <= background["ratio"] <= BACKGROUND_FACTOR)]
-    return [{"key": key, "target": target, "value": value, "passed": bool(passed)}
+                1 / BACKGROUND_FACTOR <= background["ratio"] <= BACKGROUND_FACTOR),
+               ("ai_ks", f"defect size: |AI| of each pattern, two-sample KS P > {P_TARGET}",
+                *_asymmetry_ks(summary["defect_asymmetry"])),
+               ("mild_share", f"defect size: share of |AI| < {MILD_AI:g} % of each pattern within "
+                f"{MILD_SHARE_GAP_TARGET * 100:.0f} points of real", *_mild_shares(summary["defect_asymmetry"])),
+               ("tstr_patterns", f"TSTR within {TSTR_GAP_TARGET * 100:.0f} points of TRTR for each pattern (TSTR vs "
+                "TRTR)", *_tstr_per_pattern(summary["tstr_breakdown"])),
+               ("severity_spearman", f"controllability: Spearman rho of requested severity and |AI| >= "
+                f"{SPEARMAN_TARGET:g}", *_severity_spearman(summary["controllability"])),
+               ("severity_bins", f"controllability: mean |AI| of each severity bin within {SEVERITY_GAP_TARGET:g} "
+                "points of the real slices' fit (synthetic vs real fit)", *_severity_bins(summary["controllability"])),
+               ("territory", f"territory of unilateral defects recognised within {TERRITORY_GAP_TARGET * 100:.0f} "
+                "points of real test slices (classifier trained on real slices)",
+                *_territory(summary["territory_recognition"]))]
+    return [{"key": key, "target": target, "value": value, "passed": None if passed is None else bool(passed)}
             for key, target, value, passed in checks]
 
 
@@ -214,9 +296,11 @@ def _percent(value: float | None) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A Markdown table; a ``|`` in a cell (as in |AI|) is escaped."""
+    def line(cells: Sequence) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header)] + [line(row) for row in rows])
 
 
 def _mean_sd(mean: float | None, sd: float | None, digits: int) -> str:
@@ -257,19 +341,88 @@ def _reading_note(result: dict) -> str:
             "below). The table gives every P value and effect size, so the reader can weigh them.")
 
 
+def _verdict(entry: dict) -> str:
+    """A target's cell: PASS, FAIL or n/a (not applicable) and the measured value."""
+    verdict = {True: "PASS", False: "FAIL", None: "n/a"}[entry["passed"]]
+    return f"**{verdict}** {entry['value']}"
+
+
 def _other_cohorts_section(result: dict) -> str:
     """The targets on this cohort's test split beside those on every other cohort evaluated in the same run."""
     columns = [(name, "this cohort", summary["targets"]) for name, summary in result["bundles"].items()]
     for cohort_name, other in result["other_cohorts"].items():
         columns += [(name, cohort_name, targets) for name, targets in other["targets"].items()]
-    rows = [[entries[0]["target"]] + [f"**{'PASS' if entry['passed'] else 'FAIL'}** {entry['value']}"
-                                      for entry in entries]
+    rows = [[entries[0]["target"]] + [_verdict(entry) for entry in entries]
             for entries in zip(*(targets for _, _, targets in columns))]
     links = ", ".join(f"[{name}]({other['report']}) (seed {other['cohort'].get('seed')})"
                       for name, other in result["other_cohorts"].items())
     return "\n".join([f"### The same targets on other cohorts ({links})", "",
                       "Each other cohort's test split is evaluated in full, as this one; its report has every number.",
                       "", _table(["target"] + [f"{name} on {cohort}" for name, cohort, _ in columns], rows)])
+
+
+def _percentiles(values: dict, digits: int) -> str:
+    """``q10 / q50 / q90`` of a ``defects.percentiles`` result."""
+    return " / ".join(_number(values[f"q{q}"], digits) for q in PERCENTILES)
+
+
+def _fit(fit: dict) -> str:
+    """A linear fit of |AI| on severity as text."""
+    return f"{_number(fit['slope'], 1)} x severity + {_number(fit['offset'], 1)} (n {fit['n']})"
+
+
+def _defect_section(bundles: dict) -> str:
+    """The defect-realism tables: |AI| and LR per pattern, TSTR per pattern and severity, controllability and
+    territory recognition."""
+    quantiles = "/".join(f"{q}" for q in PERCENTILES)
+    lines = ["## Defect realism", "",
+             "Defect size is the hemispheric asymmetry a defect leaves: |AI| = |100 (L - R) / ((L + R) / 2)| % and "
+             f"LR = L / R, per pattern, real test slices against the synthetic slices above (percentiles {quantiles}; "
+             f"mild: |AI| < {MILD_AI:g} %; two-sided two-sample KS P of |AI|). Severity is the fractional CBF "
+             "reduction the cohort records (a bilateral defect: its more severe side's).", ""]
+    lines.append(_table(["bundle", "pattern", "n real / synth", f"|AI| % real ({quantiles})", "|AI| % synthetic",
+                         f"LR real ({quantiles})", "LR synthetic", "mild real", "mild synthetic", "KS P (|AI|)"], [
+        [name, pattern, f"{row['n']['real']} / {row['n']['synthetic']}", _percentiles(row["abs_ai"]["real"], 1),
+         _percentiles(row["abs_ai"]["synthetic"], 1), _percentiles(row["lr"]["real"], 3),
+         _percentiles(row["lr"]["synthetic"], 3), _percent(row["mild_share"]["real"]),
+         _percent(row["mild_share"]["synthetic"]), _p_value(row["ks_p_abs_ai"])]
+        for name, s in bundles.items() for pattern, row in s["defect_asymmetry"].items()]))
+    lines += ["", "### TSTR and TRTR per pattern and severity", "",
+              "Pattern accuracy on the real test slices of each pattern and, for defects, each severity bin (slices "
+              "of unknown severity count under 'all' only).", ""]
+    lines.append(_table(["bundle", "pattern", "severity", "n real", "TSTR", "TRTR"], [
+        [name, pattern, group, row["n"], _percent(row["tstr"]), _percent(row["trtr"])]
+        for name, s in bundles.items() for pattern, groups in s["tstr_breakdown"].items()
+        for group, row in groups.items()]))
+    lines += ["", "### Controllability of severity", "",
+              "For a model with defect axes: unilateral slices requested at severities evenly across its trained "
+              "range, at every level, territory it knows there and side (the same number of each); Spearman's rho "
+              "of requested severity and measured |AI|, and least-squares lines of |AI| on severity for these and "
+              "for the real unilateral test slices (their recorded severity). The real slices mix territories as the "
+              "cohort does, the requests evenly.", ""]
+    controlled = {name: s["controllability"] for name, s in bundles.items()}
+    lines.append(_table(["bundle", "requests", "Spearman rho (P)", "real slices' rho", "synthetic fit", "real fit"], [
+        [name, c["n"], f"{_number(c['spearman']['rho'], 2)} ({_p_value(c['spearman']['p'])})",
+         _number(c["real_spearman"]["rho"], 2), _fit(c["synthetic_fit"]), _fit(c["real_fit"])]
+        if c["applicable"] else [name, f"not applicable ({c['reason']})", "", "", "", ""]
+        for name, c in controlled.items()]))
+    rows = [[name, label, row["n"], _number(row["mean_severity"], 3), _number(row["mean_abs_ai"], 1),
+             _number(row["real_fit"], 1), _number(row["gap"], 1)]
+            for name, c in controlled.items() if c["applicable"] for label, row in c["bins"].items()]
+    if rows:
+        lines += ["", _table(["bundle", "severity bin", "n", "mean requested severity", "mean |AI| % synthetic",
+                              "real fit %", "gap (points)"], rows)]
+    lines += ["", "### Territory recognition", "",
+              "A classifier trained on the real train split's unilateral slices names the territory of a defect (at "
+              "each level among those the train split has there); its accuracy on the real unilateral test slices "
+              "and on the synthetic slices requested with a territory (those of the controllability grid).", ""]
+    lines.append(_table(["bundle", "territories", "real test", "synthetic"], [
+        [name, "; ".join(f"{level} {', '.join(names)}" for level, names in t["territories"].items()),
+         f"{_percent(t['real']['accuracy'])} of {t['real']['n']}",
+         f"{_percent(t['synthetic']['accuracy'])} of {t['synthetic']['n']}"]
+        if t["applicable"] else [name, f"not applicable ({t['reason']})", "", ""]
+        for name, t in ((name, s["territory_recognition"]) for name, s in bundles.items())]))
+    return "\n".join(lines)
 
 
 def render_report(result: dict) -> str:
@@ -296,9 +449,8 @@ def render_report(result: dict) -> str:
               "The targets are those of the shipped model A; every bundle is measured against them, side by side (the "
               "paper found B, trained on COR only, worse than A).", ""]
     verdicts = zip(*(bundles[name]["targets"] for name in names))  # the same targets in the same order
-    lines.append(_table(["target"] + names, [
-        [entries[0]["target"]] + [f"**{'PASS' if entry['passed'] else 'FAIL'}** {entry['value']}" for entry in entries]
-        for entries in verdicts]))
+    lines.append(_table(["target"] + names, [[entries[0]["target"]] + [_verdict(entry) for entry in entries]
+                                             for entries in verdicts]))
     if result.get("other_cohorts"):
         lines += ["", _other_cohorts_section(result)]
     lines += ["", _reading_note(result), "", "## MC and LR, real versus synthetic (Werner et al. 2022)", "",
@@ -347,6 +499,7 @@ def render_report(result: dict) -> str:
          _percent(s["conditional_accuracy"]["side"]),
          " / ".join(_percent(s["classifier_accuracy_real_test"][head]) for head in ("level", "pattern", "side")),
          _percent(s["tstr"]), _percent(s["trtr"])] for name, s in bundles.items()]))
+    lines += ["", _defect_section(bundles)]
     lines += ["", "## Memorization", "",
               "Root-mean-square pixel difference of each synthetic slice to its nearest training slice, against the "
               "same distance of real test slices; the fraction of synthetic slices below the 1st percentile of the "
@@ -368,8 +521,9 @@ def add_evaluate_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="compare synthetic slices of model bundles with a cohort's held-out test split",
         description="Paper table (MC and LR, Mann-Whitney U), C2ST, domain FID / KID, precision / recall, "
-                    "conditional accuracy, TSTR vs TRTR and memorization; writes report.md, evaluation.json and "
-                    "figures/.")
+                    "conditional accuracy, TSTR vs TRTR, memorization, texture and defect realism (|AI| per pattern, "
+                    "TSTR per severity; for models with defect axes, severity control and territory recognition); "
+                    "writes report.md, evaluation.json and figures/.")
     parser.add_argument("--bundle", action="append", required=True, metavar="DIR",
                         help="model bundle folder (repeat: --bundle models/spect_fastgan_A --bundle "
                              "models/spect_fastgan_B)")
@@ -393,9 +547,9 @@ def _run_evaluate(args) -> int:
     result = run_evaluation(sources, cohorts[0], Path(args.out), settings, progress=not args.no_progress,
                             other_cohorts=cohorts[1:])
     for name, summary in result["bundles"].items():
-        met = sum(target["passed"] for target in summary["targets"])
-        print(f"{name}: {met} of {len(summary['targets'])} targets met; C2ST {summary['c2st_accuracy']:.3f}, "
-              f"memorization {summary['memorization_fraction']:.1%}")
+        applicable = [target["passed"] for target in summary["targets"] if target["passed"] is not None]
+        print(f"{name}: {sum(applicable)} of {len(applicable)} applicable targets met; C2ST "
+              f"{summary['c2st_accuracy']:.3f}, memorization {summary['memorization_fraction']:.1%}")
     print(f"wrote {Path(args.out) / 'report.md'} and evaluation.json in {result['run_time_s']:.0f} s")
     return 0
 

@@ -1,9 +1,9 @@
 """The paper's comparison of real and synthetic slices (Werner et al. 2022).
 
-Mean counts (MC) and the left/right hemisphere ratio (LR) of every slice come from ``spectgan.geometry.roi`` (the template
-midline of canonical slices). Real and synthetic values are compared by the two-sided Mann-Whitney U test (Welch's t
-and Kolmogorov-Smirnov as secondary tests) with effect sizes, per level x pattern cell, pooled per pattern (as in the
-paper) and per level.
+Mean counts (MC), the left/right hemisphere ratio (LR) and the asymmetry index (AI %) of every slice come from
+``spectgan.geometry.roi`` (the template midline of canonical slices). Real and synthetic MC and LR are compared by the
+two-sided Mann-Whitney U test (Welch's t and Kolmogorov-Smirnov as secondary tests) with effect sizes, per level x
+pattern cell, pooled per pattern (as in the paper) and per level.
 """
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ from spectgan.evaluation.data import SliceSet
 from spectgan.geometry.roi import TEMPLATE_MIDLINE, hemisphere_stats
 from spectgan.geometry.template import canonical_image
 
-MEASURES = ("MC", "LR")
+MEASURES = ("MC", "LR")  # the paper's measures
+MEASURED = MEASURES + ("AI",)  # what ``measure`` gives of every slice (AI: ``spectgan.evaluation.defects``)
 POOLED = "all"  # the level or pattern of a pooled row
 SCOPES = ("pattern", "level", "cell")  # pooled per pattern (the paper's table), per level, per level x pattern cell
 
 
 @dataclass(frozen=True)
 class MeasuredSlices:
-    """A slice set and the MC and LR of each slice (NaN where a slice has no measurable brain)."""
+    """A slice set and the MC (counts), LR and AI (%) of each slice (NaN where a slice has no measurable brain)."""
 
     slices: SliceSet
     values: dict[str, np.ndarray]
@@ -46,14 +47,14 @@ class MeasuredSlices:
 
 
 def measure(slices: SliceSet) -> MeasuredSlices:
-    """MC and LR of every slice of a set."""
-    values = {name: np.full(len(slices), np.nan) for name in MEASURES}
+    """MC, LR and AI of every slice of a set."""
+    values = {name: np.full(len(slices), np.nan) for name in MEASURED}
     for index, (counts, condition) in enumerate(zip(slices.counts, slices.conditions)):
         try:
             result = hemisphere_stats(canonical_image(counts, condition.level), TEMPLATE_MIDLINE)
         except InvalidImageError:
             continue  # no brain to measure: left out, and the row's n says so
-        values["MC"][index], values["LR"][index] = result.mc, result.lr
+        values["MC"][index], values["LR"][index], values["AI"][index] = result.mc, result.lr, result.ai
     return MeasuredSlices(slices, values)
 
 
@@ -99,10 +100,10 @@ def compare_samples(real: np.ndarray, synthetic: np.ndarray) -> SampleComparison
         effect_r=float(2.0 * mann_whitney.statistic / (n_synth * n_real) - 1.0),
         p_welch=float(stats.ttest_ind(synthetic, real, equal_var=False).pvalue) if pooled_sd > 0 else math.nan,
         cohens_d=difference / pooled_sd if pooled_sd > 0 else math.nan,
-        p_ks=_kolmogorov_smirnov_p(synthetic, real))
+        p_ks=kolmogorov_smirnov_p(synthetic, real))
 
 
-def _kolmogorov_smirnov_p(first: np.ndarray, second: np.ndarray) -> float:
+def kolmogorov_smirnov_p(first: np.ndarray, second: np.ndarray) -> float:
     """Two-sided KS P value: exact where scipy can, else asymptotic (scipy's note about switching is silenced)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="ks_2samp: Exact calculation unsuccessful")
