@@ -100,3 +100,21 @@ def test_encoding_and_zero_start_of_the_defect_embedding():
     noise = [torch.randn(shape) for shape in plain.noise_shapes(2)]
     plain.eval(), with_axes.eval()
     assert torch.equal(plain(latent, codes[:, :3].long(), noise), with_axes(latent, codes, noise))
+
+
+def test_defect_head_pools_each_hemisphere_on_its_side_and_its_loss_rewards_the_requested_size():
+    from spectgan.models.fastgan.networks import SEVERITY_SCALE, defect_loss, hemisphere_pool
+
+    features = torch.zeros(1, 2, 8, 8)
+    features[..., 4:] = 1.0  # the array's right half: columns toward the patient's LEFT
+    assert hemisphere_pool(features).tolist() == [[1.0, 1.0, 0.0, 0.0]]  # left hemisphere first
+    codes = encode_conditions([Condition(Level.BG, Pattern.UNILATERAL, Side.LEFT,
+                                         (Lesion(Side.LEFT, "MCA", 0.2),))], ("ACA", "MCA"))
+    exact = torch.zeros(1, 9 + 2 * 5)
+    exact[0, 9 + 3] = 20.0  # left: territory MCA (index 3) certain
+    exact[0, 9 + 4] = SEVERITY_SCALE * 0.2  # left: the requested severity
+    exact[0, 9 + 5] = 20.0  # right: no lesion (index 0) certain
+    assert defect_loss(exact, codes).item() < 1e-6
+    stronger = exact.clone()
+    stronger[0, 9 + 4] = SEVERITY_SCALE * 0.45  # a more severe defect than asked for costs
+    assert defect_loss(stronger, codes).item() == pytest.approx(SEVERITY_SCALE ** 2 * 0.25 ** 2, rel=1e-4)

@@ -423,7 +423,8 @@ class Discriminator(nn.Module):
     2018), so that a generator whose images of a condition are all alike is caught. An auxiliary classifier on the
     pooled last map predicts level, pattern and side (logits [B, sum(CONDITION_CLASSES)], see
     ``condition_classification_loss``): trained on real images, it makes the generator draw the requested defect
-    on the requested side (AC-GAN, Odena et al. 2017). With ``quadrant`` given (training on real images) it also returns
+    on the requested side (AC-GAN, Odena et al. 2017). With defect axes a defect head beside it predicts each
+    hemisphere's territory and severity (``defect_loss``; its outputs follow the class logits). With ``quadrant`` given (training on real images) it also returns
     two reconstructions of size ``reconstruction_size``: the whole image from the 8 x 8 map and one quadrant from
     the 16 x 16 map.
     """
@@ -445,6 +446,9 @@ class Discriminator(nn.Module):
         self.projection = ConditionEmbedding(channels[8], normalize=True)
         self.defect_projection = DefectEmbedding(channels[8], len(territories)) if territories else None
         self.classifier = nn.Linear(channels[8], sum(CONDITION_CLASSES))
+        # with defect axes: per hemisphere, territory logits (none, unknown, territories) and the severity, from the
+        # last map pooled over each half of the image (a hemisphere each: see ``hemisphere_pool``)
+        self.defect_head = nn.Linear(2 * channels[8], 2 * (len(territories) + 3)) if territories else None
         self.decode_whole = Decoder(channels[8], width, reconstruction_size)
         self.decode_quadrant = Decoder(channels[16], width, reconstruction_size)
         self.reconstruction_size = reconstruction_size
@@ -463,6 +467,8 @@ class Discriminator(nn.Module):
                       ).sum(dim=1, keepdim=True)
         logits = self.head(torch.cat([x, minibatch_std(x)], dim=1)).flatten(1) + projection
         class_logits = self.classifier(pooled)
+        if self.defect_head is not None:
+            class_logits = torch.cat([class_logits, self.defect_head(hemisphere_pool(x))], dim=1)
         if quadrant is None:
             return logits, class_logits
         whole = self.decode_whole(x)
@@ -470,11 +476,42 @@ class Discriminator(nn.Module):
         return logits, class_logits, (whole, part)
 
 
+def hemisphere_pool(features: torch.Tensor) -> torch.Tensor:
+    """Maps [B, C, H, W] of a canonical slice -> [B, 2C]: the mean over the columns toward the patient's left (the
+    right half of the array), then over those toward the patient's right. A global mean loses which hemisphere a
+    feature came from, and with it most of a defect's size."""
+    half = features.shape[-1] // 2
+    return torch.cat([features[..., half:].mean(dim=(2, 3)), features[..., :half].mean(dim=(2, 3))], dim=1)
+
+
 def condition_classification_loss(class_logits: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of the level, pattern and side predictions [B, sum(CONDITION_CLASSES)] against the
-    encoded conditions [B, 3]."""
-    heads = torch.split(class_logits.float(), CONDITION_CLASSES, dim=1)
+    """Summed cross-entropy of the level, pattern and side predictions (the first sum(CONDITION_CLASSES) columns of
+    ``class_logits``) against the encoded conditions [B, 3 or 7]."""
+    heads = torch.split(class_logits[:, :sum(CONDITION_CLASSES)].float(), CONDITION_CLASSES, dim=1)
     return sum(F.cross_entropy(head, condition[:, column].long()) for column, head in enumerate(heads))
+
+
+SEVERITY_SCALE = 4.0  # the defect head regresses 4 x severity (about 0-2), so that its squared error weighs in
+
+
+def defect_loss(class_logits: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """The defect head's loss (a discriminator with defect axes): per hemisphere the cross-entropy of its territory
+    (none or a territory; unknown ones left out) plus the squared error of SEVERITY_SCALE x its severity (unknown ones
+    left out), against the encoded conditions [B, 7]. Unlike a class reward, the severity term pulls a generated
+    defect toward the requested size from both sides, so mild defects are rewarded for being mild."""
+    outputs = class_logits[:, sum(CONDITION_CLASSES):].float()
+    per_hemisphere = outputs.reshape(len(outputs), 2, -1)
+    total = outputs.new_zeros(())
+    for hemisphere in range(2):
+        territory = condition[:, 3 + 2 * hemisphere].long()
+        severity = condition[:, 4 + 2 * hemisphere].float()
+        known = territory != UNKNOWN_TERRITORY
+        if known.any():
+            total = total + F.cross_entropy(per_hemisphere[known, hemisphere, :-1], territory[known])
+        known = severity >= 0
+        if known.any():
+            total = total + F.mse_loss(per_hemisphere[known, hemisphere, -1], SEVERITY_SCALE * severity[known])
+    return total
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:

@@ -38,10 +38,10 @@ from spectgan.models.fastgan.bundle import BUNDLE_VERSION, export_bundle
 from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
 from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
 from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
-                                   condition_classification_loss, crop_quadrant, encode_conditions,
+                                   condition_classification_loss, crop_quadrant, defect_loss, encode_conditions,
                                    minibatch_group, to_counts, to_network_range)
 
-DEFECT_MODULES = ("defect_embedding.", "defect_projection.")  # modules a run with defect axes adds
+DEFECT_MODULES = ("defect_embedding.", "defect_projection.", "defect_head.")  # modules a run with defect axes adds
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class TrainSettings:
     # samples away from the class boundary, where the mild defects lie
     generator_classification_weight: float | None = None
     defect_axes: bool = False  # condition on each hemisphere's territory and severity as the cohort records them
+    defect_weight: float = 1.0  # with defect_axes: weight of the discriminator's defect head in both losses
     output_filter_fwhm_mm: float | None = None  # the generator's fixed post-filter; None: the cohort's, 0: none
     output_floor: float = 0.001  # share of the range the generator's output stage sets to zero (0: none)
     # the generator's noise stage (ReconstructionNoise: gain, exponent, sigma_px) estimated from the train split when
@@ -270,10 +271,14 @@ class Trainer:
     def load_weights(self, state: dict) -> None:
         """Start from another run's network weights (generator, discriminator, EMA), with fresh optimisers. A run
         without defect axes may start one with them: the defect embeddings keep their zero start, so the first
-        step makes what the other run made."""
+        step makes what the other run made; defect modules of another shape start anew too."""
         for name in ("generator", "discriminator", "ema"):
+            network = getattr(self, name)
+            shapes = {key: value.shape for key, value in network.state_dict().items()}
+            weights = {key: value for key, value in state[name].items()  # defect modules of another shape start anew
+                       if not (key.startswith(DEFECT_MODULES) and key in shapes and shapes[key] != value.shape)}
             try:
-                result = getattr(self, name).load_state_dict(state[name], strict=False)
+                result = network.load_state_dict(weights, strict=False)
             except RuntimeError:  # tensors of other shapes
                 raise SpectganError(f"--init-from: the {name} of that run does not fit this one (other widths, "
                                     "sizes or condition dimensions)") from None
@@ -304,10 +309,13 @@ class Trainer:
                   "d_fake": F.relu(1.0 + fake_logits.float()).mean(),
                   "reconstruction": reconstruction_loss(reconstructions, real, quadrant),
                   "d_classes": condition_classification_loss(real_classes, condition)}
-        weight = self.settings.classification_weight
+        weight, axes = self.settings.classification_weight, self.discriminator.defect_head is not None
+        if axes:
+            losses["d_defects"] = defect_loss(real_classes, condition)
         self.optimizer_discriminator.zero_grad(set_to_none=True)
         self.grad_scaler.scale(losses["d_real"] + losses["d_fake"] + losses["reconstruction"]
-                               + weight * losses["d_classes"]).backward()
+                               + weight * losses["d_classes"]
+                               + (self.settings.defect_weight * losses["d_defects"] if axes else 0.0)).backward()
         self.grad_scaler.step(self.optimizer_discriminator)
         # Generator: through the bare discriminator, whose gradients this step does not need.
         self.discriminator.requires_grad_(False)
@@ -315,11 +323,14 @@ class Trainer:
             fake_logits, fake_classes = self.discriminator(diff_augment(fake), condition)
         losses["g"] = -fake_logits.float().mean()
         losses["g_classes"] = condition_classification_loss(fake_classes, condition)
+        if axes:
+            losses["g_defects"] = defect_loss(fake_classes, condition)
         losses["diversity"] = diversity_shortfall(fake, pair_spread)
         generator_weight = weight if self.settings.generator_classification_weight is None \
             else self.settings.generator_classification_weight
         self.optimizer_generator.zero_grad(set_to_none=True)
         self.grad_scaler.scale(losses["g"] + generator_weight * losses["g_classes"]
+                               + (self.settings.defect_weight * losses["g_defects"] if axes else 0.0)
                                + self.settings.diversity_weight * losses["diversity"]).backward()
         self.grad_scaler.step(self.optimizer_generator)
         self.grad_scaler.update()
@@ -555,6 +566,9 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--defect-axes", action="store_const", const=True,
                         help="condition on each hemisphere's territory and severity as the cohort records them "
                              "(requests may then name them; default: off)")
+    parser.add_argument("--defect-weight", type=float,
+                        help="with --defect-axes: weight of the discriminator's territory and severity head in both "
+                             "losses (default 1.0)")
     parser.add_argument("--output-filter-fwhm-mm", type=float,
                         help="the generator's fixed post-filter, FWHM in mm (default: the cohort's reconstruction "
                              "post-filter; 0: none)")
