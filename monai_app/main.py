@@ -78,9 +78,9 @@ class SpectganApp(MONAILabelApp):
         return {name: config.trainer() for name, config in self.models.items()}
 
     def generation_request(self, model: str, params: str, output: Optional[str]) -> GenerationRequest:
-        """The infer request, validated once: unknown model, bad params or an answer format that does not apply
-        raise a domain error naming what is allowed."""
-        request = self.service.request(model, parse_params_json(params))
+        """The infer request, validated once: unknown model, bad or unknown params or an answer format that does not
+        apply raise a domain error naming what is allowed."""
+        request = self.service.request(model, parse_params_json(params), strict=True)
         if output is not None and output not in OUTPUTS:
             raise InvalidRequestError(f"output {output!r} is not available here; allowed: {', '.join(OUTPUTS)}")
         return request

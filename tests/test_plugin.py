@@ -148,7 +148,8 @@ def test_the_logic_against_a_scripted_server_upload_generate_table_export_and_re
     assert all(slicer.mrmlScene.GetNodeByID(node.GetID()) is node for node in nodes)
     table = logic.tableNode
     columns = [table.GetColumnName(index) for index in range(table.GetNumberOfColumns())]
-    assert columns[:5] == ["file", "level", "pattern", "side", "seed"] and {"mc", "lr", "ai"} <= set(columns)
+    assert columns[:7] == ["file", "level", "pattern", "side", "territory", "severity", "seed"]
+    assert {"mc", "lr", "ai"} <= set(columns)
     assert table.GetNumberOfRows() == len(names)  # the last batch only
     assert [table.GetCellText(2, index) for index in range(5)] == [
         "COR-unilateral-left_seed5.nii.gz", "COR", "unilateral", "left", "5"]

@@ -312,6 +312,8 @@ ERROR_CASES = {
                       f"available: {', '.join(STUDY_IDS)}"),
     "unknown model": ("spect_fastgan_C", OBLIQUE_STUDY, {"level": "BG", "pattern": "normal"}, 404,
                       "spect_fastgan_A, spect_fastgan_B"),
+    "misspelt param": ("spect_fastgan_A", OBLIQUE_STUDY, {"level": "BG", "pattern": "normal", "severty": 0.3}, 422,
+                       "unknown param(s) 'severty' for spect_fastgan_A; allowed: level, pattern, side, seed, psi"),
 }
 
 

@@ -17,7 +17,7 @@ from spectgan.conditions import (Condition, Level, Pattern, Side, describe_allow
                                  valid_conditions)
 from spectgan.errors import InvalidRequestError, MalformedRequestError
 from spectgan.geometry.registration import OUTPUT_SPACES
-from spectgan.lesions import DefectAxes, with_lesions
+from spectgan.lesions import LESION_AXES, DefectAxes, with_lesions
 from spectgan.models.synthesizer import Option, Synthesizer, check_lesions
 
 GENERATION_REQUEST = "spectgan_request"  # key of the checked GenerationRequest in MONAI Label's infer request dict
@@ -139,6 +139,25 @@ def parse_generation_request(model: str, params: Mapping[str, Any], synthesizer:
         raise InvalidRequestError(f"invalid output_space {output_space!r}; allowed: {', '.join(OUTPUT_SPACES)} "
                                   "(slice: the one-slice plane; reference: resampled onto the study's grid)")
     return GenerationRequest(model, condition, seed, options, output_space)
+
+
+# Keys that MONAI Label's own clients (its Python client, the Slicer and OHIF plugins) or its server add to an infer
+# request's params: allowed, and ignored.
+MONAI_LABEL_KEYS = frozenset({"client_id", "label_info", "result_extension", "result_dtype", "result_compress",
+                              "restore_label_idx", "largest_cc", "device", "logging", "model", "image", "session",
+                              "save_label", "description"})
+
+
+def check_param_names(params: Mapping[str, Any], synthesizer: Synthesizer) -> None:
+    """InvalidRequestError naming the allowed params when ``params`` has a key, with a value, that neither this model
+    nor MONAI Label knows (a misspelt ``severty`` must not quietly give the default slice)."""
+    allowed = list(infer_param_spec(synthesizer.levels, synthesizer.options(), synthesizer.defect_axes()))
+    known = {*allowed, *MONAI_LABEL_KEYS, *LESION_AXES}  # lesion axes: a model without them says so itself
+    unknown = sorted(str(key) for key, value in params.items() if key not in known and not _is_empty(value))
+    if unknown:
+        raise InvalidRequestError(f"unknown param(s) {', '.join(repr(key[:40]) for key in unknown[:5])} for "
+                                  f"{synthesizer.name}; allowed: {', '.join(allowed)} (and MONAI Label's own: "
+                                  f"{', '.join(sorted(MONAI_LABEL_KEYS))})")
 
 
 def defect_param_spec(axes: DefectAxes) -> dict:

@@ -39,8 +39,8 @@ from spectgan.geometry.roi import hemisphere_stats, read_image
 from spectgan.geometry.template import canonical_image
 from spectgan.models.synthesizer import (Synthesizer, TrainPlan, bundle_metadata, family_of, find_bundles, is_bundle,
                                          load_synthesizer)
-from spectgan.serving.request import (GenerationRequest, TrainRequest, infer_client_config, infer_param_spec,
-                                      parse_generation_request, parse_train_request)
+from spectgan.serving.request import (GenerationRequest, TrainRequest, check_param_names, infer_client_config,
+                                      infer_param_spec, parse_generation_request, parse_train_request)
 from spectgan.serving.settings import COHORT_ENV, models_dir_from
 
 logger = logging.getLogger(__name__)
@@ -233,9 +233,14 @@ class GenerationService:
                 "conditions": [condition.label for condition in valid_conditions(levels)],
                 "config": infer_client_config(params)}
 
-    def request(self, name: str, params: Mapping[str, Any]) -> GenerationRequest:
-        """Validate an infer request's params against the model's current bundle (``parse_generation_request``)."""
-        return parse_generation_request(name, params, self.synthesizer(name))
+    def request(self, name: str, params: Mapping[str, Any], strict: bool = False) -> GenerationRequest:
+        """Validate an infer request's params against the model's current bundle (``parse_generation_request``);
+        ``strict`` (the params a client sent, not MONAI Label's whole request): an unknown param is an error too
+        (``check_param_names``)."""
+        synthesizer = self.synthesizer(name)
+        if strict:
+            check_param_names(params, synthesizer)
+        return parse_generation_request(name, params, synthesizer)
 
     def train_request(self, name: str, params: Mapping[str, Any]) -> TrainRequest:
         """Validate train params against the model (its levels; its family's defaults)."""
