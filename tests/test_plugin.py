@@ -151,8 +151,8 @@ def test_the_logic_against_a_scripted_server_upload_generate_table_export_and_re
     assert columns[:7] == ["file", "level", "pattern", "side", "territory", "severity", "seed"]
     assert {"mc", "lr", "ai"} <= set(columns)
     assert table.GetNumberOfRows() == len(names)  # the last batch only
-    assert [table.GetCellText(2, index) for index in range(5)] == [
-        "COR-unilateral-left_seed5.nii.gz", "COR", "unilateral", "left", "5"]
+    assert [table.GetCellText(2, index) for index in range(7)] == [  # a model without defect axes: no lesions
+        "COR-unilateral-left_seed5.nii.gz", "COR", "unilateral", "left", "", "", "5"]
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1  # one table, refilled per batch
 
     with pytest.raises(ValueError, match="Generate scans first"):
