@@ -491,7 +491,9 @@ def condition_classification_loss(class_logits: torch.Tensor, condition: torch.T
     return sum(F.cross_entropy(head, condition[:, column].long()) for column, head in enumerate(heads))
 
 
-SEVERITY_SCALE = 4.0  # the defect head regresses 4 x severity (about 0-2), so that its squared error weighs in
+# The defect head regresses 12 x severity (about 2-6): a squared error of the severity itself (spread 0.1) weighs
+# nothing beside the adversarial and class losses, and at 4 x the generator still ignored the severity it was given.
+SEVERITY_SCALE = 12.0
 
 
 def defect_loss(class_logits: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
