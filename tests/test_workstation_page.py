@@ -104,13 +104,17 @@ def press_on(browser, element_id: str, *keys: str) -> None:
     browser.find_element(By.ID, element_id).send_keys(*keys)
 
 
-def add_condition(browser, level: str, pattern: str, side: str = "") -> None:
+def add_condition(browser, level: str, pattern: str, side: str = "", territory: str = "", severity: str = "") -> None:
     from selenium.webdriver.common.keys import Keys
 
     choose(browser, "level", level)
     choose(browser, "pattern", pattern)
     if side:
         choose(browser, "side", side)
+    if territory:
+        choose(browser, "territory", territory)
+    if severity:
+        press_on(browser, "severity", Keys.CONTROL, "a", Keys.NULL, severity)
     press_on(browser, "add-condition", Keys.ENTER)
 
 
@@ -195,22 +199,28 @@ def test_page_requests_two_conditions_shows_statistics_exports_and_opens_ohif(se
     offered = [option.get_attribute("value") for option in browser.find_elements(By.CSS_SELECTOR, "#pattern option")]
     assert offered == sorted({label.split("-")[1] for label in info["conditions"] if label.startswith("CER-")},
                              key=offered.index) and "bilateral" not in offered
-    add_condition(browser, "BG", "unilateral", "left")
+    choose(browser, "level", "BG")
+    choose(browser, "pattern", "unilateral")  # the model declares territory and severity: offered per level
+    offered = [option.get_attribute("value") for option in browser.find_elements(By.CSS_SELECTOR, "#territory option")]
+    assert offered == ["", *info["params"]["territory"]["per_level"]["BG"]]
+    add_condition(browser, "BG", "unilateral", "left", territory="MCA", severity="0.2")
     add_condition(browser, "COR", "normal")
+    assert not browser.find_element(By.ID, "territory-box").is_displayed()  # a normal slice has no defect
     assert [item.text.split("\n")[0] for item in browser.find_elements(By.CSS_SELECTOR, "#conditions li")] == \
-        ["BG-unilateral-left", "COR-normal"]
+        ["BG-unilateral-left (MCA 0.2)", "COR-normal"]
     generate(browser, "3", expected=2)
 
     rows = table_rows(browser)
     assert [row[4:6] for row in rows] == [["BG-unilateral-left", "3"], ["COR-normal", "3"]]
     with SpectGANClient(server.url) as client:  # the same request through /infer gives the same numbers
-        direct = [client.generate(OBLIQUE, MODEL, "BG", "unilateral", "left", seed=3),
+        direct = [client.generate(OBLIQUE, MODEL, "BG", "unilateral", "left", seed=3, territory="MCA", severity=0.2),
                   client.generate(OBLIQUE, MODEL, "COR", "normal", seed=3)]
     for row, result in zip(rows, direct):
         assert row[6:11] == [f"{result.stats[key]:.{digits}f}" for key, digits in
                              (("mc", 1), ("left", 1), ("right", 1), ("lr", 3), ("ai", 2))]
     cards = browser.find_elements(By.CSS_SELECTOR, ".result")
     assert len(cards) == 2 and all("MC" in card.text and "AI" in card.text for card in cards)
+    assert "BG-unilateral-left (MCA 0.2), seed 3" in cards[0].text  # the defect it was asked for, as made
     halves = [canvas_halves(browser, index) for index in range(len(direct))]
     assert all(variance > 100 for variance, _, _ in halves)  # slices, not blank canvases
     # radiological: the patient's left is the screen's right, so the darker half is the lower hemisphere; checked on

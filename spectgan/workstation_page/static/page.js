@@ -109,12 +109,29 @@ function updateConditionChoices() {
   const sides = unique(atLevel.filter((c) => c.pattern === $("pattern").value).map((c) => c.side));
   fill($("side"), sides, (side) => side || "none");
   $("side").disabled = sides.length === 1 && sides[0] === "";
+  updateDefectChoices();
+}
+
+// Territory and severity: offered when the model declares them (/info/ params) and the pattern is a defect; empty
+// means drawn from the model's training cohort. A bilateral defect takes the value for both sides.
+function updateDefectChoices() {
+  const params = state.models[$("model").value]?.params || {};
+  const offered = Boolean(params.territory && params.severity) && $("pattern").value !== "normal";
+  $("territory-box").hidden = $("severity-box").hidden = !offered;
+  if (!offered) return;
+  fill($("territory"), ["", ...(params.territory.per_level[$("level").value] || [])], (name) => name || "drawn");
+  const { minimum, maximum } = params.severity;
+  Object.assign($("severity"), { min: minimum, max: maximum, placeholder: `drawn (${minimum}-${maximum})` });
 }
 
 function selectedCondition() {
   const side = $("side").value;
-  return { level: $("level").value, pattern: $("pattern").value, side,
-           label: [$("level").value, $("pattern").value, side].filter(Boolean).join("-") };
+  const defect = $("territory-box").hidden ? {} : { territory: $("territory").value || null,
+                                                    severity: $("severity").value.trim() || null };
+  const lesion = [defect.territory, defect.severity].filter(Boolean).join(" ");
+  const label = [$("level").value, $("pattern").value, side].filter(Boolean).join("-");
+  return { level: $("level").value, pattern: $("pattern").value, side, ...defect,
+           label: lesion ? `${label} (${lesion})` : label };
 }
 
 function showConditions() {
@@ -421,6 +438,7 @@ async function generate() {
       $("progress-text").textContent = `Generating ${index + 1} of ${jobs.length}: ${job.condition.label}` +
         (job.seed === null ? ", random seed" : `, seed ${job.seed}`);
       const params = { level: job.condition.level, pattern: job.condition.pattern, side: job.condition.side || null,
+                       territory: job.condition.territory || null, severity: job.condition.severity || null,
                        seed: job.seed };
       const form = new FormData();
       form.append("params", JSON.stringify(params));
