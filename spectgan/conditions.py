@@ -96,6 +96,13 @@ class Condition:
         """The condition without its lesions (level, pattern, side)."""
         return Condition(self.level, self.pattern, self.side)
 
+    @property
+    def affected_sides(self) -> tuple[Side, ...]:
+        """The hemispheres a defect of this condition lies in: none (normal), its side (unilateral) or both."""
+        if self.pattern is Pattern.NORMAL:
+            return ()
+        return (self.side,) if takes_side(self.pattern) else tuple(Side)
+
     def lesion(self, side: Side) -> Optional[Lesion]:
         """The lesion of one hemisphere, if the condition names it."""
         return next((lesion for lesion in self.lesions if lesion.side is side), None)
@@ -126,6 +133,11 @@ def parse_member(enum_type, value, what: str):
 
 
 NUMBER_TEXT_LIMIT = 40  # characters of a number sent as text
+
+
+def is_empty(value) -> bool:
+    """A request value that says nothing: None or blank text."""
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def parse_number(value) -> float | None:

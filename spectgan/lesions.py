@@ -19,17 +19,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from spectgan.conditions import (Condition, Level, Lesion, Pattern, Side, parse_condition, parse_member, parse_number,
-                                 takes_side)
+from spectgan.conditions import (Condition, Level, Lesion, Pattern, Side, is_empty, parse_condition, parse_member,
+                                 parse_number, takes_side)
 
 UNKNOWN = "unknown"  # a territory or severity a cohort does not record
 LESION_AXES = ("territory", "severity")  # a lesion's axes: request params, CLI flags, manifest columns
 TERRITORY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,15}$")
 SEVERITY_DECIMALS = 4
-
-
-def _is_empty(value) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def _per_side(value, axis: str) -> dict[Side, Any]:
@@ -57,7 +53,7 @@ def _per_side(value, axis: str) -> dict[Side, Any]:
 
 def parse_territory(value, axis: str = "territory") -> str | None:
     """A territory name (letters, digits, ``_``; ``unknown`` or empty: None)."""
-    if _is_empty(value) or (isinstance(value, str) and value.strip().lower() == UNKNOWN):
+    if is_empty(value) or (isinstance(value, str) and value.strip().lower() == UNKNOWN):
         return None
     if not isinstance(value, str) or not TERRITORY_NAME.match(value.strip()):
         raise ValueError(f"{axis} must be a territory name such as MCA, got {value!r}")
@@ -66,7 +62,7 @@ def parse_territory(value, axis: str = "territory") -> str | None:
 
 def parse_severity(value, axis: str = "severity") -> float | None:
     """A severity: a fraction in [0, 1) (a number or its text; ``unknown`` or empty: None)."""
-    if _is_empty(value) or (isinstance(value, str) and value.strip().lower() == UNKNOWN):
+    if is_empty(value) or (isinstance(value, str) and value.strip().lower() == UNKNOWN):
         return None
     parsed = parse_number(value)
     if parsed is None or not 0 <= parsed < 1:
@@ -78,7 +74,7 @@ def parse_lesions(pattern: Pattern, side: Side | None, territory=None, severity=
     """The lesions a request or manifest row gives for a pattern (see the module's docstring); ValueError naming the
     allowed forms otherwise. A normal pattern takes neither axis."""
     if pattern is Pattern.NORMAL:
-        if not (_is_empty(territory) and _is_empty(severity)):
+        if not (is_empty(territory) and is_empty(severity)):
             raise ValueError("territory and severity describe a defect; a normal pattern takes neither (leave them "
                              "empty)")
         return ()
@@ -189,7 +185,7 @@ class LesionDistribution:
         rows (or a normal one) is returned with the lesions it has."""
         if condition.pattern is Pattern.NORMAL:
             return condition
-        sides = [condition.side] if takes_side(condition.pattern) else list(Side)
+        sides = condition.affected_sides
         given = {side: condition.lesion(side) or Lesion(side) for side in sides}
         if all(lesion.territory is not None and lesion.severity is not None for lesion in given.values()):
             return Condition(condition.level, condition.pattern, condition.side, tuple(given.values()))
@@ -229,7 +225,7 @@ def apply_lesions(conditions: Sequence[Condition], territory=None, severity=None
     """The defect conditions with the lesions ``territory`` and ``severity`` give (``with_lesions``), normal ones as
     they are: how one territory / severity applies to a batch of conditions. ValueError when either is given and no
     condition has a defect."""
-    if _is_empty(territory) and _is_empty(severity):
+    if is_empty(territory) and is_empty(severity):
         return list(conditions)
     if all(condition.pattern is Pattern.NORMAL for condition in conditions):
         raise ValueError("territory and severity describe a defect; ask for a unilateral or bilateral pattern")

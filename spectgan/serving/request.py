@@ -13,8 +13,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from spectgan.conditions import (Condition, Level, Pattern, Side, describe_allowed, parse_condition, parse_levels,
-                                 valid_conditions)
+from spectgan.conditions import (Condition, Level, Pattern, Side, describe_allowed, is_empty, parse_condition,
+                                 parse_levels, valid_conditions)
 from spectgan.errors import InvalidRequestError, MalformedRequestError
 from spectgan.geometry.registration import OUTPUT_SPACES
 from spectgan.lesions import LESION_AXES, DefectAxes, with_lesions
@@ -76,10 +76,6 @@ def parse_params_json(text: str | None) -> dict:
     return params
 
 
-def _is_empty(value) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
 def parse_integer(value, name: str, low: int, high: int, hint: str = "") -> int:
     """An integer param (a JSON integer or a string of digits) in [low, high]; InvalidRequestError otherwise."""
     parsed = None
@@ -98,11 +94,11 @@ def parse_condition_params(params: Mapping[str, Any], synthesizer: Synthesizer) 
     levels = synthesizer.levels
     valid = f"Valid conditions for {synthesizer.name}: {describe_allowed(levels)}"
     for name, allowed in (("level", [level.value for level in levels]), ("pattern", [p.value for p in Pattern])):
-        if _is_empty(params.get(name)):
+        if is_empty(params.get(name)):
             raise InvalidRequestError(f"{name} is required; allowed: {', '.join(allowed)}. {valid}")
     side = params.get("side")
     try:
-        condition = parse_condition(params["level"], params["pattern"], None if _is_empty(side) else side,
+        condition = parse_condition(params["level"], params["pattern"], None if is_empty(side) else side,
                                     levels=levels)
     except ValueError as error:
         raise InvalidRequestError(f"{error}. {valid}") from None
@@ -131,10 +127,10 @@ def parse_generation_request(model: str, params: Mapping[str, Any], synthesizer:
         raise MalformedRequestError(f"params must be a JSON object of named params, got {type(params).__name__}")
     condition = parse_condition_params(params, synthesizer)
     seed = params.get("seed")
-    seed = None if _is_empty(seed) else parse_integer(seed, "seed", 0, MAX_SEED, " (or empty for a random seed)")
+    seed = None if is_empty(seed) else parse_integer(seed, "seed", 0, MAX_SEED, " (or empty for a random seed)")
     options = {option.name: option.parse(params.get(option.name)) for option in synthesizer.options()}
     output_space = params.get("output_space")
-    output_space = OUTPUT_SPACES[0] if _is_empty(output_space) else output_space
+    output_space = OUTPUT_SPACES[0] if is_empty(output_space) else output_space
     if output_space not in OUTPUT_SPACES:
         raise InvalidRequestError(f"invalid output_space {output_space!r}; allowed: {', '.join(OUTPUT_SPACES)} "
                                   "(slice: the one-slice plane; reference: resampled onto the study's grid)")
@@ -153,7 +149,7 @@ def check_param_names(params: Mapping[str, Any], synthesizer: Synthesizer) -> No
     nor MONAI Label knows (a misspelt ``severty`` must not quietly give the default slice)."""
     allowed = list(infer_param_spec(synthesizer.levels, synthesizer.options(), synthesizer.defect_axes()))
     known = {*allowed, *MONAI_LABEL_KEYS, *LESION_AXES}  # lesion axes: a model without them says so itself
-    unknown = sorted(str(key) for key, value in params.items() if key not in known and not _is_empty(value))
+    unknown = sorted(str(key) for key, value in params.items() if key not in known and not is_empty(value))
     if unknown:
         raise InvalidRequestError(f"unknown param(s) {', '.join(repr(key[:40]) for key in unknown[:5])} for "
                                   f"{synthesizer.name}; allowed: {', '.join(allowed)} (and MONAI Label's own: "
@@ -211,13 +207,13 @@ def parse_train_request(name: str, params: Mapping[str, Any], levels: Sequence[L
     if not isinstance(params, Mapping):
         raise MalformedRequestError(f"train params must be a JSON object, got {type(params).__name__}")
     iterations = params.get("iterations")
-    iterations = default_iterations if _is_empty(iterations) else parse_integer(
+    iterations = default_iterations if is_empty(iterations) else parse_integer(
         iterations, "iterations", 1, MAX_TRAIN_ITERATIONS)
     batch = params.get("batch")
-    batch = default_batch_size if _is_empty(batch) else parse_integer(batch, "batch", 2, MAX_TRAIN_BATCH)
+    batch = default_batch_size if is_empty(batch) else parse_integer(batch, "batch", 2, MAX_TRAIN_BATCH)
     allowed = ", ".join(level.value for level in levels)
     wanted = params.get("levels")
-    if _is_empty(wanted):
+    if is_empty(wanted):
         return TrainRequest(iterations, batch, tuple(levels))
     try:
         parsed = parse_levels(wanted) if isinstance(wanted, (str, list, tuple)) else None

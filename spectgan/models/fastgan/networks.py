@@ -60,9 +60,8 @@ def encode_conditions(conditions: Sequence[Condition], territories: Sequence[str
         return torch.tensor(rows, dtype=torch.long).reshape(len(conditions), 3)
     index = {name: 2 + i for i, name in enumerate(territories)}
     for row, condition in zip(rows, conditions):
-        affected = {Pattern.NORMAL: (), Pattern.UNILATERAL: (condition.side,)}.get(condition.pattern, tuple(Side))
         for side in Side:
-            lesion = condition.lesion(side) or (Lesion(side) if side in affected else None)
+            lesion = condition.lesion(side) or (Lesion(side) if side in condition.affected_sides else None)
             if lesion is None:
                 row += [NO_TERRITORY, 0.0]
             else:
