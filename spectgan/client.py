@@ -39,8 +39,8 @@ import numpy as np
 import requests
 import SimpleITK as sitk
 
-from spectgan.cohorts.format import atomic_write_bytes, atomic_write_image
 from spectgan.conditions import Condition, Pattern, Side, parse_condition, parse_levels, parse_member, takes_side
+from spectgan.files import atomic_write_bytes, atomic_write_image
 from spectgan.lesions import LESION_AXES, apply_lesions, condition_from_dict, lesion_text
 from spectgan.errors import SpectganError
 from spectgan.figures import pyplot, save_figure

@@ -65,9 +65,9 @@ from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, gen
 from pydicom.valuerep import DSfloat
 
 from spectgan import __version__
-from spectgan.cohorts.format import atomic_write_bytes
 from spectgan.conditions import Condition, Lesion, Side
 from spectgan.errors import InvalidImageError, SpectganError
+from spectgan.files import atomic_write_bytes
 from spectgan.lesions import condition_from_dict
 from spectgan.simulation.protocol import (COLLIMATOR_TYPE, DEFAULT_MATRIX, ENERGY_WINDOW_FRACTION, PHOTOPEAK_KEV,
                                           RADIUS_OF_ROTATION_CM, ROTATION_DIRECTION, SCAN_ARC_DEG, START_ANGLE_DEG,
