@@ -8,6 +8,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+NIFTI_SUFFIX = ".nii.gz"  # how spectgan names the NIfTI files it writes (gzip-compressed)
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that it is either complete or absent."""
