@@ -71,7 +71,7 @@ class GenerationResult:
     ``timings_s``: seconds per step of the generation on the server.
     """
 
-    image: sitk.Image
+    image: sitk.Image = field(compare=False)  # SimpleITK's == compares pixels into an image, not into a bool
     condition: Condition
     seed: int
     model: ModelVersion

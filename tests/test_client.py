@@ -33,7 +33,7 @@ from spectgan.geometry.registration import pose_from_dict
 from spectgan.export.orthanc import LocalOrthanc
 from spectgan.export.pacs import pending_count
 from spectgan.geometry.roi import hemisphere_masks, hemisphere_stats
-from spectgan.results import GenerationResult
+from spectgan.results import GenerationResult, LevelPlane, ModelVersion, RegistrationSummary
 from test_dicom import make_oblique_scan
 from test_pacs import cfind_series, dicomweb_client
 from test_server import tiny_models  # noqa: F401 (a fixture: bundles A and B after one training step)
@@ -131,6 +131,22 @@ def test_generate_returns_the_image_with_its_geometry_stats_and_metadata(tmp_pat
     masks = hemisphere_masks(result.image, result.midline)  # read back once, split at the server's midline
     assert all((sitk.GetArrayViewFromImage(given) == sitk.GetArrayViewFromImage(expected)).all()
                for given, expected in zip(result.masks, masks))
+
+
+def test_a_result_reads_back_from_its_json_as_it_was_built():
+    image = make_oblique_scan(5).image
+    built = GenerationResult.measured(
+        image, MIDLINE, condition=Condition(Level.COR, Pattern.BILATERAL), seed=5,
+        model=ModelVersion(MODEL, "1.0.0", "ab" * 32, "fastgan"), reference="study", options={"psi": 0.7},
+        level_plane=LevelPlane((1.0, 2.0, 3.0), (0.0, 0.0, 1.0)),
+        registration=RegistrationSummary(0.9, -0.5, {"translation": [1.0, 2.0, 3.0]}, True),
+        timings_s={"total": 0.25}, result_id="abc")
+    values = json.loads(json.dumps(built.to_json()))
+    assert values["synthetic"] is True and values["psi"] == 0.7 and values["condition"]["label"] == "COR-bilateral"
+    assert GenerationResult.from_json(values, image) == built
+    with pytest.raises(ValueError, match="lacks midline, image"):
+        GenerationResult.from_json({key: value for key, value in values.items() if key not in ("midline", "image")},
+                                   image)
 
 
 def test_generate_sends_every_param_as_monai_label_expects(tmp_path):
