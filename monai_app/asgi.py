@@ -22,6 +22,7 @@ requests, one thread each).
 import hmac
 import shutil
 import tempfile
+from dataclasses import replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Optional
@@ -41,10 +42,11 @@ from monailabel.interfaces.exception import (ImageNotFoundException, LabelNotFou
 from monailabel.interfaces.utils.app import app_instance
 from starlette.concurrency import run_in_threadpool
 
-from spectgan.errors import (InvalidRequestError, MalformedRequestError, NotFoundError, SpectganError,
-                             TooLargeError, UnavailableError)
+from spectgan.errors import (AuthenticationError, InvalidRequestError, MalformedRequestError, NotFoundError,
+                             SpectganError, TooLargeError, UnavailableError)
 from spectgan.geometry.roi import read_image
-from spectgan.serving.page import parse_export_request, slice_view
+from spectgan.results import GenerationResult
+from spectgan.serving.page import describe_page, parse_export_request, slice_view
 from spectgan.serving.request import GENERATION_REQUEST
 from spectgan.serving.service import private_results_dir, use_server_threads, without_folder
 from spectgan.serving.settings import API_TOKEN_ENV, REPOSITORY_ROOT, api_token_from, max_upload_bytes_from
@@ -64,10 +66,6 @@ PAGE_HEADERS = {  # the page loads nothing from elsewhere
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
 }
-
-
-class AuthenticationError(Exception):
-    """A request without the server's bearer token (HTTP only: the core knows no tokens)."""
 
 
 # ---------------------------------------------------------------------------------------------------- errors
@@ -157,7 +155,7 @@ class EdgeGuard:
             length = headers.get(b"content-length", b"0").decode("latin-1")
             if length.isdecimal():
                 check_size(max(0, int(length) - MULTIPART_ALLOWANCE_BYTES), max_upload_bytes_from(conf))
-        except (AuthenticationError, SpectganError) as error:
+        except SpectganError as error:
             return await error_response(error)(scope, receive, send)
         return await self.app(scope, receive, send)
 
@@ -255,8 +253,9 @@ def _page_generation(model: str, image: str, params: str) -> dict:
         image_result = read_image(result["file"])
     finally:
         Path(result["file"]).unlink(missing_ok=True)
-    kept = instance.page_results.add(image_result, {**result["params"], "image": image})  # named by its id
-    return {"id": kept.metadata["result_id"], "result": kept.metadata, "view": slice_view(kept.image, kept.midline)}
+    kept = instance.page_results.add(replace(GenerationResult.from_json(result["params"], image_result),
+                                             reference=image))  # the study named by its id
+    return {"id": kept.result_id, "result": kept.to_json(), "view": slice_view(kept)}
 
 
 def _page_export(body) -> dict:
@@ -277,7 +276,7 @@ async def page_studies(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_
 
 @page_router.get("/api/config", summary=f"{RBAC_USER}What the page may offer (export, OHIF)")
 async def page_config(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
-    return app_instance().page_export.describe()
+    return describe_page(app_instance().page_export)
 
 
 @page_router.post("/api/generate/{model}", summary=f"{RBAC_USER}One slice as the spectgan page draws it")

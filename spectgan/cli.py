@@ -20,7 +20,7 @@ COMMANDS: dict[str, str] = {
     "synthesize": "spectgan.cohorts.synthetic",
     "evaluate": "spectgan.evaluation.report",
     "import": "spectgan.cohorts.importer",
-    "generate": "spectgan.client",
+    "generate": "spectgan.client.cli",
     "export": "spectgan.export.pacs",
     "bench": "spectgan.tools.bench",
     "demo": "spectgan.demo",

@@ -108,7 +108,10 @@ def run_chain(out: Path, models_dir: Path, study: str, seed: int) -> tuple[Path,
     overview pictures; export (one run: the scans of every model over the study land in one synthetic study).
     Returns the folder of the scans and Orthanc's storage folder. Both servers stop
     before it returns."""
-    from spectgan.client import DICOM_DIR, GenerationJob, SpectGANClient, export_results
+    from spectgan.client.batch import GenerationJob
+    from spectgan.client.http import SpectGANClient
+    from spectgan.client.result_files import DICOM_DIR
+    from spectgan.export.scans import export_results
     from spectgan.export.dicom import SyntheticRun
     from spectgan.export.orthanc import ORTHANC_BINARY, LocalOrthanc
     from spectgan.tools.server import ServerProcess

@@ -1,4 +1,5 @@
-"""Errors that spectgan reports to people as a message, never as a traceback."""
+"""Errors that spectgan reports to people as a message, never as a traceback: one class per kind, raised by the service
+and by the client alike (the client raises the kind of error the server answered)."""
 
 
 class SpectganError(Exception):
@@ -29,3 +30,7 @@ class NotFoundError(SpectganError):
 
 class UnavailableError(SpectganError):
     """The service cannot answer now (a model without a usable bundle, a generation worker that died)."""
+
+
+class AuthenticationError(SpectganError):
+    """A request without the service's API token, or with another token; the message never shows a token."""

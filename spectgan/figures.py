@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from spectgan.cohorts.format import atomic_write_bytes
+from spectgan.files import atomic_write_bytes
 
 
 def pyplot():

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spectgan.cohorts.format import (CohortRecord, atomic_write_image, compute_count_scale, write_cohort_info,
-                                    write_manifest)
+from spectgan.cohorts.format import CohortRecord, compute_count_scale, write_cohort_info, write_manifest
 from spectgan.conditions import Condition, Lesion, Level, Pattern, Side, valid_conditions
+from spectgan.files import atomic_write_image
 from spectgan.lesions import parse_lesions
 from spectgan.geometry.template import SLAB_THICKNESS_MM, canonical_image, pixel_spacing
 

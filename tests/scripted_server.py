@@ -19,14 +19,15 @@ from urllib.parse import parse_qs, urlsplit
 import SimpleITK as sitk
 from requests_toolbelt import MultipartEncoder
 
-from spectgan.client import parse_multipart
+from spectgan.client.http import parse_multipart
 from spectgan.conditions import parse_condition, valid_conditions
-from spectgan.geometry.roi import MidlinePlane, hemisphere_stats
+from spectgan.geometry.roi import MidlinePlane
+from spectgan.results import GenerationResult, ModelVersion
 from test_dicom import make_oblique_scan
 
 MIDLINE = MidlinePlane(point=(0.0, 18.0, 10.0), normal=(1.0, 0.0, 0.0))  # the plane make_oblique_scan splits at
 MODEL = "spect_fastgan_A"
-BUNDLE = {"version": "1.0.0", "sha256": "ab" * 32}
+VERSION, SHA256 = "1.0.0", "ab" * 32
 STUDIES = ("study",)  # the datastore's studies before any upload
 
 
@@ -89,11 +90,10 @@ class ScriptedServer:
         path = self.folder / name
         sitk.WriteImage(image, str(path), True)
         self.images[name] = image
-        metadata = {"model": model, **BUNDLE, "condition": {**condition.to_dict(), "label": condition.label},
-                    "seed": seed, "psi": params.get("psi"), "output_space": params.get("output_space"),
-                    "image": query["image"][0], "stats": hemisphere_stats(image, MIDLINE).to_dict(),
-                    "midline": {"point": list(MIDLINE.point), "normal": list(MIDLINE.normal)}, "synthetic": True}
-        return metadata, name, path.read_bytes()
+        result = GenerationResult.measured(image, MIDLINE, condition=condition, seed=seed,
+                                           model=ModelVersion(model, VERSION, SHA256), reference=query["image"][0],
+                                           output_space=params.get("output_space"), options={"psi": params.get("psi")})
+        return result.to_json(), name, path.read_bytes()
 
 
 def _handler(server: ScriptedServer):

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import time
+from dataclasses import replace
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -19,18 +20,20 @@ from gan_toy_cohort import toy_cohort  # noqa: F401 (a fixture)
 from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
 from scripted_server import MIDLINE, MODEL, ScriptedServer
 from spectgan.cli import main
-from spectgan.client import (GenerationResult, InvalidResponseError, NotFoundError, RequestRejectedError,
-                             ServerTimeoutError, ServerUnavailableError, SpectGANClient, draw_overview,
-                             expand_conditions, model_conditions, parse_multipart, parse_seeds)
+from spectgan.client.batch import expand_conditions, parse_seeds
+from spectgan.client.http import (InvalidResponseError, RequestRejectedError, ServerTimeoutError,
+                                  ServerUnavailableError, SpectGANClient, model_conditions, parse_multipart)
+from spectgan.client.overview import draw_overview
 from spectgan.conditions import LEVEL_Z_MM, Condition, Level, Pattern, Side, valid_conditions
 from spectgan.demo import STUDIES, require_bundles, run_chain
 from spectgan.export.dicom import counts_slope, read_scan, write_series
-from spectgan.errors import InvalidImageError, SpectganError
+from spectgan.errors import InvalidImageError, NotFoundError, SpectganError
 from spectgan.geometry.display import display_orientation, oriented
 from spectgan.geometry.registration import pose_from_dict
 from spectgan.export.orthanc import LocalOrthanc
 from spectgan.export.pacs import pending_count
-from spectgan.geometry.roi import hemisphere_stats
+from spectgan.geometry.roi import hemisphere_masks, hemisphere_stats
+from spectgan.results import GenerationResult, LevelPlane, ModelVersion, RegistrationSummary
 from test_dicom import make_oblique_scan
 from test_pacs import cfind_series, dicomweb_client
 from test_server import tiny_models  # noqa: F401 (a fixture: bundles A and B after one training step)
@@ -80,7 +83,8 @@ def test_4xx_is_a_typed_error_with_the_servers_message_and_is_not_retried(tmp_pa
         with pytest.raises(error_type) as caught:
             SpectGANClient(server.url, **FAST).generate("nope", MODEL, "XX", "normal")
         assert len(server.received) == 1
-    assert caught.value.status_code == status and caught.value.message == message
+    if error_type is RequestRejectedError:
+        assert caught.value.status_code == status and caught.value.message == message
     assert f"(HTTP {status}): {message}" in str(caught.value)
 
 
@@ -121,9 +125,28 @@ def test_generate_returns_the_image_with_its_geometry_stats_and_metadata(tmp_pat
     assert result.condition == Condition(Level.BG, Pattern.UNILATERAL, Side.LEFT) and result.seed == 7
     assert result.name == "BG-unilateral-left_seed7" and result.midline == MIDLINE
     measured_here = hemisphere_stats(result.image, result.midline).to_dict()
-    assert result.stats == {key: pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
-                            for key, value in measured_here.items()}
-    assert result.provenance()["sha256"] == "ab" * 32
+    assert result.stats.to_dict() == {key: pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
+                                      for key, value in measured_here.items()}
+    assert (result.model.name, result.model.sha256, result.options) == (MODEL, "ab" * 32, {"psi": 0.8})
+    masks = hemisphere_masks(result.image, result.midline)  # read back once, split at the server's midline
+    assert all((sitk.GetArrayViewFromImage(given) == sitk.GetArrayViewFromImage(expected)).all()
+               for given, expected in zip(result.masks, masks))
+
+
+def test_a_result_reads_back_from_its_json_as_it_was_built():
+    image = make_oblique_scan(5).image
+    built = GenerationResult.measured(
+        image, MIDLINE, condition=Condition(Level.COR, Pattern.BILATERAL), seed=5,
+        model=ModelVersion(MODEL, "1.0.0", "ab" * 32, "fastgan"), reference="study", options={"psi": 0.7},
+        level_plane=LevelPlane((1.0, 2.0, 3.0), (0.0, 0.0, 1.0)),
+        registration=RegistrationSummary(0.9, -0.5, {"translation": [1.0, 2.0, 3.0]}, True),
+        timings_s={"total": 0.25}, result_id="abc")
+    values = json.loads(json.dumps(built.to_json()))
+    assert values["synthetic"] is True and values["psi"] == 0.7 and values["condition"]["label"] == "COR-bilateral"
+    assert GenerationResult.from_json(values, image) == built
+    with pytest.raises(ValueError, match="lacks midline, image"):
+        GenerationResult.from_json({key: value for key, value in values.items() if key not in ("midline", "image")},
+                                   image)
 
 
 def test_generate_sends_every_param_as_monai_label_expects(tmp_path):
@@ -221,8 +244,7 @@ def test_overview_draws_every_scan(tmp_path):
     with ScriptedServer(tmp_path) as server, SpectGANClient(server.url, **FAST) as client:
         results = [client.generate("s", MODEL, "BG", "unilateral", "left", seed=seed) for seed in (0, 1)]
         results.append(client.generate("s", MODEL, "BG", "normal", seed=2))
-    unmeasured = GenerationResult(results[0].image, None, {**results[0].metadata, "stats": None, "seed": 9,
-                                                           "stats_error": "no brain"})
+    unmeasured = replace(results[0], stats=None, masks=None, seed=9, stats_error="no brain")
     path = draw_overview(results + [unmeasured], tmp_path / "overview.png")
     picture = sitk.ReadImage(str(path))
     assert picture.GetWidth() > 400 and picture.GetHeight() > 400
@@ -345,7 +367,7 @@ def test_demo_chain_through_the_real_server_and_orthanc(tiny_models, tmp_path, m
             normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
             plane_point = study_to_template.TransformPoint((0.0, 0.0, LEVEL_Z_MM[Level(entry["condition"]["level"])]))
             assert abs(np.dot(np.asarray(plane_point) - image.GetOrigin(), normal)) < 4.0  # on the level's plane
-            here = hemisphere_stats(image, GenerationResult(image, None, entry).midline).to_dict()
+            here = hemisphere_stats(image, GenerationResult.from_json(entry, image).midline).to_dict()
             assert entry["stats"] == {key: pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
                                       for key, value in here.items()}
         assert f"{model} in Orthanc: http://127.0.0.1:" in printed

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import highdicom as hd
 import numpy as np
@@ -17,27 +17,42 @@ from spectgan.export.dicom import (DEFECT_SEVERITY, DEFECT_TERRITORY, SYNTHETIC_
                                    SyntheticStudy, counts_slope, encode_scan, reference_label,
                                    outline, quantize_counts, read_scan, real_world_counts,
                                    write_series)
+from spectgan.conditions import Condition, parse_condition
 from spectgan.errors import InvalidImageError
-from spectgan.geometry.roi import TEMPLATE_MIDLINE, hemisphere_masks, hemisphere_stats
+from spectgan.geometry.roi import TEMPLATE_MIDLINE, HemisphereMasks, HemisphereStats
+from spectgan.lesions import condition_from_dict
+from spectgan.results import GenerationResult, ModelVersion
 from spectgan.simulation.protocol import protocol_for
 
 # dciodvfy 2022-06 predates the Synthetic Data attribute (0008,001C) that every object must carry, so it reports
 # that one standard attribute as unknown; every other error fails the test.
 UNKNOWN_TO_VALIDATOR = "not a recognized standard attribute - (0x0008,0x001c)"
 REFERENCE = "Doe_Jane-0123456789ab"  # a datastore id made from a file name, which may be a real name
-METADATA = {"condition": {"level": "BG", "pattern": "unilateral", "side": "left"}, "seed": 42,
-            "model": "spect_fastgan_A", "version": "1.0.0", "sha256": "0123456789abcdef" * 4}
+CONDITION = parse_condition("BG", "unilateral", "left")
+MODEL = ModelVersion("spect_fastgan_A", "1.0.0", "0123456789abcdef" * 4)
+SEED = 42
 
 
 @dataclass
 class Scan:
-    """A test scan: image in counts, hemisphere masks split at x = 0 (LPS), its statistics and metadata."""
+    """A test scan: image in counts, brain and hemisphere masks split at x = 0 (LPS), its statistics, the condition
+    and model it stands for."""
 
     image: sitk.Image
+    brain: np.ndarray
     left: np.ndarray
     right: np.ndarray
-    stats: dict
-    metadata: dict
+    stats: HemisphereStats | None
+    condition: Condition = CONDITION
+    model: ModelVersion = MODEL
+
+    def result(self, image: sitk.Image | None = None) -> GenerationResult:
+        """The scan as a generation result (its masks and statistics as computed here, not by spectgan's ROI code)."""
+        masks = HemisphereMasks(*(sitk.GetImageFromArray(mask[None].astype(np.uint8))
+                                  for mask in (self.brain, self.left, self.right)))
+        return GenerationResult(image=self.image if image is None else image, condition=self.condition, seed=SEED, model=self.model,
+                                reference=REFERENCE, midline=TEMPLATE_MIDLINE, stats=self.stats,
+                                masks=masks if self.stats is not None else None)
 
 
 def make_oblique_scan(rng_seed: int = 0, direction: tuple | None = None) -> Scan:
@@ -58,11 +73,12 @@ def make_oblique_scan(rng_seed: int = 0, direction: tuple | None = None) -> Scan
     image = _with_pixels(image, counts)
     mean_left, mean_right = counts[left].mean(), counts[right].mean()
     pixel_area = 3.5 * 3.2
-    stats = {"mc": counts[brain].mean(), "left": mean_left, "right": mean_right, "lr": mean_left / mean_right,
-             "ai": 100 * (mean_left - mean_right) / ((mean_left + mean_right) / 2),
-             "brain_size": brain.sum() * pixel_area, "left_size": left.sum() * pixel_area,
-             "right_size": right.sum() * pixel_area, "size_unit": "mm2", "n_left": int(left.sum())}
-    return Scan(image, left, right, stats, METADATA)
+    stats = HemisphereStats(
+        mc=counts[brain].mean(), left=mean_left, right=mean_right, lr=mean_left / mean_right,
+        ai=100 * (mean_left - mean_right) / ((mean_left + mean_right) / 2), n_brain=int(brain.sum()),
+        n_left=int(left.sum()), n_right=int(right.sum()), brain_size=brain.sum() * pixel_area,
+        left_size=left.sum() * pixel_area, right_size=right.sum() * pixel_area, size_unit="mm2", threshold=36.0)
+    return Scan(image, brain, left, right, stats)
 
 
 def _with_pixels(reference: sitk.Image, array: np.ndarray) -> sitk.Image:
@@ -71,8 +87,8 @@ def _with_pixels(reference: sitk.Image, array: np.ndarray) -> sitk.Image:
     return image
 
 
-def encode(scan: Scan, study: SyntheticStudy | None = None) -> list[pydicom.Dataset]:
-    return encode_scan(scan.image, scan.left, scan.right, scan.stats, scan.metadata, study or SyntheticStudy(REFERENCE))
+def encode(scan: Scan, study: SyntheticStudy | None = None, **options) -> list[pydicom.Dataset]:
+    return encode_scan(scan.result(), study or SyntheticStudy(REFERENCE), **options)
 
 
 def assert_same_scan(image: sitk.Image, stats: dict, scan: Scan, slope: float) -> None:
@@ -83,7 +99,7 @@ def assert_same_scan(image: sitk.Image, stats: dict, scan: Scan, slope: float) -
     np.testing.assert_allclose(image.GetDirection(), scan.image.GetDirection(), atol=1e-6)
     difference = np.abs(sitk.GetArrayFromImage(image) - sitk.GetArrayFromImage(scan.image))
     assert difference.max() <= slope / 2 + 1e-5
-    assert stats == {key: scan.stats[key] for key in stats}
+    assert stats == {key: scan.stats.to_dict()[key] for key in stats}
     assert set(stats) == {"mc", "left", "right", "lr", "ai", "brain_size", "left_size", "right_size", "size_unit"}
 
 
@@ -142,7 +158,7 @@ def test_one_run_over_one_reference_is_one_patient_study_and_frame_of_reference_
     run = SyntheticRun()
     scan = make_oblique_scan()
     model_a = encode(scan, run.study(REFERENCE))
-    scan.metadata = {**METADATA, "model": "spect_fastgan_B"}
+    scan.model = replace(MODEL, name="spect_fastgan_B")
     model_b = encode(scan, SyntheticStudy(REFERENCE, SyntheticRun(run.run_id)))  # the same run in another process
     keys = ("PatientID", "PatientName", "StudyInstanceUID", "StudyID", "AccessionNumber", "StudyDate", "StudyTime")
     first = model_a[0]
@@ -249,14 +265,12 @@ def test_sr_records_the_territory_and_severity_of_each_hemispheres_synthetic_def
     scan = make_oblique_scan()
     condition = {"level": "COR", "pattern": "bilateral", "side": None, "territory": {"left": "MCA", "right": "ACA"},
                  "severity": {"left": 0.2, "right": 0.3512}}
-    nm, _, sr = encode_scan(scan.image, scan.left, scan.right, scan.stats, {**METADATA, "condition": condition},
-                            SyntheticStudy(REFERENCE))
+    nm, _, sr = encode(replace(scan, condition=condition_from_dict(condition)))
     assert _hemisphere_defects(sr, tmp_path / "bilateral") == [[(["MCA"], [0.2]), (["ACA"], [0.3512])]] * 2
     assert dciodvfy_errors(next((tmp_path / "bilateral").iterdir())) == []
     assert json.loads(nm.ImageComments.split(": ", 1)[1])["condition"] == condition
-    unilateral = {**METADATA["condition"], "territory": "PCA", "severity": 0.25}  # BG unilateral left
-    sr = encode_scan(scan.image, scan.left, scan.right, scan.stats, {**METADATA, "condition": unilateral},
-                     SyntheticStudy(REFERENCE))[2]
+    unilateral = {**CONDITION.to_dict(), "territory": "PCA", "severity": 0.25}  # BG unilateral left
+    sr = encode(replace(scan, condition=condition_from_dict(unilateral)))[2]
     assert _hemisphere_defects(sr, tmp_path / "unilateral") == [[(["PCA"], [0.25]), ([], [])]] * 2
     assert _hemisphere_defects(encode(scan)[2], tmp_path / "plain") == [[([], []), ([], [])]] * 2  # no axes: none
 
@@ -316,8 +330,7 @@ def test_foreign_nm_without_a_counts_mapping_is_named():
 @pytest.mark.parametrize("matrix, views", [(128, 96), (64, 60)])
 def test_nm_modules_state_the_simulated_acquisition(matrix, views):
     scan = make_oblique_scan()
-    nm = encode_scan(scan.image, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy(REFERENCE),
-                     protocol=protocol_for(matrix))[0]
+    nm = encode(scan, protocol=protocol_for(matrix))[0]
     (window,) = nm.EnergyWindowInformationSequence
     assert nm.NumberOfEnergyWindows == 1
     window_range = window.EnergyWindowRangeSequence[0]
@@ -350,33 +363,27 @@ def test_negative_counts_are_stored_signed():
 
 
 def test_roi_masks_and_stats_go_straight_in(tmp_path):
-    image = make_oblique_scan().image
-    _, left, right = hemisphere_masks(image, TEMPLATE_MIDLINE)
-    stats = hemisphere_stats(image, TEMPLATE_MIDLINE).to_dict()
-    write_series(encode_scan(image, left, right, stats, METADATA, SyntheticStudy(REFERENCE)), tmp_path)
+    result = GenerationResult.measured(make_oblique_scan().image, TEMPLATE_MIDLINE, condition=CONDITION, seed=SEED,
+                                       model=MODEL, reference=REFERENCE)
+    write_series(encode_scan(result, SyntheticStudy(REFERENCE)), tmp_path)
     _, read_stats = read_scan(tmp_path)
-    assert read_stats == {key: stats[key] for key in read_stats}
+    assert read_stats == {key: result.stats.to_dict()[key] for key in read_stats}
     assert read_stats["size_unit"] == "mm2" and read_stats["left"] > read_stats["right"]
 
 
-def test_sitk_masks_and_2d_images_are_accepted(tmp_path):
+def test_2d_images_are_accepted():
     scan = make_oblique_scan()
-    masks = [sitk.GetImageFromArray(mask[None].astype(np.uint8)) for mask in (scan.left, scan.right)]
-    nm, seg, _ = encode_scan(scan.image, *masks, scan.stats, scan.metadata, SyntheticStudy(REFERENCE))
-    assert seg.NumberOfFrames == 2
-    plane = scan.image[:, :, 0]
-    assert encode_scan(plane, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy(REFERENCE))[0].Rows == 64
+    nm, seg, _ = encode_scan(scan.result(image=scan.image[:, :, 0]), SyntheticStudy(REFERENCE))
+    assert nm.Rows == 64 and seg.NumberOfFrames == 2
 
 
 @pytest.mark.parametrize("change, message", [
     (lambda scan: setattr(scan, "left", scan.left[:10]), "left mask has shape"),
     (lambda scan: setattr(scan, "right", scan.right | scan.left), "overlap"),
-    (lambda scan: scan.stats.pop("ai"), "statistics lack ai"),
-    (lambda scan: scan.stats.update(lr=float("nan")), "lr are not finite"),
-    (lambda scan: scan.stats.update(size_unit="cm"), "size_unit"),
-    (lambda scan: setattr(scan, "metadata", {**METADATA, "sha256": ""}), "metadata lacks sha256"),
-    (lambda scan: setattr(scan, "metadata", {**METADATA, "condition": {"level": "CER", "pattern": "bilateral"}}),
-     "does not exist at level CER"),
+    (lambda scan: setattr(scan, "stats", None), "without hemisphere statistics"),
+    (lambda scan: setattr(scan, "stats", replace(scan.stats, lr=float("nan"))), "lr is not a finite number"),
+    (lambda scan: setattr(scan, "stats", replace(scan.stats, size_unit="cm")), "size_unit"),
+    (lambda scan: setattr(scan, "model", replace(MODEL, sha256="")), "model lacks its sha256"),
 ])
 def test_bad_inputs_are_named(change, message):
     scan = make_oblique_scan()
@@ -389,10 +396,10 @@ def test_bad_images_are_named():
     scan = make_oblique_scan()
     volume = sitk.Image(48, 64, 2, sitk.sitkFloat32)
     with pytest.raises(InvalidImageError, match="one-slice"):
-        encode_scan(volume, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy(REFERENCE))
+        encode_scan(scan.result(image=volume), SyntheticStudy(REFERENCE))
     infinite = _with_pixels(scan.image, np.full((64, 48), np.inf))
     with pytest.raises(InvalidImageError, match="infinite"):
-        encode_scan(infinite, scan.left, scan.right, scan.stats, scan.metadata, SyntheticStudy(REFERENCE))
+        encode_scan(scan.result(image=infinite), SyntheticStudy(REFERENCE))
 
 
 def test_read_scan_names_a_folder_without_one_scan(tmp_path):
@@ -431,5 +438,5 @@ def test_every_sr_measurement_group_carries_coordinates_as_ohif_needs(tmp_path):
     inside = Path(brain.roi.value).contains_points(centres).reshape(scan.left.shape)
     np.testing.assert_array_equal(inside, scan.left | scan.right)
     values = {item.name.meaning: item.value for item in brain.get_measurements()}
-    assert values["Hemisphere asymmetry index"] == pytest.approx(scan.stats["ai"])
-    assert values["Left to right hemisphere mean count ratio"] == pytest.approx(scan.stats["lr"])
+    assert values["Hemisphere asymmetry index"] == pytest.approx(scan.stats.ai)
+    assert values["Left to right hemisphere mean count ratio"] == pytest.approx(scan.stats.lr)

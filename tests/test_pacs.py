@@ -26,7 +26,7 @@ def write_scans(folder, count: int = 1) -> tuple[list[Scan], list[Dataset]]:
     scans = [make_oblique_scan(index) for index in range(count)]
     datasets = []
     for index, scan in enumerate(scans):
-        encoded = encode_scan(scan.image, scan.left, scan.right, scan.stats, scan.metadata, study)
+        encoded = encode_scan(scan.result(), study)
         write_series(encoded, folder / f"scan{index}")
         datasets += encoded
     return scans, datasets

@@ -154,7 +154,7 @@ def test_generating_on_a_pacs_study_gives_what_the_nifti_study_gives(pacs_server
     from_pacs = response.json()
     service = GenerationService(tiny_models, ["spect_fastgan_A"])
     from_nifti = service.generate(service.request("spect_fastgan_A", params),
-                                  SAMPLE_STUDIES_DIR / f"{name}.nii.gz").result
+                                  SAMPLE_STUDIES_DIR / f"{name}.nii.gz").to_json()
     assert (from_pacs["seed"], from_pacs["condition"]) == (from_nifti["seed"], from_nifti["condition"])
     for key in ("mc", "left", "right", "lr"):
         np.testing.assert_allclose(from_pacs["stats"][key], from_nifti["stats"][key], rtol=GENERATED_STATS_RTOL,

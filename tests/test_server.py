@@ -33,14 +33,14 @@ from requests_toolbelt.multipart.decoder import MultipartDecoder
 from stand_in_family import left_low_counts
 
 from spectgan.cli import main as cli_main
-from spectgan.client import GenerationResult
 from spectgan.conditions import ALL_LEVELS, LEVEL_Z_MM, Lesion, Level, Side, valid_conditions
 from spectgan.models.fastgan import export_bundle
 from spectgan.models.fastgan.train import train
 from spectgan.geometry.registration import pose_from_sidecar
-from spectgan.geometry.roi import hemisphere_stats
+from spectgan.geometry.roi import hemisphere_masks, hemisphere_stats
 from spectgan.lesions import LESION_AXES, DefectAxes
 from spectgan.models.synthesizer import load_synthesizer
+from spectgan.results import GenerationResult
 from spectgan.serving.request import BASE_INFER_PARAMS
 from spectgan.serving.service import GenerationService
 from spectgan.serving.settings import DEFAULT_MODELS_DIR, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR, generation_workers_from
@@ -277,7 +277,8 @@ def test_generate_command_sends_territory_and_severity_and_records_what_was_used
     assert (rows["bilateral"]["territory"], rows["bilateral"]["severity"]) == ("ACA", "left=0.2000;right=0.3000")
     bilateral = next(entry for entry in json.loads((out / "stats.json").read_text())
                      if entry["condition"]["pattern"] == "bilateral")
-    assert GenerationResult(None, bilateral["stats"], bilateral).condition.lesions == (
+    image = sitk.ReadImage(str(out / bilateral["file"]))
+    assert GenerationResult.from_json(bilateral, image).condition.lesions == (
         Lesion(Side.LEFT, "ACA", 0.2), Lesion(Side.RIGHT, "ACA", 0.3))
     assert cli_main(["generate", "--server", server.url, "--image", OBLIQUE_STUDY, "--model", AXES_MODEL,
                      "--level", "COR", "--pattern", "normal", "--territory", "ACA", "--out", str(tmp_path / "no"),
@@ -412,8 +413,10 @@ def test_statistics_split_by_the_registered_midline_put_left_low_on_the_left(in_
         path = in_process.studies / f"{study}.nii.gz"
         outcome = in_process.service.generate(in_process.service.request("spect_fastgan_A", params), path)
         midline = in_process.service.registrations.get(path)[0].registration.midline()
-        assert outcome.result["midline"] == {"point": list(midline.point), "normal": list(midline.normal)}
-        assert outcome.result["stats"] == hemisphere_stats(outcome.image, midline).to_dict()
+        assert outcome.midline == midline and outcome.stats == hemisphere_stats(outcome.image, midline)
+        masks = hemisphere_masks(outcome.image, midline)  # measured once, with the statistics
+        assert all((sitk.GetArrayViewFromImage(given) == sitk.GetArrayViewFromImage(expected)).all()
+                   for given, expected in zip(outcome.masks, masks))
 
 
 @pytest.mark.skipif(not (DEFAULT_MODELS_DIR / "spect_fastgan_A").is_dir(),
@@ -425,8 +428,8 @@ def test_shipped_model_a_gives_left_low_statistics_for_unilateral_left(in_proces
         for level in ("CER", "BG", "COR"):
             request = shipped.request("spect_fastgan_A", {"level": level, "pattern": "unilateral", "side": "left",
                                                           "seed": 1})
-            result = shipped.generate(request, in_process.studies / f"{study}.nii.gz").result
-            assert result["stats"]["left"] < result["stats"]["right"], (study, level, result["stats"])
+            stats = shipped.generate(request, in_process.studies / f"{study}.nii.gz").stats
+            assert stats.left < stats.right, (study, level, stats)
 
 
 # ------------------------------------------------------------------------------------------------------------- fuzz

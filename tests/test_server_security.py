@@ -17,7 +17,8 @@ from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 from test_server import STUDY_IDS, tiny_models  # noqa: F401 (tiny_models: a fixture)
 
-from spectgan.client import AuthenticationError, RequestRejectedError, SpectGANClient
+from spectgan.client.http import SpectGANClient
+from spectgan.errors import AuthenticationError
 from spectgan.serving.settings import SAMPLE_STUDIES_DIR
 from spectgan.serving.uploads import ALLOWED_TYPES, ID_RULE
 from spectgan.tools.server import ServerProcess
@@ -143,5 +144,5 @@ def test_the_token_is_in_no_log_line(secured):
 
 def test_a_request_rejected_for_its_token_is_not_retried(secured):
     with SpectGANClient(secured.url, token="", verify=str(secured.certificate), retries=3, backoff_s=60) as client:
-        with pytest.raises(RequestRejectedError, match="requires an API token"):
+        with pytest.raises(AuthenticationError, match=r"\(HTTP 401\): this server requires an API token"):
             client.info()

@@ -124,8 +124,8 @@ def test_logic_end_to_end_upload_generate_table_export_and_the_side_in_ras(slice
     assert table.GetNumberOfRows() == 2
     for row, result in enumerate(logic.results):
         assert table.GetCellText(row, columns.index("side")) == "left"
-        assert table.GetCellText(row, columns.index("lr")) == f"{result.stats['lr']:.6g}"
-        assert result.stats["left"] < result.stats["right"]  # the server's statistics (LPS)
+        assert table.GetCellText(row, columns.index("lr")) == f"{result.stats.lr:.6g}"
+        assert result.stats.left < result.stats.right  # the server's statistics (LPS)
 
     for node, result in zip(nodes, logic.results):
         normal_ras = RAS_FROM_LPS @ np.asarray(result.midline.normal) / np.linalg.norm(result.midline.normal)

@@ -68,9 +68,9 @@ def test_logic_picks_pacs_studies_and_an_upload_generates_alike_and_exports_to_t
     for how, (node, result) in results.items():
         assert (result.seed, result.condition) == (results["upload"][1].seed, results["upload"][1].condition), how
         for key in ("mc", "left", "right", "lr"):
-            np.testing.assert_allclose(result.stats[key], results["upload"][1].stats[key], rtol=GENERATED_STATS_RTOL,
-                                       err_msg=f"{how} {key}")
-        assert result.stats["left"] < result.stats["right"], how  # the server's statistics (LPS)
+            np.testing.assert_allclose(getattr(result.stats, key), getattr(results["upload"][1].stats, key),
+                                       rtol=GENERATED_STATS_RTOL, err_msg=f"{how} {key}")
+        assert result.stats.left < result.stats.right, how  # the server's statistics (LPS)
         left, right = patient_sides_in_ras(node, result.midline)
         assert left < right, (how, left, right)  # the defect is at the patient's left, -x in RAS
 

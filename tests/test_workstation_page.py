@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from dicom_builders import Identity, nm_multiframe
 from test_reader_study import CHROMEDRIVER, CHROMIUM, text_of, wait_for
 
-from spectgan.client import SpectGANClient
+from spectgan.client.http import SpectGANClient
 from spectgan.export.orthanc import LocalOrthanc
 from spectgan.serving.settings import DEFAULT_MODELS_DIR, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR
 from spectgan.tools.server import ServerProcess
@@ -216,7 +216,7 @@ def test_page_requests_two_conditions_shows_statistics_exports_and_opens_ohif(se
         direct = [client.generate(OBLIQUE, MODEL, "BG", "unilateral", "left", seed=3, territory="MCA", severity=0.2),
                   client.generate(OBLIQUE, MODEL, "COR", "normal", seed=3)]
     for row, result in zip(rows, direct):
-        assert row[6:11] == [f"{result.stats[key]:.{digits}f}" for key, digits in
+        assert row[6:11] == [f"{getattr(result.stats, key):.{digits}f}" for key, digits in
                              (("mc", 1), ("left", 1), ("right", 1), ("lr", 3), ("ai", 2))]
     cards = browser.find_elements(By.CSS_SELECTOR, ".result")
     assert len(cards) == 2 and all("MC" in card.text and "AI" in card.text for card in cards)
@@ -225,7 +225,7 @@ def test_page_requests_two_conditions_shows_statistics_exports_and_opens_ohif(se
     assert all(variance > 100 for variance, _, _ in halves)  # slices, not blank canvases
     # radiological: the patient's left is the screen's right, so the darker half is the lower hemisphere; checked on
     # the left-sided defect (a normal slice, LR near 1, may have either half darker by a hair)
-    assert direct[0].stats["lr"] < 0.97
+    assert direct[0].stats.lr < 0.97
     assert halves[0][2] < halves[0][1], halves[0]
 
     browser.save_screenshot(str(ARTIFACTS / "page.png"))
@@ -236,7 +236,7 @@ def test_page_requests_two_conditions_shows_statistics_exports_and_opens_ohif(se
     table = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     assert [(row["level"], row["pattern"], row["side"], row["seed"]) for row in table] == \
         [("BG", "unilateral", "left", "3"), ("COR", "normal", "", "3")]
-    assert [float(row["mc"]) for row in table] == pytest.approx([result.stats["mc"] for result in direct], rel=1e-12)
+    assert [float(row["mc"]) for row in table] == pytest.approx([result.stats.mc for result in direct], rel=1e-12)
 
     export_selected(browser)
     assert text_of(browser, "export-status").startswith("Exported 2 results: 6 DICOM instances"), \

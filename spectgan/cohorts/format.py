@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +26,7 @@ import SimpleITK as sitk
 
 from spectgan.conditions import ALL_LEVELS, Condition, Lesion, Level, parse_condition
 from spectgan.errors import SpectganError
+from spectgan.files import atomic_write_bytes
 from spectgan.geometry.template import canonical_array
 from spectgan.lesions import lesion_text, parse_lesions
 
@@ -69,37 +68,6 @@ class CohortRecord:
                 "side": condition["side"] or "", "territory": lesion_text(self.labelled_condition, "territory"),
                 "severity": lesion_text(self.labelled_condition, "severity"), "file": self.file,
                 SEED_COLUMN: "" if self.seed is None else str(self.seed)}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that it is either complete or absent."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_image(image: sitk.Image, path: Path) -> None:
-    """Write a SimpleITK image (format from the suffix) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
-    os.close(handle)
-    try:
-        sitk.WriteImage(image, temporary, True)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_manifest(cohort_dir: Path, records: Sequence[CohortRecord]) -> None:

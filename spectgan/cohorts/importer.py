@@ -43,9 +43,10 @@ from pydicom.pixel_data_handlers.util import apply_modality_lut
 from tqdm import tqdm
 
 from spectgan import __version__
+from spectgan.files import atomic_write_bytes, atomic_write_image
 from spectgan.lesions import parse_lesions
-from spectgan.cohorts.format import (SPLITS, CohortRecord, atomic_write_bytes, atomic_write_image, compute_count_scale,
-                                    load_split, read_cohort_info, write_cohort_info, write_manifest)
+from spectgan.cohorts.format import (SPLITS, CohortRecord, compute_count_scale, load_split, read_cohort_info,
+                                     write_cohort_info, write_manifest)
 from spectgan.conditions import Condition, Level, Pattern, Side, parse_condition, parse_levels
 from spectgan.errors import InvalidImageError, SpectganError
 from spectgan.figures import pyplot, save_figure

@@ -18,12 +18,11 @@ import SimpleITK as sitk
 from scipy import ndimage
 from tqdm import tqdm
 
+from spectgan.files import atomic_write_bytes, atomic_write_image
 from spectgan.simulation.acquisition import acquire, axial_profile, system_fwhm_mm
 from spectgan.simulation.protocol import DEFAULT_MATRIX, protocol_for
-from spectgan.tools.bench import print_figures
-from spectgan.cohorts.format import (CohortRecord, atomic_write_bytes, atomic_write_image, compute_count_scale,
-                                     finished_cohort, load_split, read_cohort_info, write_cohort_info,
-                                     write_manifest)
+from spectgan.cohorts.format import (CohortRecord, compute_count_scale, finished_cohort, load_split, read_cohort_info,
+                                     write_cohort_info, write_manifest)
 from spectgan.conditions import PAPER_COUNTS, Condition, Lesion, Level, Pattern, Side
 from spectgan.figures import pyplot, save_figure
 from spectgan.geometry.registration import BRAIN_CENTRE_MM, pose_to_dict, similarity_pose
@@ -118,7 +117,7 @@ def _chunk_file(out: Path, number: int) -> Path:
     return Path(out) / "chunks" / f"chunk_{number:04d}.json"
 
 
-def _run_chunk(number: int, chunk: list[SliceJob], matrix: int, out: str) -> int:
+def run_chunk(number: int, chunk: list[SliceJob], matrix: int, out: str) -> int:
     """Worker: simulate a chunk, write its slices atomically, then its manifest rows (which mark it done)."""
     import torch
 
@@ -154,7 +153,7 @@ def build_cohort(out: Path, seed: int = 0, matrix: int = DEFAULT_MATRIX, scale: 
     started = time.perf_counter()
     with tqdm(total=len(jobs), initial=len(jobs) - sum(len(chunks[n]) for n in pending), unit="slice",
               desc="cohort", disable=not progress) as bar, ProcessPoolExecutor(max_workers=workers) as pool:
-        for done in pool.map(_run_chunk, pending, [chunks[n] for n in pending], [matrix] * len(pending),
+        for done in pool.map(run_chunk, pending, [chunks[n] for n in pending], [matrix] * len(pending),
                              [str(out)] * len(pending)):
             bar.update(done)
     write_manifest(out, _chunk_records(out, len(chunks)))
@@ -263,7 +262,7 @@ def build_studies(out: Path, seed: int = 0, progress: bool = True) -> list[Path]
     return written
 
 
-# --- preview, command line, benchmark -----------------------------------------------------------------------------
+# --- preview, command line -------------------------------------------------------------------------------------
 
 PREVIEW_COLUMNS = ((Pattern.NORMAL, None), (Pattern.UNILATERAL, Side.LEFT), (Pattern.UNILATERAL, Side.RIGHT),
                    (Pattern.BILATERAL, None))
@@ -333,29 +332,3 @@ def add_studies_command(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=lambda args: print("\n".join(map(str, build_studies(args.out, args.seed)))))
 
-
-def run_cohort_benchmark(as_json: bool = False) -> int:
-    """Slices per second at 64 and 128 and the projected time of the default and test-size cohorts."""
-    import tempfile
-
-    figures = {}
-    for matrix, n_slices in ((64, 64), (128, 64)):
-        jobs = cohort_jobs(seed=12345, scale=1.0)[:n_slices]
-        with tempfile.TemporaryDirectory() as folder:
-            chunks = [jobs[i:i + CHUNK_SIZE] for i in range(0, len(jobs), CHUNK_SIZE)]
-            started = time.perf_counter()
-            with ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, 2)) as pool:
-                list(pool.map(_run_chunk, range(len(chunks)), chunks, [matrix] * len(chunks),
-                              [folder] * len(chunks)))
-            seconds = time.perf_counter() - started
-        figures[f"slices_per_second_{matrix}"] = round(n_slices / seconds, 3)
-    default_slices = len(cohort_jobs(0, 1.0))
-    test_slices = len(cohort_jobs(0, 0.1))
-    figures["default_cohort_slices"] = default_slices
-    figures["default_cohort_projected_seconds"] = round(default_slices / figures["slices_per_second_128"], 1)
-    figures["test_cohort_projected_seconds"] = round(test_slices / figures["slices_per_second_64"], 1)
-    figures["targets"] = {"default_cohort_seconds": 1800, "test_cohort_seconds": 60}
-    figures["ratio_to_target_default"] = round(figures["default_cohort_projected_seconds"] / 1800, 3)
-    figures["ratio_to_target_test"] = round(figures["test_cohort_projected_seconds"] / 60, 3)
-    print_figures(figures, as_json)
-    return 0

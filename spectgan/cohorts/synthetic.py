@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from spectgan.tools.bench import print_figures
-from spectgan.cohorts.format import (CohortRecord, atomic_write_bytes, atomic_write_image, finished_cohort,
-                                     read_cohort_info, read_manifest, write_cohort_info, write_manifest)
+from spectgan.files import atomic_write_bytes, atomic_write_image
+from spectgan.cohorts.format import (CohortRecord, finished_cohort, read_cohort_info, read_manifest, write_cohort_info,
+                                     write_manifest)
 from spectgan.conditions import Condition, parse_levels, valid_conditions
 from spectgan.errors import SpectganError
 from spectgan.geometry.template import SLAB_THICKNESS_MM, canonical_image
@@ -210,22 +210,3 @@ def _run_synthesize(args) -> int:
           f"{info['bundle']['version']} in {out} (manifest.csv, cohort.json, {SPLIT}/)")
     return 0
 
-
-def run_synthesize_benchmark(as_json: bool = False) -> int:
-    """Slices per second of ``synthesize_cohort`` with the shipped model A, on every core, files included."""
-    import tempfile
-
-    bundle = Path("models/spect_fastgan_A")
-    conditions = load_synthesizer(bundle).conditions()
-    per_condition = 2 * CHUNK_SIZE // len(conditions) + 1
-    wanted = [(condition, per_condition) for condition in conditions]
-    with tempfile.TemporaryDirectory() as folder:
-        started = time.perf_counter()
-        synthesize_cohort(bundle, Path(folder) / "cohort", wanted, seed=0, progress=False)
-        seconds = time.perf_counter() - started
-    slices = per_condition * len(wanted)
-    rate = slices / seconds
-    print_figures({"bundle": str(bundle), "slices": slices, "workers": os.cpu_count(), "seconds": round(seconds, 2),
-                   "slices_per_second": round(rate, 1),
-                   "minutes_for_100000_slices": round(100_000 / rate / 60, 1)}, as_json)
-    return 0

@@ -18,8 +18,9 @@ from typing import Sequence
 
 import torch
 
+from spectgan.files import atomic_write_bytes
 from spectgan.tools.bench import print_figures
-from spectgan.cohorts.format import atomic_write_bytes, read_cohort_info
+from spectgan.cohorts.format import read_cohort_info
 from spectgan.conditions import Level
 from spectgan.errors import SpectganError
 from spectgan.evaluation.data import ArraySource, BundleSource, SyntheticSource, read_split

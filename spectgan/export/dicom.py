@@ -65,10 +65,11 @@ from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, gen
 from pydicom.valuerep import DSfloat
 
 from spectgan import __version__
-from spectgan.cohorts.format import atomic_write_bytes
-from spectgan.conditions import Condition, Lesion, Side
+from spectgan.conditions import Lesion, Side
 from spectgan.errors import InvalidImageError, SpectganError
-from spectgan.lesions import condition_from_dict
+from spectgan.files import atomic_write_bytes
+from spectgan.geometry.roi import PRIVATE_SCHEME, SIZE_UNIT, STATISTICS, HemisphereStats, Statistic
+from spectgan.results import GenerationResult
 from spectgan.simulation.protocol import (COLLIMATOR_TYPE, DEFAULT_MATRIX, ENERGY_WINDOW_FRACTION, PHOTOPEAK_KEV,
                                           RADIUS_OF_ROTATION_CM, ROTATION_DIRECTION, SCAN_ARC_DEG, START_ANGLE_DEG,
                                           Protocol, energy_window_kev, protocol_for)
@@ -77,18 +78,12 @@ from spectgan.simulation.protocol import (COLLIMATOR_TYPE, DEFAULT_MATRIX, ENERG
 SYNTHETIC_DATA_TAG = 0x0008001C
 MANUFACTURER = "spectgan"
 SLICE_VECTOR_TAG = 0x00540080  # the NM Frame Increment Pointer of a RECON TOMO image
-STAT_KEYS = ("mc", "left", "right", "lr", "ai")
-SIZE_KEYS = ("brain_size", "left_size", "right_size")
-METADATA_KEYS = ("condition", "seed", "model", "version", "sha256")
 SIDES = ("left", "right")  # SEG segment numbers 1 and 2
 REFERENCE_FRAMES = ("multi", "single")  # how encode_reference writes a volume: one instance or one per slice
 
-# Coded concepts of the SR. Mean counts are "NM Tomographic Activity" with derivation "Mean" (TID 300); LR and AI
-# have no standard code, so they live in a private coding scheme declared in the SR.
-PRIVATE_SCHEME = "99SPECTGAN"
-MEAN_COUNTS = codes.DCM.NuclearMedicineTomographicActivity
-LR_RATIO = Code("LR", PRIVATE_SCHEME, "Left to right hemisphere mean count ratio")
-ASYMMETRY_INDEX = Code("AI", PRIVATE_SCHEME, "Hemisphere asymmetry index")
+# Coded concepts of the SR: each statistic's is declared with it (``spectgan.geometry.roi.STATISTICS``; mean counts
+# are "NM Tomographic Activity" with derivation "Mean", TID 300; LR and AI have no standard code, so they live in
+# spectgan's private coding scheme, declared in the SR), the sizes' follow their unit.
 # The synthetic defect of a hemisphere (the condition the generator was given): its vascular territory (a code of
 # the private scheme per territory name, e.g. MCA) and its severity, the fractional CBF reduction.
 DEFECT_TERRITORY = Code("DEFTERRITORY", PRIVATE_SCHEME, "Vascular territory of the synthetic defect")
@@ -223,64 +218,41 @@ class SyntheticStudy:
         return self.series_count
 
 
-@dataclass(frozen=True)
-class Provenance:
-    """How a scan was made: the condition, seed and model (name, version, sha256 of the weights)."""
-
-    condition: Condition
-    seed: int
-    model: str
-    version: str
-    sha256: str
-
-    @classmethod
-    def from_metadata(cls, metadata: dict) -> "Provenance":
-        missing = [key for key in METADATA_KEYS if metadata.get(key) in (None, "")]
-        if missing:
-            raise DicomError(f"scan metadata lacks {', '.join(missing)}; required: {', '.join(METADATA_KEYS)}")
-        condition = metadata["condition"]
-        if not isinstance(condition, Condition):
-            try:
-                condition = condition_from_dict(condition)
-            except (KeyError, TypeError, ValueError) as error:
-                raise DicomError(f"scan metadata has an invalid condition {condition!r}: {error}") from None
-        return cls(condition, int(metadata["seed"]), str(metadata["model"]), str(metadata["version"]),
-                   str(metadata["sha256"]))
-
-    def series_description(self, content: str) -> str:
-        """``SYNTHETIC <model> <content> <condition> seed <seed>``, cut to the 64 characters of a DICOM LO."""
-        return f"SYNTHETIC {self.model} {content} {self.condition.label} seed {self.seed}"[:64]
-
-    def comment(self) -> str:
-        """Human- and machine-readable provenance for Image Comments."""
-        details = {"condition": self.condition.to_dict(), "seed": self.seed, "model": self.model,
-                   "version": self.version, "sha256": self.sha256}
-        return "SYNTHETIC image made by spectgan, no real patient: " + json.dumps(details, sort_keys=True)
+def _series_description(result: GenerationResult, content: str) -> str:
+    """``SYNTHETIC <model> <content> <condition> seed <seed>``, cut to the 64 characters of a DICOM LO."""
+    return f"SYNTHETIC {result.model.name} {content} {result.condition.label} seed {result.seed}"[:64]
 
 
-def encode_scan(image: sitk.Image, left_mask: np.ndarray | sitk.Image, right_mask: np.ndarray | sitk.Image,
-                stats: dict, metadata: dict, study: SyntheticStudy,
+def _comment(result: GenerationResult) -> str:
+    """Human- and machine-readable provenance for Image Comments: condition, seed, model, version, sha256."""
+    details = {"condition": result.condition.to_dict(), "seed": result.seed, "model": result.model.name,
+               "version": result.model.version, "sha256": result.model.sha256}
+    return "SYNTHETIC image made by spectgan, no real patient: " + json.dumps(details, sort_keys=True)
+
+
+def encode_scan(result: GenerationResult, study: SyntheticStudy,
                 protocol: Protocol = protocol_for(DEFAULT_MATRIX)) -> list[Dataset]:
-    """[NM, SEG, SR] of one synthetic slice.
-
-    ``image``: a one-slice volume (or 2D image) in counts, any direction; ``left_mask`` / ``right_mask``: binary
-    masks on its grid (patient sides); ``stats``: ``mc``, ``left``, ``right``, ``lr``, ``ai`` and, optionally,
-    ``brain_size``, ``left_size``, ``right_size`` in ``size_unit`` (mm2 or mm3), as ``spectgan.geometry.roi`` reports them;
-    ``metadata``: ``condition`` (level, pattern, side and, from a model with defect axes, territory and severity:
-    ``Condition.to_dict``), ``seed``, ``model``, ``version``, ``sha256``;
-    ``protocol``: the simulated acquisition of the model's training cohort, which the NM header states (views,
-    orbit).
+    """[NM, SEG, SR] of one generated slice, as the result holds it: its image (a one-slice volume or 2D image in
+    counts, any direction), the hemisphere masks and statistics measured on it (``result.masks``, ``result.stats``;
+    the SR records the statistics ``spectgan.geometry.roi.STATISTICS`` declares with a concept), the condition,
+    seed and model it was made of. ``protocol``: the simulated acquisition of the model's training cohort, which the
+    NM header states (views, orbit).
     """
-    image = _one_slice_image(image)
-    masks = [_mask_array(mask, image, side) for side, mask in zip(SIDES, (left_mask, right_mask))]
+    if result.stats is None or result.masks is None:
+        raise DicomError(f"cannot encode {result.name} without hemisphere statistics: "
+                         f"{result.stats_error or 'none were measured'}")
+    missing = [name for name in ("name", "version", "sha256") if not getattr(result.model, name)]
+    if missing:
+        raise DicomError(f"the scan's model lacks its {', '.join(missing)}; the DICOM objects name the model's "
+                         "name, version and sha256")
+    image = _one_slice_image(result.image)
+    masks = [_mask_array(mask, image, side) for side, mask in zip(SIDES, (result.masks.left, result.masks.right))]
     if np.any(masks[0] & masks[1]):
         raise DicomError(f"the left and right masks overlap in {np.count_nonzero(masks[0] & masks[1])} pixels")
-    stats = _validated_stats(stats)
-    provenance = Provenance.from_metadata(metadata)
-    nm = _nm_image(image, provenance, study, protocol)
+    nm = _nm_image(image, result, study, protocol)
     tracking = {side: generate_uid() for side in SIDES}
-    seg = _hemisphere_segmentation(nm, masks, tracking, provenance, study)
-    sr = _measurement_report(nm, seg, masks, tracking, stats, provenance, study)
+    seg = _hemisphere_segmentation(nm, masks, tracking, result, study)
+    sr = _measurement_report(nm, seg, masks, tracking, result, study)
     return [nm, seg, sr]
 
 
@@ -480,22 +452,6 @@ def _mask_array(mask: np.ndarray | sitk.Image, image: sitk.Image, side: str) -> 
     return array.reshape(rows, columns) != 0
 
 
-def _validated_stats(stats: dict) -> dict:
-    missing = [key for key in STAT_KEYS if key not in stats]
-    if missing:
-        raise DicomError(f"statistics lack {', '.join(missing)}; required: {', '.join(STAT_KEYS)}")
-    keys = STAT_KEYS + tuple(key for key in SIZE_KEYS if key in stats)
-    values = {key: float(stats[key]) for key in keys}
-    bad = [key for key, value in values.items() if not np.isfinite(value)]
-    if bad:
-        raise DicomError(f"statistics {', '.join(bad)} are not finite numbers")
-    if len(keys) > len(STAT_KEYS):
-        if stats.get("size_unit") not in SIZE_CODES:
-            raise DicomError(f"sizes need size_unit {' or '.join(SIZE_CODES)}, got {stats.get('size_unit')!r}")
-        values["size_unit"] = stats["size_unit"]
-    return values
-
-
 def _ds(value: float) -> DSfloat:
     """A float as a DICOM decimal string of at most 16 characters."""
     return DSfloat(float(value), auto_format=True)
@@ -518,16 +474,16 @@ def _with_file_meta(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def _nm_image(image: sitk.Image, provenance: Provenance, study: SyntheticStudy, protocol: Protocol) -> Dataset:
+def _nm_image(image: sitk.Image, result: GenerationResult, study: SyntheticStudy, protocol: Protocol) -> Dataset:
     """NM Image IOD of a generated slice: one-frame RECON TOMO (``_nm_instance``) that names its model."""
     stored, slope = quantize_counts(sitk.GetArrayViewFromImage(image).astype(np.float64))
     ds = _nm_instance(image, stored, slope, study, protocol, generate_uid(), study.next_series_number(),
                       instance_number=1, sop_instance_uid=generate_uid())
     ds.ImageType = ["DERIVED", "PRIMARY", "RECON TOMO", "EMISSION"]
-    ds.ManufacturerModelName, ds.SoftwareVersions = provenance.model, [__version__, provenance.version]
-    ds.ImageComments = provenance.comment()
-    ds.DerivationDescription = study.derivation(provenance.model)
-    _mark_synthetic(ds, provenance.series_description("SPECT"))
+    ds.ManufacturerModelName, ds.SoftwareVersions = result.model.name, [__version__, result.model.version]
+    ds.ImageComments = _comment(result)
+    ds.DerivationDescription = study.derivation(result.model.name)
+    _mark_synthetic(ds, _series_description(result, "SPECT"))
     return ds
 
 
@@ -716,7 +672,7 @@ def _single_frame_view(nm: Dataset) -> Dataset:
 
 
 def _hemisphere_segmentation(nm: Dataset, masks: list[np.ndarray], tracking: dict[str, str],
-                             provenance: Provenance, study: SyntheticStudy) -> Dataset:
+                             result: GenerationResult, study: SyntheticStudy) -> Dataset:
     """SEG of the hemisphere masks (segment 1 left, 2 right) with the SR's tracking UIDs and display colours."""
     algorithm = hd.AlgorithmIdentificationSequence(
         name="spectgan hemisphere split", family=codes.DCM.HistogramAnalysis, version=__version__)
@@ -737,11 +693,11 @@ def _hemisphere_segmentation(nm: Dataset, masks: list[np.ndarray], tracking: dic
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
         series_instance_uid=generate_uid(), series_number=study.next_series_number(),
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
-        manufacturer_model_name=provenance.model, software_versions=[__version__, provenance.version],
-        device_serial_number=provenance.sha256[:64], content_label="HEMISPHERES",
+        manufacturer_model_name=result.model.name, software_versions=[__version__, result.model.version],
+        device_serial_number=result.model.sha256[:64], content_label="HEMISPHERES",
         content_description="Left and right hemisphere ROIs split at the midsagittal plane",
         omit_empty_frames=False)
-    _mark_synthetic(seg, provenance.series_description("ROIs"))
+    _mark_synthetic(seg, _series_description(result, "ROIs"))
     return _with_file_meta(seg)
 
 
@@ -761,32 +717,55 @@ def _defect_items(lesion: Lesion | None) -> tuple[list[hd.sr.QualitativeEvaluati
     return evaluations, measurements
 
 
-def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], tracking: dict[str, str], stats: dict,
-                        provenance: Provenance, study: SyntheticStudy) -> Dataset:
+def _concept(statistic: Statistic, size_unit: str) -> Code | None:
+    """A statistic's concept in the SR (a size's: area or volume, by the unit); None: not recorded there."""
+    if statistic.unit == SIZE_UNIT:
+        return SIZE_CODES[size_unit]
+    return Code(*statistic.code) if statistic.code else None
+
+
+def _recorded(region: str, size_unit: str) -> list[tuple[Statistic, Code]]:
+    """The statistics of a region (``brain``, ``left``, ``right``) that the SR records, with their concepts."""
+    return [(statistic, concept) for statistic in STATISTICS
+            if statistic.region == region and (concept := _concept(statistic, size_unit)) is not None]
+
+
+def _measurements(stats: HemisphereStats, region: str) -> list[hd.sr.Measurement]:
+    """The SR measurements of a region: its recorded statistics, in their declared order; DicomError for a value
+    that is not a finite number."""
+    if stats.size_unit not in SIZE_CODES:
+        raise DicomError(f"sizes need size_unit {' or '.join(SIZE_CODES)}, got {stats.size_unit!r}")
+    measurements = []
+    for statistic, concept in _recorded(region, stats.size_unit):
+        value = float(getattr(stats, statistic.key))
+        if not np.isfinite(value):
+            raise DicomError(f"statistic {statistic.key} is not a finite number ({value})")
+        unit = stats.size_unit if statistic.unit == SIZE_UNIT else statistic.unit
+        measurements.append(_measurement(concept, value, unit,
+                                         Code(*statistic.derivation) if statistic.derivation else None))
+    return measurements
+
+
+def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], tracking: dict[str, str],
+                        result: GenerationResult, study: SyntheticStudy) -> Dataset:
     """TID 1500 SR: per hemisphere a TID 1411 group (its SEG segment) and a TID 1410 group (its outline on the NM
-    frame, which viewers such as OHIF draw), both with the hemisphere's tracking UID and the territory and severity
-    of its synthetic defect (``_defect_items``); a TID 1410 group for the brain (MC, LR, AI) with the outline of
-    both hemispheres. (A group without coordinates, such as a TID 1501 image group, stops OHIF 3.10 from loading
-    the SR at all: it expects every NUM there to hold coordinates.)"""
+    frame, which viewers such as OHIF draw), both with the hemisphere's tracking UID, its statistics and the
+    territory and severity of its synthetic defect (``_defect_items``); a TID 1410 group for the brain (MC, LR, AI,
+    size) with the outline of both hemispheres. (A group without coordinates, such as a TID 1501 image group, stops
+    OHIF 3.10 from loading the SR at all: it expects every NUM there to hold coordinates.)"""
     algorithm = hd.sr.AlgorithmIdentification(name="spectgan hemisphere statistics", version=__version__)
     nm_frame = dict(referenced_sop_class_uid=nm.SOPClassUID, referenced_sop_instance_uid=nm.SOPInstanceUID,
                     referenced_frame_numbers=[1])
-    size_unit = stats.get("size_unit")
-
-    def sized(measurements: list[hd.sr.Measurement], key: str) -> list[hd.sr.Measurement]:
-        return measurements + ([_measurement(SIZE_CODES[size_unit], stats[key], size_unit)] if key in stats else [])
-
     groups: list = []
     centroids = [np.argwhere(mask).mean(axis=0)[::-1] for mask in masks]  # (column, row) of each hemisphere
     for number, (side, mask) in enumerate(zip(SIDES, masks), start=1):
-        evaluations, defect = _defect_items(provenance.condition.lesion(Side(side)))
+        evaluations, defect = _defect_items(result.condition.lesion(Side(side)))
         hemisphere = dict(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[side], identifier=f"{side} hemisphere"),
             finding_type=codes.SCT.CerebralHemisphere,
             finding_sites=[hd.sr.FindingSite(codes.SCT.CerebralHemisphere, laterality=LATERALITY[side])],
             algorithm_id=algorithm, qualitative_evaluations=evaluations,
-            measurements=sized([_measurement(MEAN_COUNTS, stats[side], "counts", codes.SCT.Mean)], f"{side}_size")
-            + defect)
+            measurements=_measurements(result.stats, side) + defect)
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             referenced_segment=hd.sr.ReferencedSegment(
                 sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
@@ -802,13 +781,11 @@ def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], trac
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(masks[0] | masks[1], (0.0, 1.0)),
             source_image=hd.sr.SourceImageForRegion(**nm_frame)),
         finding_type=codes.SCT.Brain, finding_sites=[hd.sr.FindingSite(codes.SCT.Brain)], algorithm_id=algorithm,
-        measurements=sized([_measurement(MEAN_COUNTS, stats["mc"], "counts", codes.SCT.Mean),
-                            _measurement(LR_RATIO, stats["lr"], "ratio"),
-                            _measurement(ASYMMETRY_INDEX, stats["ai"], "percent")], "brain_size")))
+        measurements=_measurements(result.stats, "brain")))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(), name=MANUFACTURER, model_name=provenance.model))
+            uid=generate_uid(), name=MANUFACTURER, model_name=result.model.name))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.LN.SPECTBrain, imaging_measurements=groups)
@@ -821,7 +798,7 @@ def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], trac
     scheme.CodingSchemeName = "spectgan hemisphere statistics and synthetic defects"
     scheme.CodingSchemeResponsibleOrganization = "spectgan"
     sr.CodingSchemeIdentificationSequence = [scheme]
-    _mark_synthetic(sr, provenance.series_description("stats"))
+    _mark_synthetic(sr, _series_description(result, "stats"))
     return _with_file_meta(sr)
 
 
@@ -837,30 +814,29 @@ def _is(concept, code: Code) -> bool:
 
 
 def _stats_from_report(sr: Dataset) -> dict:
-    """The statistics ``encode_scan`` put into a TID 1500 SR."""
+    """The statistics ``encode_scan`` put into a TID 1500 SR (those ``STATISTICS`` declares with a concept, and the
+    size unit), by their keys."""
     report = hd.sr.MeasurementReport.from_sequence([sr])
     stats: dict = {}
 
-    def collect(measurements, means_key: str, size_key: str) -> None:
+    def collect(measurements, region: str) -> None:
         for measurement in measurements:
-            if _is(measurement.name, MEAN_COUNTS) and _is(measurement.derivation, codes.SCT.Mean):
-                stats[means_key] = measurement.value
-            elif _is(measurement.name, LR_RATIO):
-                stats["lr"] = measurement.value
-            elif _is(measurement.name, ASYMMETRY_INDEX):
-                stats["ai"] = measurement.value
-            for unit, code in SIZE_CODES.items():
-                if _is(measurement.name, code):
-                    stats[size_key], stats["size_unit"] = measurement.value, unit
+            for size_unit in SIZE_CODES:
+                for statistic, concept in _recorded(region, size_unit):
+                    if _is(measurement.name, concept) and (statistic.derivation is None or _is(
+                            measurement.derivation, Code(*statistic.derivation))):
+                        stats[statistic.key] = measurement.value
+                        if statistic.unit == SIZE_UNIT:
+                            stats["size_unit"] = size_unit
 
     for group in report.get_volumetric_roi_measurement_groups():
         laterality = group.finding_sites[0].laterality if group.finding_sites else None
         for side in SIDES:
             if _is(laterality, LATERALITY[side]):
-                collect(group.get_measurements(), side, f"{side}_size")
+                collect(group.get_measurements(), side)
     for group in report.get_planar_roi_measurement_groups(finding_type=codes.SCT.Brain):
-        collect(group.get_measurements(), "mc", "brain_size")
-    missing = [key for key in STAT_KEYS if key not in stats]
+        collect(group.get_measurements(), "brain")
+    missing = [statistic.key for statistic in STATISTICS if statistic.code and statistic.key not in stats]
     if missing:
         raise DicomError(f"SR {sr.SOPInstanceUID} lacks the statistics {', '.join(missing)}")
     return stats

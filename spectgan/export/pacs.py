@@ -38,8 +38,8 @@ from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from pynetdicom.status import code_to_category
 from requests.adapters import HTTPAdapter
 
-from spectgan.cohorts.format import atomic_write_bytes
 from spectgan.errors import SpectganError
+from spectgan.files import atomic_write_bytes
 
 USERNAME_ENV = "SPECTGAN_PACS_USERNAME"
 PASSWORD_ENV = "SPECTGAN_PACS_PASSWORD"

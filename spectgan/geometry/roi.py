@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -62,32 +62,108 @@ class MidlinePlane:
 TEMPLATE_MIDLINE = MidlinePlane(point=(0.0, 0.0, 0.0), normal=(1.0, 0.0, 0.0))
 
 
+REGIONS = ("brain", "left", "right")  # the ROIs a statistic describes (left and right: the patient's hemispheres)
+SIZE_UNIT = "size"  # the unit of a size statistic: the stats' own ``size_unit`` (mm2 or mm3)
+# Coded concepts (code value, coding scheme, meaning) of the statistics in the DICOM SR. LR and AI have no standard
+# code: they live in spectgan's private coding scheme, which the SR declares.
+PRIVATE_SCHEME = "99SPECTGAN"
+NM_ACTIVITY = ("110821", "DCM", "Nuclear Medicine Tomographic Activity")
+MEAN = ("373098007", "SCT", "Mean")
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """How one hemisphere statistic is shown and recorded, declared once beside its field of ``HemisphereStats``:
+    the server's answer, the client's tables, the spectgan page's cards and table and the DICOM SR all follow these
+    declarations, so a new statistic is a field, its declaration and its formula in ``hemisphere_stats``.
+
+    ``unit``: ``counts``, ``ratio``, ``percent``, ``voxels`` or ``SIZE_UNIT``; ``digits``: decimals shown;
+    ``region``: the ROI it describes (``REGIONS``); ``summary``: shown on the page's cards and table; ``code`` (and
+    ``derivation``): its concept in the SR (value, scheme, meaning). The SR records the statistics with a code and
+    the sizes (their concept, area or volume, follows the unit); the others it leaves out.
+    """
+
+    key: str
+    label: str
+    unit: str
+    digits: int
+    region: str
+    summary: bool = False
+    code: tuple[str, str, str] | None = None
+    derivation: tuple[str, str, str] | None = None
+
+    def to_dict(self) -> dict:
+        """The declaration as JSON (what the spectgan page reads)."""
+        return asdict(self)
+
+
+FIELD_TYPES = {"float": float, "int": int, "str": str}  # HemisphereStats' field types, as annotated
+
+
+def _declared(label: str, unit: str, digits: int, region: str, **more) -> dict:
+    """Field metadata declaring a statistic of ``HemisphereStats`` (its key is the field's name)."""
+    return {"statistic": (label, unit, digits, region, more)}
+
+
 @dataclass(frozen=True)
 class HemisphereStats:
     """Hemisphere ROI statistics of one image.
 
     Means are in counts; ``lr`` = left / right; ``ai`` = 100 (L - R) / ((L + R) / 2) in %; ``n_*`` are voxel
     counts; ``*_size`` are areas in mm^2 (2D and one-slice 3D images) or volumes in mm^3, as ``size_unit`` says;
-    ``threshold`` is the count threshold that defined the brain.
+    ``threshold`` is the count threshold that defined the brain. Each statistic's declaration (``Statistic``) is its
+    field's metadata; ``STATISTICS`` lists them.
     """
 
-    mc: float
-    left: float
-    right: float
-    lr: float
-    ai: float
-    n_brain: int
-    n_left: int
-    n_right: int
-    brain_size: float
-    left_size: float
-    right_size: float
+    mc: float = field(metadata=_declared("MC", "counts", 1, "brain", summary=True, code=NM_ACTIVITY,
+                                         derivation=MEAN))
+    left: float = field(metadata=_declared("Left", "counts", 1, "left", summary=True, code=NM_ACTIVITY,
+                                           derivation=MEAN))
+    right: float = field(metadata=_declared("Right", "counts", 1, "right", summary=True, code=NM_ACTIVITY,
+                                            derivation=MEAN))
+    lr: float = field(metadata=_declared("LR", "ratio", 3, "brain", summary=True, code=(
+        "LR", PRIVATE_SCHEME, "Left to right hemisphere mean count ratio")))
+    ai: float = field(metadata=_declared("AI", "percent", 2, "brain", summary=True, code=(
+        "AI", PRIVATE_SCHEME, "Hemisphere asymmetry index")))
+    n_brain: int = field(metadata=_declared("brain voxels", "voxels", 0, "brain"))
+    n_left: int = field(metadata=_declared("left voxels", "voxels", 0, "left"))
+    n_right: int = field(metadata=_declared("right voxels", "voxels", 0, "right"))
+    brain_size: float = field(metadata=_declared("brain size", SIZE_UNIT, 1, "brain"))
+    left_size: float = field(metadata=_declared("left size", SIZE_UNIT, 1, "left"))
+    right_size: float = field(metadata=_declared("right size", SIZE_UNIT, 1, "right"))
     size_unit: str
-    threshold: float
+    threshold: float = field(metadata=_declared("threshold", "counts", 2, "brain"))
 
     def to_dict(self) -> dict:
         """Plain JSON-serialisable dict (floats, ints, one string)."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "HemisphereStats":
+        """The statistics from ``to_dict``'s form; ValueError naming what is missing or not a number."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"statistics must be an object, got {values!r}")
+        missing = [item.name for item in fields(cls) if item.name not in values]
+        if missing:
+            raise ValueError(f"statistics lack {', '.join(missing)}")
+        try:
+            return cls(**{item.name: FIELD_TYPES[item.type](values[item.name]) for item in fields(cls)})
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"statistics hold a value that is not a number: {error}") from None
+
+
+STATISTICS: tuple[Statistic, ...] = tuple(
+    Statistic(item.name, *item.metadata["statistic"][:4], **item.metadata["statistic"][4])
+    for item in fields(HemisphereStats) if "statistic" in item.metadata)
+
+
+class HemisphereMasks(NamedTuple):
+    """The brain and its hemispheres as UInt8 masks (1 inside) on the measured image's grid: the regions behind its
+    ``HemisphereStats``."""
+
+    brain: sitk.Image
+    left: sitk.Image
+    right: sitk.Image
 
 
 class _Split(NamedTuple):
@@ -123,21 +199,35 @@ def brain_mask(image: sitk.Image, threshold_fraction: float = DEFAULT_THRESHOLD_
 
 
 def hemisphere_masks(image: sitk.Image, midline: MidlinePlane | None = None,
-                     threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION
-                     ) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
+                     threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION) -> HemisphereMasks:
     """(brain, left, right) UInt8 masks on the image's grid, split by ``midline`` in physical space.
 
     Without a midline the plane goes through the brain mask's physical centroid with normal +x (patient's left).
     Voxel centres on the plane belong to neither hemisphere.
     """
-    split = _split(image, midline, threshold_fraction)
-    return tuple(_mask_image(mask, image) for mask in (split.brain, split.left, split.right))
+    return _masks(image, _split(image, midline, threshold_fraction))
 
 
 def hemisphere_stats(image: sitk.Image, midline: MidlinePlane | None = None,
                      threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION) -> HemisphereStats:
     """Mean counts of the brain and of each hemisphere, LR, AI and sizes of a 2D or 3D image in counts."""
+    return _stats(image, _split(image, midline, threshold_fraction))
+
+
+def measure_hemispheres(image: sitk.Image, midline: MidlinePlane | None = None,
+                        threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION
+                        ) -> tuple[HemisphereStats, HemisphereMasks]:
+    """``hemisphere_stats`` and the masks they measured (``hemisphere_masks``), from one split of the image."""
     split = _split(image, midline, threshold_fraction)
+    return _stats(image, split), _masks(image, split)
+
+
+def _masks(image: sitk.Image, split: "_Split") -> HemisphereMasks:
+    return HemisphereMasks(*(_mask_image(mask, image) for mask in (split.brain, split.left, split.right)))
+
+
+def _stats(image: sitk.Image, split: "_Split") -> HemisphereStats:
+    """The statistics of one split of the image."""
     masks = (split.brain, split.left, split.right)
     mc, left, right = (float(split.values[mask].mean(dtype=np.float64)) for mask in masks)
     n_brain, n_left, n_right = (int(np.count_nonzero(mask)) for mask in masks)

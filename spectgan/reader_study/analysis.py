@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import binom, binomtest
 
-from spectgan.cohorts.format import atomic_write_bytes
 from spectgan.conditions import Condition
 from spectgan.errors import SpectganError
 from spectgan.figures import pyplot, save_figure
+from spectgan.files import atomic_write_bytes
 from spectgan.reader_study.study import read_info, read_key, read_sheet
 
 ALPHA = 0.05

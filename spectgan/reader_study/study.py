@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from spectgan.cohorts.format import atomic_write_bytes
 from spectgan.conditions import Condition, parse_condition
 from spectgan.errors import SpectganError
+from spectgan.files import atomic_write_bytes
 
 TRUTHS = ("real", "synthetic")
 BLOCKS = ("study", "practice")

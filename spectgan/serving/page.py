@@ -7,7 +7,8 @@ aside (``monai_app.asgi`` has the routes).
 - ``ResultStore``: the latest results by a random id, so that the page exports what it shows (never a path);
 - ``PageExport``: DICOM (NM, hemisphere SEG, SR; ``spectgan.export.dicom``) of chosen results, sent to the server's
   PACS through the outbox of ``spectgan.export.pacs``; the scans of one page run over one reference land in one
-  synthetic study, which the bundled OHIF shows when the PACS is the server's own DICOMweb datastore.
+  synthetic study, which the bundled OHIF shows when the PACS is the server's own DICOMweb datastore;
+- ``describe_page``: what the page may offer, and the statistics it shows, as declared.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import hashlib
 import secrets
 import threading
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import quote
@@ -23,11 +25,12 @@ from urllib.parse import quote
 import numpy as np
 import SimpleITK as sitk
 
-from spectgan.client import GenerationResult, send_to_pacs, write_dicom
 from spectgan.errors import InvalidImageError, InvalidRequestError, NotFoundError, UnavailableError
+from spectgan.export.scans import send_to_pacs, write_dicom
 from spectgan.geometry.display import direction_letter, display_orientation, displayed_axes, midline_distance, \
     oriented
-from spectgan.geometry.roi import MidlinePlane, hemisphere_masks
+from spectgan.geometry.roi import STATISTICS
+from spectgan.results import GenerationResult
 
 RESULT_STORE_SIZE = 512  # results the page can still export (a 64 x 64 slice takes 16 kB)
 MAX_EXPORT_RESULTS = 64
@@ -39,26 +42,24 @@ def _base64(array: np.ndarray, dtype: str) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype=dtype).tobytes()).decode("ascii")
 
 
-def slice_view(image: sitk.Image, midline: MidlinePlane) -> dict:
-    """A one-slice image as the page draws it, radiologically.
+def slice_view(result: GenerationResult) -> dict:
+    """A one-slice result as the page draws it, radiologically: its image, its hemisphere masks as measured.
 
     ``counts``: base64 of little-endian float32 [rows, columns] in counts; ``regions``: base64 of uint8 [rows,
-    columns] (``REGION_CODES``; all 0 when no brain could be split); ``spacing_mm``: (column width, row height);
+    columns] (``REGION_CODES``; all 0 when no brain was measured); ``spacing_mm``: (column width, row height);
     ``midline``: (a, b, c) with a x column + b x row + c = signed distance in mm (> 0 toward the patient's left) at
     the pixel centre (column, row); ``marks``: the patient direction at the screen's left, right, top and bottom.
     """
+    image = result.image
     if image.GetDimension() != 3 or image.GetSize()[2] != 1:
         raise InvalidImageError(f"the page shows one-slice images (output_space slice), got size {image.GetSize()}")
     orientation = display_orientation(image)
     counts = oriented(sitk.GetArrayFromImage(image)[0], orientation)
     regions = np.zeros(counts.shape, dtype=np.uint8)
-    try:
-        _, left, right = hemisphere_masks(image, midline)
-        for side, mask in (("left", left), ("right", right)):
+    if result.masks is not None:  # None: no brain to split, the result's stats_error says why
+        for side, mask in (("left", result.masks.left), ("right", result.masks.right)):
             regions[oriented(sitk.GetArrayFromImage(mask)[0], orientation) > 0] = REGION_CODES[side]
-    except InvalidImageError:
-        pass  # no brain to split: the result's stats_error says why
-    distance = oriented(midline_distance(image, midline), orientation)
+    distance = oriented(midline_distance(image, result.midline), orientation)
     rows, columns = distance.shape
     per_column = float(distance[0, 1] - distance[0, 0]) if columns > 1 else 0.0
     per_row = float(distance[1, 0] - distance[0, 0]) if rows > 1 else 0.0
@@ -82,12 +83,11 @@ class ResultStore:
         self._results: OrderedDict[str, GenerationResult] = OrderedDict()
         self._lock = threading.Lock()
 
-    def add(self, image: sitk.Image, metadata: dict) -> GenerationResult:
-        """Keep a result (the server's image and JSON result, to which its new id is added as ``result_id``)."""
-        result_id = secrets.token_urlsafe(12)
-        metadata = {**metadata, "result_id": result_id}
+    def add(self, result: GenerationResult) -> GenerationResult:
+        """Keep a result under a new random id; the result with that ``result_id``."""
+        kept = replace(result, result_id=secrets.token_urlsafe(12))
         with self._lock:
-            kept = self._results[result_id] = GenerationResult(image, metadata.get("stats"), metadata)
+            self._results[kept.result_id] = kept
             while len(self._results) > self.capacity:
                 self._results.popitem(last=False)
         return kept
@@ -148,7 +148,7 @@ class PageExport:
             raise UnavailableError("this server has no PACS to export to: start it with --conf pacs URL (or "
                                    "$SPECTGAN_PACS_URL), or with a DICOMweb datastore")
         run = self._run(run_id)
-        key = hashlib.sha256("\0".join(sorted(result.metadata["result_id"] for result in results)).encode())
+        key = hashlib.sha256("\0".join(sorted(result.result_id for result in results)).encode())
         folder = self.folder / run.run_id / key.hexdigest()[:16]
         try:
             sent = send_to_pacs(folder, self.pacs_url) if folder.is_dir() else \
@@ -168,3 +168,9 @@ class PageExport:
             studies[study.study_instance_uid]["scans"] += 1
         return {"run": run.run_id, "studies": list(studies.values()), "instances": sent.sent + sent.already_confirmed,
                 "sent_now": sent.sent}
+
+
+def describe_page(export: PageExport) -> dict:
+    """What the page may offer (``PageExport.describe``) and the hemisphere statistics it shows: their declarations
+    (``spectgan.geometry.roi.STATISTICS``: key, label, unit, digits, region, whether on the cards and table)."""
+    return {**export.describe(), "statistics": [statistic.to_dict() for statistic in STATISTICS]}

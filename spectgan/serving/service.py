@@ -6,9 +6,9 @@ The served models are bundles in the models folder, each loaded through its fami
 per file path, modification time and size), has the synthesizer complete the condition (the territory and severity
 a request left out, drawn from the model's training cohort: ``Synthesizer.resolve``) and make the canonical slice,
 places it on the level's plane in the study's physical space (``spectgan.geometry.registration``) and measures it
-with ``spectgan.geometry.roi``, split by the REGISTERED midline. The result is a float32 image in counts plus a
-JSON-serialisable dict (its ``condition`` is the completed one), written for MONAI Label into this process's
-private results folder.
+with ``spectgan.geometry.roi``, split by the REGISTERED midline. The result is a ``spectgan.results.GenerationResult``
+(a float32 image in counts, the completed condition, statistics and masks, ...); for MONAI Label its image is
+written into this process's private results folder and the result answered as its JSON (``to_json``).
 
 It also retrains a model for the app's train task (``retrain``: a new bundle version, published atomically by its
 family; a running service picks it up on its next request). Errors are ``spectgan.errors`` domain errors; HTTP is
@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -35,10 +35,11 @@ import torch
 from spectgan.conditions import ALL_LEVELS, Condition, Level, valid_conditions
 from spectgan.errors import InvalidImageError, InvalidRequestError, NotFoundError, SpectganError, UnavailableError
 from spectgan.geometry.registration import Registration, level_plane, place_slice, register_to_template
-from spectgan.geometry.roi import hemisphere_stats, read_image
+from spectgan.geometry.roi import read_image
 from spectgan.geometry.template import canonical_image
 from spectgan.models.synthesizer import (Synthesizer, TrainPlan, bundle_metadata, family_of, find_bundles, is_bundle,
                                          load_synthesizer)
+from spectgan.results import GenerationResult, LevelPlane, ModelVersion, RegistrationSummary
 from spectgan.serving.request import (GenerationRequest, TrainRequest, check_param_names, infer_client_config,
                                       infer_param_spec, parse_generation_request, parse_train_request)
 from spectgan.serving.settings import COHORT_ENV, models_dir_from
@@ -134,19 +135,6 @@ class RegistrationCache:
 
 
 # ---------------------------------------------------------------------------------------------------- generation
-
-@dataclass(frozen=True)
-class GenerationResult:
-    """A generated slice placed in the study's space (float32 counts) and the JSON result."""
-
-    image: sitk.Image
-    result: dict
-
-
-def _geometry(image: sitk.Image) -> dict:
-    return {"size": list(image.GetSize()), "origin": list(image.GetOrigin()), "spacing": list(image.GetSpacing()),
-            "direction": list(image.GetDirection())}
-
 
 class GenerationService:
     """Models, registrations and generation for the served models (thread-safe: the server runs requests in
@@ -284,42 +272,29 @@ class GenerationService:
         generated = time.perf_counter()
         placed = place_slice(canonical, study.registration, request.output_space, study.image)
         positioned = time.perf_counter()
-        midline = study.registration.midline()
-        try:
-            stats, stats_error = hemisphere_stats(placed, midline).to_dict(), None
-        except InvalidImageError as error:  # generated content without a measurable brain (an untrained model)
-            stats, stats_error = None, str(error)
-        finished = time.perf_counter()
-        plane_point, plane_normal = level_plane(study.registration, request.condition.level)
         registration = study.registration
-        result = {
-            "model": request.model, "family": bundle["family"], "version": bundle["version"],
-            "sha256": bundle["sha256"],
-            "condition": {**condition.to_dict(), "label": condition.label},
-            "seed": seed, **request.options, "options": dict(request.options), "output_space": request.output_space,
-            "image": Path(image_path).name,
-            "stats": stats, **({"stats_error": stats_error} if stats_error else {}),
-            "midline": {"point": list(midline.point), "normal": list(midline.normal)},
-            "geometry": {**_geometry(placed), "pixel_type": placed.GetPixelIDTypeAsString(),
-                         "level_plane": {"point": plane_point.tolist(), "normal_superior": plane_normal.tolist()}},
-            "registration": {"correlation": registration.correlation, "metric": registration.metric,
-                             "template_to_study": registration.to_dict()["template_to_study"], "cached": cached},
-            "timings_s": {"registration": 0.0 if cached else study.seconds,
-                          "validation_and_lookup": registered - started - (0.0 if cached else study.seconds),
-                          "generation": generated - registered, "placement": positioned - generated,
-                          "statistics": finished - positioned, "total": finished - started,
-                          "interval_unix_s": [started_unix, started_unix + finished - started]},
-            "synthetic": True,
-        }
-        return GenerationResult(placed, result)
+        plane_point, plane_normal = level_plane(registration, request.condition.level)
+        result = GenerationResult.measured(
+            placed, registration.midline(), condition=condition, seed=seed,
+            model=ModelVersion(request.model, bundle["version"], bundle["sha256"], bundle["family"]),
+            reference=Path(image_path).name, output_space=request.output_space, options=dict(request.options),
+            level_plane=LevelPlane(tuple(plane_point.tolist()), tuple(plane_normal.tolist())),
+            registration=RegistrationSummary(registration.correlation, registration.metric,
+                                             registration.to_dict()["template_to_study"], cached))
+        finished = time.perf_counter()
+        return replace(result, timings_s={
+            "registration": 0.0 if cached else study.seconds,
+            "validation_and_lookup": registered - started - (0.0 if cached else study.seconds),
+            "generation": generated - registered, "placement": positioned - generated,
+            "statistics": finished - positioned, "total": finished - started,
+            "interval_unix_s": [started_unix, started_unix + finished - started]})
 
     def generate_file(self, request: GenerationRequest, image_path: str | Path) -> tuple[Path, dict]:
         """``generate``, with the image written by ``write_result_image`` into ``private_results_dir()``: (its
-        path, the JSON result). The caller removes the file."""
-        outcome = self.generate(request, image_path)
-        result = outcome.result
-        stem = result_stem(request.model, result["condition"]["label"], result["seed"])
-        return write_result_image(outcome.image, private_results_dir(), stem), result
+        path, the result's JSON). The caller removes the file."""
+        result = self.generate(request, image_path)
+        return write_result_image(result.image, private_results_dir(), f"{request.model}_{result.name}"), \
+            result.to_json()
 
 
 def without_folder(text: str, folder: Path) -> str:
@@ -349,11 +324,6 @@ def private_results_dir() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="spectgan-results-"))
     atexit.register(shutil.rmtree, folder, True)
     return folder
-
-
-def result_stem(model: str, condition_label: str, seed: int) -> str:
-    """What a result is, as the start of its file name: ``spect_fastgan_A_BG-unilateral-left_seed3``."""
-    return f"{model}_{condition_label}_seed{seed}"
 
 
 def write_result_image(image: sitk.Image, directory: str | Path, stem: str) -> Path:

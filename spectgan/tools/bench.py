@@ -5,11 +5,11 @@ import importlib
 import json
 
 BENCHMARKS: dict[str, str] = {
-    "cohort": "spectgan.cohorts.simulated:run_cohort_benchmark",
+    "cohort": "spectgan.cohorts.bench:run_cohort_benchmark",
     "sample": "spectgan.models.fastgan.bench:run_sample_benchmark",
     "server": "spectgan.tools.server_bench:run_server_benchmark",
     "evaluate": "spectgan.evaluation.report:run_evaluate_benchmark",
-    "synthesize": "spectgan.cohorts.synthetic:run_synthesize_benchmark",
+    "synthesize": "spectgan.cohorts.bench:run_synthesize_benchmark",
 }
 
 

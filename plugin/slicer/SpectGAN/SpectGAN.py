@@ -339,7 +339,8 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
         nodes = []
 
         def load(result):
-            nodes.append(slicer.util.loadVolume(str(result.path), {"name": result.name, "show": False}))
+            path = self.batchFolder / client.result_file(result)
+            nodes.append(slicer.util.loadVolume(str(path), {"name": result.name, "show": False}))
             slicer.app.processEvents()
 
         self.results = job.run(self.batchFolder, on_result=load)
@@ -435,7 +436,9 @@ class SpectGANTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
 
         client = spectganClient()
-        from spectgan.geometry.roi import MidlinePlane, hemisphere_stats
+        from spectgan.conditions import parse_condition
+        from spectgan.geometry.roi import MidlinePlane
+        from spectgan.results import ModelVersion
 
         columns, rows = np.meshgrid(np.arange(40), np.arange(48))
         brain = ((columns - 19.5) / 16) ** 2 + ((rows - 23.5) / 20) ** 2 < 1
@@ -447,10 +450,8 @@ class SpectGANTest(ScriptedLoadableModuleTest):
         image.SetOrigin((40.0, -70.0, 12.0))
         midline = MidlinePlane(point=image.TransformContinuousIndexToPhysicalPoint((19.5, 23.5, 0.0)),
                                normal=tuple(rotation[:, 0]))
-        metadata = {"condition": {"level": "BG", "pattern": "unilateral", "side": "left"}, "seed": 1,
-                    "model": "test", "version": "0", "sha256": "0" * 64,
-                    "midline": {"point": list(midline.point), "normal": list(midline.normal)}}
-        return client.GenerationResult(image, hemisphere_stats(image, midline).to_dict(), metadata)
+        return client.GenerationResult.measured(image, midline, condition=parse_condition("BG", "unilateral", "left"),
+                                                seed=1, model=ModelVersion("test", "0", "0" * 64), reference="test")
 
     def test_loaded_scan_keeps_its_geometry(self):
         """A result loaded into Slicer puts every voxel where ITK (LPS) says it is, in RAS: nothing flipped."""
@@ -458,7 +459,7 @@ class SpectGANTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
 
         result = self._obliqueScan()
-        path = result.save(slicer.app.temporaryPath)
+        path = spectganClient().save_result(result, slicer.app.temporaryPath)
         node = slicer.util.loadVolume(str(path))
         ijkToRas = vtk.vtkMatrix4x4()
         node.GetIJKToRASMatrix(ijkToRas)

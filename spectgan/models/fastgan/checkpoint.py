@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from spectgan.cohorts.format import atomic_write_bytes
 from spectgan.errors import SpectganError
+from spectgan.files import atomic_write_bytes
 from spectgan.models.fastgan.networks import Generator
 
 CHECKPOINT_NAME = "checkpoint.pt"

@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from spectgan.cohorts.format import atomic_write_bytes, atomic_write_image
 from spectgan.conditions import Condition, describe_allowed, parse_condition
+from spectgan.files import atomic_write_bytes, atomic_write_image
 from spectgan.lesions import LESION_AXES, lesion_text, with_lesions
 from spectgan.models.fastgan.bundle import Bundle, load_bundle
 from spectgan.models.fastgan.figures import save_image_grid

@@ -9,9 +9,10 @@ const CANVAS_SCALE = 2;
 const MAX_REQUESTS = 200;            // slices per Generate
 const ROBUST_PEAK_PERCENTILE = 99.5; // the grey scale's top: this percentile of a slice's positive counts
 const REGION_COLOURS = { 1: "#ff7f0e", 2: "#3d9bff" };  // patient left, right (the overview's, right lighter)
+// The CSV's columns before the statistics (which the server declares: GET /spectgan/api/config) and after them.
 const CSV_COLUMNS = ["study", "model", "version", "sha256", "level", "pattern", "side", "territory", "severity", "seed",
-                     "psi", "mc", "left", "right", "lr", "ai", "brain_size", "left_size", "right_size", "size_unit",
-                     "stats_error"];
+                     "psi"];
+const CSV_TAIL = ["size_unit", "stats_error"];
 
 const state = { models: {}, results: [], conditions: [], peak: 0, run: null, busy: false, config: {} };
 const $ = (id) => document.getElementById(id);
@@ -293,9 +294,21 @@ function redrawAll() {
 
 const number = (value, digits) => (typeof value === "number" ? value.toFixed(digits) : "-");
 
+// The statistics on a card and in the table: those the server declares as a summary, in its order and digits.
+const summaryStatistics = () => state.config.statistics.filter((statistic) => statistic.summary);
+const UNIT_MARKS = { percent: " %" };  // a unit shown beside a statistic's label or value
+const markOf = (statistic) => UNIT_MARKS[statistic.unit] || "";
+const headOf = (statistic) => `${statistic.label}${markOf(statistic)}`;
+const CARD_COLUMNS = 2;              // statistics per line on a card
+
 function statsText(stats) {
-  return `MC ${number(stats.mc, 1)}  LR ${number(stats.lr, 3)}\nL ${number(stats.left, 1)}  R ${number(stats.right, 1)}` +
-    `  AI ${stats.ai >= 0 ? "+" : ""}${number(stats.ai, 1)} %`;
+  const items = summaryStatistics().map(
+    (statistic) => `${statistic.label} ${number(stats[statistic.key], statistic.digits)}${markOf(statistic)}`);
+  const lines = [];
+  for (let start = 0; start < items.length; start += CARD_COLUMNS) {
+    lines.push(items.slice(start, start + CARD_COLUMNS).join("  "));
+  }
+  return lines.join("\n");
 }
 
 // A result's territory or severity (a model with defect axes: what it was given or drew) as the manifest writes it:
@@ -366,9 +379,8 @@ function addRow(entry) {
   row.appendChild(first);
   const stats = entry.result.stats || {};
   const cells = [[`#${entry.index}`, ""], [entry.study, ""], [`${entry.result.model} ${entry.result.version}`, ""],
-                 [entry.result.condition.label, ""], [String(entry.result.seed), "num"], [number(stats.mc, 1), "num"],
-                 [number(stats.left, 1), "num"], [number(stats.right, 1), "num"], [number(stats.lr, 3), "num"],
-                 [number(stats.ai, 2), "num"]];
+                 [entry.result.condition.label, ""], [String(entry.result.seed), "num"],
+                 ...summaryStatistics().map((statistic) => [number(stats[statistic.key], statistic.digits), "num"])];
   for (const [text, kind] of cells) {
     const cell = document.createElement("td");
     cell.textContent = text;
@@ -394,14 +406,15 @@ function csvField(value) {
 }
 
 function downloadCsv() {
-  const lines = [CSV_COLUMNS.join(",")];
+  const columns = [...CSV_COLUMNS, ...state.config.statistics.map((statistic) => statistic.key), ...CSV_TAIL];
+  const lines = [columns.join(",")];
   for (const entry of state.results) {
     const r = entry.result, stats = r.stats || {};
     const values = { study: entry.study, model: r.model, version: r.version, sha256: r.sha256,
                      level: r.condition.level, pattern: r.condition.pattern, side: r.condition.side || "",
                      territory: lesionText(r.condition.territory), severity: lesionText(r.condition.severity),
                      seed: r.seed, psi: r.psi, stats_error: r.stats_error || "", ...stats };
-    lines.push(CSV_COLUMNS.map((column) => csvField(values[column])).join(","));
+    lines.push(columns.map((column) => csvField(values[column])).join(","));
   }
   const link = document.createElement("a");
   link.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
@@ -508,6 +521,12 @@ async function start() {
     call("/info/", "Reading the server's models"), call(`${API}/studies`, "Listing the datastore's studies"),
     call(`${API}/config`, "Reading the page's settings")]);
   state.config = config;
+  for (const statistic of summaryStatistics()) {  // the table's head: one column per summary statistic
+    const head = document.createElement("th");
+    head.scope = "col";
+    head.textContent = headOf(statistic);
+    $("stats-head").appendChild(head);
+  }
   state.models = info.models || {};
   fill($("study"), studies.studies);
   fill($("model"), Object.keys(state.models), (name) => `${name} ${state.models[name].bundle?.version || ""}`.trim());
