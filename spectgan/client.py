@@ -47,6 +47,7 @@ from spectgan.figures import pyplot, save_figure
 from spectgan.geometry.display import display_orientation, midline_distance, oriented
 from spectgan.geometry.registration import OUTPUT_SPACES
 from spectgan.geometry.roi import MidlinePlane, hemisphere_masks, read_image
+from spectgan.models.versions import ModelVersion
 from spectgan.serving.settings import API_TOKEN_ENV
 
 if TYPE_CHECKING:  # spectgan.export.dicom (highdicom) is imported when DICOM is written, not with the client
@@ -282,6 +283,17 @@ class SpectGANClient:
             raise NotFoundError(404, f"the server at {self.url} has no model {model!r} (it lists a model once its "
                                      f"bundle is trained); it has: {', '.join(sorted(models)) or 'none'}")
         return models[model]
+
+    def model_versions(self, model: str) -> list[ModelVersion]:
+        """The model's served, published and candidate versions, newest first, with their quality gate verdicts."""
+        answer = self._json(self._request("GET", f"/models/{model}/versions"), f"GET /models/{model}/versions")
+        return [ModelVersion.from_dict(entry) for entry in answer.get("versions", [])]
+
+    def rollback(self, model: str, version: str) -> ModelVersion:
+        """Have the server serve a published version of the model again (an admin's request)."""
+        return ModelVersion.from_dict(self._json(self._request("POST", f"/models/{model}/rollback",
+                                                               json={"version": version}),
+                                                 f"POST /models/{model}/rollback"))
 
     def conditions(self, model: str) -> list[Condition]:
         """Every valid condition the model offers, as its ``/info/`` entry lists them."""
