@@ -9,6 +9,9 @@
   loop); MONAI Label's ``send_response`` answers it as the stock route would.
 - ``PUT /datastore/`` and ``/datastore/image`` accept NIfTI or DICOM only, under a plain id.
 - ``POST /train/{model}`` checks the train params and the cohort before MONAI Label starts the task.
+- ``GET /models/{model}/versions`` lists a model's versions with their quality gate verdicts; ``POST
+  /models/{model}/rollback`` (admin, JSON ``{"version": ...}``) serves a published one again
+  (``spectgan.models.versions``).
 - ``/spectgan/``: the spectgan page (static files of ``spectgan.workstation_page``) and its API under
   ``/spectgan/api/``: the datastore's studies, a generation answered as JSON with the slice as the page draws it
   (``spectgan.serving.page.slice_view``; the same checks and infer task as ``/infer``), and the export of chosen
@@ -238,6 +241,21 @@ async def train(
     return await run_in_threadpool(run_model, model, params, run_sync, enqueue)
 
 
+@router.get("/models/{model}/versions", summary=f"{RBAC_USER}A model's versions with their quality gate verdicts")
+async def model_versions(model: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    versions = await run_in_threadpool(app_instance().model_versions, model)
+    return {"model": model, "versions": [version.to_dict() for version in versions]}
+
+
+@router.post("/models/{model}/rollback", summary=f"{RBAC_ADMIN}Serve a published version of a model again")
+async def model_rollback(model: str, request: Request,
+                         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
+    body = await _json_body(request, '{"version": "1.0.1"}')
+    if not isinstance(body, dict) or not isinstance(body.get("version"), str):
+        raise MalformedRequestError('send {"version": "<a published version>"} (GET .../versions lists them)')
+    return (await run_in_threadpool(app_instance().rollback, model, body["version"])).to_dict()
+
+
 # ------------------------------------------------------------------------------------------------- the page
 
 def _page_generation(model: str, image: str, params: str) -> dict:
@@ -285,16 +303,21 @@ async def page_generate(model: str, image: str = "", params: str = Form("{}"),
     return await run_in_threadpool(_page_generation, model, image, params)
 
 
-@page_router.post("/api/export", summary=f"{RBAC_USER}Export results of the page to the server's PACS")
-async def export_from_page(request: Request, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
-    try:  # JSON only: no form of another site can send it (scripts of other sites: MONAI Label's CORS setting)
+async def _json_body(request: Request, example: str):
+    """A request's JSON body; JSON only: no form of another site can send it (scripts of other sites: MONAI Label's
+    CORS setting). MalformedRequestError showing ``example`` otherwise."""
+    try:
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             raise ValueError
-        body = await request.json()
+        return await request.json()
     except ValueError:
-        raise MalformedRequestError("the export request is not JSON; send {\"results\": [result ids]} with "
-                                    "Content-Type: application/json") from None
-    return await run_in_threadpool(_page_export, body)
+        raise MalformedRequestError(f"the request is not JSON; send {example} with Content-Type: "
+                                    "application/json") from None
+
+
+@page_router.post("/api/export", summary=f"{RBAC_USER}Export results of the page to the server's PACS")
+async def export_from_page(request: Request, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    return await run_in_threadpool(_page_export, await _json_body(request, '{"results": [result ids]}'))
 
 
 def _ahead_of_stock_routes(router: APIRouter) -> None:

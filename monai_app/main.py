@@ -24,7 +24,8 @@ from spectgan.errors import InvalidRequestError, NotFoundError
 from spectgan.serving.generation_pool import GenerationPool
 from spectgan.serving.page import PageExport, ResultStore
 from spectgan.serving.request import GenerationRequest, parse_params_json
-from spectgan.serving.service import GenerationService, check_cohort, private_results_dir, select_models
+from spectgan.models.versions import ModelStore, VersionEntry
+from spectgan.serving.service import GenerationService, private_results_dir, resolve_cohort, select_models
 from spectgan.serving.settings import generation_workers_from, is_dicomweb, models_dir_from, pacs_url_from
 from spectgan.serving.uploads import check_id
 
@@ -115,8 +116,24 @@ class SpectganApp(MONAILabelApp):
         return ", ".join(available[:LISTED_IMAGE_IDS]) + (" ..." if len(available) > LISTED_IMAGE_IDS else "")
 
     def check_train_request(self, model: str, params: dict) -> None:
-        """A domain error for an unknown model, bad train params or a missing cohort."""
+        """A domain error for an unknown model, bad train params or an unknown or unfinished cohort."""
+        self._trained(model)
+        config = self.models[model]
+        resolve_cohort(self.service.train_request(model, params).cohort, config.cohort_dir, config.cohorts_dir)
+
+    def _trained(self, model: str) -> None:
         if model not in self.models:
             raise NotFoundError(f"unknown model {model!r}; this server trains: {', '.join(self.models) or 'none'}")
-        self.service.train_request(model, params)
-        check_cohort(self.models[model].cohort_dir)
+
+    def model_versions(self, model: str) -> list[VersionEntry]:
+        """The model's served, published and candidate versions with their quality gate verdicts, newest first."""
+        self._trained(model)
+        return self._store(model).list()
+
+    def rollback(self, model: str, version: str) -> VersionEntry:
+        """Serve a published version of the model again (the next request uses it)."""
+        self._trained(model)
+        return self._store(model).rollback(check_id(str(version), "version"))
+
+    def _store(self, model: str) -> ModelStore:
+        return ModelStore(self.service.models_dir, model, self.models[model].keep_versions)

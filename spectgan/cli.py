@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "spectgan.evaluation.report",
     "import": "spectgan.cohorts.importer",
     "generate": "spectgan.client.cli",
+    "models": "spectgan.tools.models",
     "export": "spectgan.export.pacs",
     "bench": "spectgan.tools.bench",
     "demo": "spectgan.demo",

@@ -558,7 +558,7 @@ def test_a_finished_train_task_publishes_a_new_version_that_infer_uses_without_r
     client = in_process.client
     before = client.get("/info/").json()["models"]["spect_fastgan_B"]["bundle"]
     response = client.post("/train/spect_fastgan_B", params={"run_sync": True},
-                           json={"iterations": 1, "batch": 4, "levels": "COR"})
+                           json={"iterations": 1, "batch": 4, "levels": "COR", "force": True})
     assert response.status_code == 200, response.text
     assert response.json()["version"] == "1.0.1"
     after = client.get("/info/").json()["models"]["spect_fastgan_B"]["bundle"]

@@ -59,7 +59,7 @@ def add_generate_command(subparsers) -> None:
     parser.set_defaults(func=run_generate)
 
 
-def _token_from_file(path: Path | None) -> str | None:
+def token_from_file(path: Path | None) -> str | None:
     """The API token in ``path`` (surrounding white space dropped); None without a file (the client then reads
     $SPECTGAN_API_TOKEN)."""
     return path.read_text().strip() if path else None
@@ -77,7 +77,7 @@ def run_generate(args: argparse.Namespace) -> int:
         require_new_dicom_folder(out / DICOM_DIR)
         run = SyntheticRun(args.run) if args.run else SyntheticRun()
     with SpectGANClient(args.server, timeout=(DEFAULT_TIMEOUT_S[0], args.timeout), retries=args.retries,
-                        token=_token_from_file(args.token_file), verify=args.ca_cert or True) as client:
+                        token=token_from_file(args.token_file), verify=args.ca_cert or True) as client:
         conditions = apply_lesions(expand_conditions(client.conditions(args.model), args.level, args.pattern,
                                                      args.side), args.territory, args.severity)
         image = client.upload(args.image) if Path(args.image).is_file() else args.image

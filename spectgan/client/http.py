@@ -32,6 +32,7 @@ from spectgan.files import NIFTI_SUFFIX
 from spectgan.geometry.registration import OUTPUT_SPACES
 from spectgan.geometry.roi import read_image
 from spectgan.lesions import LESION_AXES
+from spectgan.models.versions import VersionEntry
 from spectgan.results import GenerationResult
 from spectgan.serving.settings import API_TOKEN_ENV
 
@@ -170,6 +171,17 @@ class SpectGANClient:
             raise NotFoundError(f"the server at {self.url} has no model {model!r} (it lists a model once its "
                                 f"bundle is trained); it has: {', '.join(sorted(models)) or 'none'}")
         return models[model]
+
+    def model_versions(self, model: str) -> list[VersionEntry]:
+        """The model's served, published and candidate versions, newest first, with their quality gate verdicts."""
+        answer = self._json(self._request("GET", f"/models/{model}/versions"), f"GET /models/{model}/versions")
+        return [VersionEntry.from_dict(entry) for entry in answer.get("versions", [])]
+
+    def rollback(self, model: str, version: str) -> VersionEntry:
+        """Have the server serve a published version of the model again (an admin's request)."""
+        return VersionEntry.from_dict(self._json(self._request("POST", f"/models/{model}/rollback",
+                                                               json={"version": version}),
+                                                 f"POST /models/{model}/rollback"))
 
     def conditions(self, model: str) -> list[Condition]:
         """Every valid condition the model offers, as its ``/info/`` entry lists them."""

@@ -134,14 +134,14 @@ class SyntheticSource(Protocol):
 
 class BundleSource:
     """A trained model bundle of any family, sampled through the model contract (``spectgan.models.synthesizer``)
-    with its default options."""
+    with its default options; named by ``name``, else the bundle's name."""
 
-    def __init__(self, bundle_dir: str | Path):
+    def __init__(self, bundle_dir: str | Path, name: str | None = None):
         from spectgan.models.synthesizer import load_synthesizer
 
         self.model = load_synthesizer(bundle_dir)
         described = self.model.describe()
-        self.name = described.get("name") or Path(bundle_dir).name
+        self.name = name or described.get("name") or Path(bundle_dir).name
         self.levels = self.model.levels
         self.image_size = int(described["image_size"])
         self.count_scale = float(described["count_scale"])

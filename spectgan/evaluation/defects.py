@@ -46,7 +46,7 @@ def percentiles(values: np.ndarray) -> dict[str, float]:
 def asymmetry_by_pattern(real: MeasuredSlices, synthetic: MeasuredSlices) -> dict[str, dict]:
     """Per pattern with measured slices on both sides: their numbers, the percentiles of |AI| (%) and of LR, the
     share of slices with |AI| < MILD_AI (the mild defects), real and synthetic, and the two-sided two-sample
-    Kolmogorov-Smirnov P of |AI| (``ks_p_abs_ai``)."""
+    Kolmogorov-Smirnov P and distance D of |AI| (``ks_p_abs_ai``, ``ks_d_abs_ai``)."""
     result = {}
     for pattern in Pattern:
         groups = {kind: measured.take(measured.slices.patterns == pattern.value)
@@ -59,7 +59,8 @@ def asymmetry_by_pattern(real: MeasuredSlices, synthetic: MeasuredSlices) -> dic
             "abs_ai": {kind: percentiles(values) for kind, values in abs_ai.items()},
             "lr": {kind: percentiles(group.values["LR"]) for kind, group in groups.items()},
             "mild_share": {kind: float(np.mean(values < MILD_AI)) for kind, values in abs_ai.items()},
-            "ks_p_abs_ai": kolmogorov_smirnov_p(abs_ai["synthetic"], abs_ai["real"])}
+            "ks_p_abs_ai": kolmogorov_smirnov_p(abs_ai["synthetic"], abs_ai["real"]),
+            "ks_d_abs_ai": float(stats.ks_2samp(abs_ai["synthetic"], abs_ai["real"]).statistic)}
     return result
 
 

@@ -103,19 +103,26 @@ def check_lesions(synthesizer: Synthesizer, condition: Condition) -> None:
         raise InvalidRequestError(f"{error} (model {synthesizer.name})") from None
 
 
+INIT_SERVED, INIT_FRESH = "served", "fresh"  # where a retraining starts: the served bundle's weights, or random ones
+INITS = (INIT_SERVED, INIT_FRESH)
+
+
 @dataclass(frozen=True)
 class TrainPlan:
-    """A training run a family carries out and publishes as a bundle (``SynthesizerFamily.retrain``)."""
+    """A training run a family carries out and exports as a candidate bundle (``SynthesizerFamily.retrain``); the
+    server publishes it or not (``spectgan.serving.service.retrain``)."""
 
     cohort_dir: Path
     run_dir: Path  # replaced by the run
-    bundle_dir: Path  # published atomically when the run has finished
+    bundle_dir: Path  # the served bundle (if any): its recipe, and its weights with ``init`` served
+    candidate_dir: Path  # where the finished run is exported
     name: str
     version: str
     levels: tuple[Level, ...]
     iterations: int
     batch_size: int
     command: str  # recorded in the bundle as how it was made
+    init: str = INIT_SERVED  # one of INITS
 
 
 class SynthesizerFamily(Protocol):
@@ -129,8 +136,8 @@ class SynthesizerFamily(Protocol):
         """The bundle as a Synthesizer (cached while its files are unchanged); SpectganError when it is not usable."""
 
     def retrain(self, plan: TrainPlan, progress: bool) -> None:
-        """Train a run as ``plan`` says (keeping the architecture of ``plan.bundle_dir`` when there is one) and
-        publish it there."""
+        """Train a run as ``plan`` says (with the recipe of ``plan.bundle_dir`` when there is one, from its weights
+        with ``plan.init`` served) and export it to ``plan.candidate_dir``."""
 
 
 def bundle_metadata(bundle_dir: Path) -> dict:

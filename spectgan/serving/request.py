@@ -18,14 +18,15 @@ from spectgan.conditions import (Condition, Level, Pattern, Side, describe_allow
 from spectgan.errors import InvalidRequestError, MalformedRequestError
 from spectgan.geometry.registration import OUTPUT_SPACES
 from spectgan.lesions import LESION_AXES, DefectAxes, with_lesions
-from spectgan.models.synthesizer import Option, Synthesizer, check_lesions
+from spectgan.models.synthesizer import INIT_SERVED, INITS, Option, Synthesizer, check_lesions
+from spectgan.serving.uploads import check_id
 
 GENERATION_REQUEST = "spectgan_request"  # key of the checked GenerationRequest in MONAI Label's infer request dict
 CONDITION_PARAMS = ("level", "pattern", "side")
 BASE_INFER_PARAMS = (*CONDITION_PARAMS, "seed", "output_space")  # plus the model family's options
 PER_SIDE_FORMS = ('a bilateral defect takes one value for both sides, a JSON object {"left": .., "right": ..} or '
                   "the text left=VALUE;right=VALUE (a side left out is drawn)")
-TRAIN_PARAMS = ("iterations", "batch", "levels")
+TRAIN_PARAMS = ("iterations", "batch", "levels", "cohort", "init", "force")
 MAX_SEED = 2 ** 63 - 1
 DRAWN_SEEDS = 2 ** 31  # a seed drawn for a request that gave none is below this
 MAX_TRAIN_ITERATIONS = 1_000_000
@@ -55,6 +56,9 @@ class TrainRequest:
     iterations: int
     batch_size: int
     levels: tuple[Level, ...]
+    cohort: str | None = None  # the id of a cohort the server has (None: its default cohort)
+    init: str = INIT_SERVED  # start from the served weights, or fresh ones (``INITS``)
+    force: bool = False  # publish even if the quality gate fails (the bundle's changelog says so)
 
 
 def parse_params_json(text: str | None) -> dict:
@@ -211,14 +215,45 @@ def parse_train_request(name: str, params: Mapping[str, Any], levels: Sequence[L
         iterations, "iterations", 1, MAX_TRAIN_ITERATIONS)
     batch = params.get("batch")
     batch = default_batch_size if is_empty(batch) else parse_integer(batch, "batch", 2, MAX_TRAIN_BATCH)
+    return TrainRequest(iterations, batch, _train_levels(name, params.get("levels"), levels),
+                        _train_cohort(params.get("cohort")), _train_init(params.get("init")),
+                        _train_force(params.get("force")))
+
+
+def _train_levels(name: str, wanted, levels: Sequence[Level]) -> tuple[Level, ...]:
     allowed = ", ".join(level.value for level in levels)
-    wanted = params.get("levels")
     if is_empty(wanted):
-        return TrainRequest(iterations, batch, tuple(levels))
+        return tuple(levels)
     try:
         parsed = parse_levels(wanted) if isinstance(wanted, (str, list, tuple)) else None
     except ValueError as error:
         raise InvalidRequestError(f"{error} (levels of {name}: {allowed})") from None
     if parsed is None or not set(parsed) <= set(levels):
         raise InvalidRequestError(f"levels for {name} must be among {allowed} (comma-separated), got {wanted!r}")
-    return TrainRequest(iterations, batch, parsed)
+    return parsed
+
+
+def _train_cohort(value) -> str | None:
+    """A cohort id: a plain id (``check_id``; never a path) or None for the server's default cohort."""
+    if is_empty(value):
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"cohort must be the id of a cohort of the server, got {value!r}")
+    return check_id(value.strip(), "cohort")
+
+
+def _train_init(value) -> str:
+    if is_empty(value):
+        return INIT_SERVED
+    if value not in INITS:
+        raise InvalidRequestError(f"init must be one of {', '.join(INITS)} (start from the served weights or from "
+                                  f"fresh ones), got {value!r}")
+    return value
+
+
+def _train_force(value) -> bool:
+    if is_empty(value) or value in (False, "false", "False", "0", 0):
+        return False
+    if value in (True, "true", "True", "1", 1):
+        return True
+    raise InvalidRequestError(f"force must be true or false (publish even if the quality gate fails), got {value!r}")

@@ -10,9 +10,10 @@ with ``spectgan.geometry.roi``, split by the REGISTERED midline. The result is a
 (a float32 image in counts, the completed condition, statistics and masks, ...); for MONAI Label its image is
 written into this process's private results folder and the result answered as its JSON (``to_json``).
 
-It also retrains a model for the app's train task (``retrain``: a new bundle version, published atomically by its
-family; a running service picks it up on its next request). Errors are ``spectgan.errors`` domain errors; HTTP is
-``monai_app``'s business.
+It also retrains a model for the app's train task (``retrain``: a candidate trained with the served bundle's recipe
+on a cohort named by id, published only if it passes the quality gate, ``spectgan.evaluation.gate``; versions in
+``spectgan.models.versions``; a running service picks a new version up on its next request). Errors are
+``spectgan.errors`` domain errors; HTTP is ``monai_app``'s business.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import SimpleITK as sitk
 import torch
@@ -37,17 +38,21 @@ from spectgan.errors import InvalidImageError, InvalidRequestError, NotFoundErro
 from spectgan.geometry.registration import Registration, level_plane, place_slice, register_to_template
 from spectgan.geometry.roi import read_image
 from spectgan.geometry.template import canonical_image
-from spectgan.models.synthesizer import (Synthesizer, TrainPlan, bundle_metadata, family_of, find_bundles, is_bundle,
+from spectgan.models.synthesizer import (INIT_SERVED, Synthesizer, TrainPlan, family_of, find_bundles, is_bundle,
                                          load_synthesizer)
+from spectgan.models.versions import CANDIDATES_FOLDER, DEFAULT_KEEP, GATE_KEY, ModelStore, update_metadata
 from spectgan.results import GenerationResult, LevelPlane, ModelVersion, RegistrationSummary
 from spectgan.serving.request import (GenerationRequest, TrainRequest, check_param_names, infer_client_config,
                                       infer_param_spec, parse_generation_request, parse_train_request)
 from spectgan.serving.settings import COHORT_ENV, models_dir_from
 
+if TYPE_CHECKING:
+    from spectgan.evaluation.gate import GateVerdict
+
 logger = logging.getLogger(__name__)
 
 RUNS_FOLDER = "runs"  # <models_dir>/runs/<model>: the training run behind the latest retrained bundle
-FIRST_VERSION = "1.0.0"
+GATE_REPORT_DIR = "docs/gate"  # the quality gate's report inside a candidate bundle
 REGISTRATION_CACHE_SIZE = 32
 RESULT_SUFFIX = ".nii.gz"
 SERVER_THREADS_ENV = "SPECTGAN_SERVER_TORCH_THREADS"
@@ -337,15 +342,6 @@ def write_result_image(image: sitk.Image, directory: str | Path, stem: str) -> P
 
 # ------------------------------------------------------------------------------------------------------ training
 
-def next_version(bundle_dir: Path) -> str:
-    """The bundle's version with its last number increased (``1.0.0`` -> ``1.0.1``); the first version otherwise."""
-    try:
-        numbers = [int(part) for part in bundle_metadata(bundle_dir)["version"].split(".")]
-    except (SpectganError, ValueError, KeyError, TypeError, AttributeError):
-        return FIRST_VERSION
-    return ".".join(str(number) for number in numbers[:-1] + [numbers[-1] + 1])
-
-
 def check_cohort(cohort_dir: Path) -> None:
     """InvalidRequestError unless ``cohort_dir`` is a finished cohort with a manifest (named by its folder name)."""
     if not (cohort_dir / "cohort.json").is_file() or not (cohort_dir / "manifest.csv").is_file():
@@ -355,28 +351,92 @@ def check_cohort(cohort_dir: Path) -> None:
                                   f"point conf cohort / ${COHORT_ENV} at it")
 
 
-def retrain(name: str, models_dir: Path, cohort_dir: Path, request: TrainRequest, command: str,
-            report: Callable[[str], None] = logger.info) -> dict:
-    """Train a fresh run of a model on the cohort and publish it as the next bundle version, through the model's
-    family (``SynthesizerFamily.retrain``: it keeps the current bundle's architecture).
+def available_cohorts(default_dir: Path, cohorts_dir: Path) -> dict[str, Path]:
+    """The cohorts a train request may name, by id: the default cohort (by its folder name) and every finished
+    cohort in ``cohorts_dir`` (by its folder name)."""
+    found = {folder.name: folder for folder in sorted(cohorts_dir.iterdir()) if folder.is_dir()
+             and (folder / "cohort.json").is_file() and (folder / "manifest.csv").is_file()} \
+        if cohorts_dir.is_dir() else {}
+    return {default_dir.name: default_dir, **found}
 
-    The run lives in ``<models_dir>/runs/<name>`` (replaced by the next retraining); the family publishes the bundle
-    atomically, so a run stopped before that leaves the previous bundle in place. Progress: ``report`` lines plus the
-    training progress bar (stderr).
+
+def resolve_cohort(cohort_id: str | None, default_dir: Path, cohorts_dir: Path) -> Path:
+    """The cohort a train request names by id (None: the default cohort), checked to be finished;
+    InvalidRequestError listing the ids otherwise (an id is never a path)."""
+    if cohort_id is None:
+        check_cohort(default_dir)
+        return default_dir
+    cohorts = available_cohorts(default_dir, cohorts_dir)
+    if cohort_id not in cohorts:
+        raise InvalidRequestError(f"unknown cohort {cohort_id!r}: a cohort is named by the id of one the server "
+                                  f"has (the folder names in its conf cohorts_dir), never by a path; available: "
+                                  f"{', '.join(cohorts)}")
+    check_cohort(cohorts[cohort_id])
+    return cohorts[cohort_id]
+
+
+def _changelog_note(request: TrainRequest, cohort_dir: Path, served: str | None, verdict: GateVerdict | None,
+                    published: bool) -> str:
+    start = f"from the served version {served}" if served and request.init == INIT_SERVED else "from fresh weights"
+    note = f"retrained on cohort {cohort_dir.name} for {request.iterations} iterations {start}"
+    if verdict is None:
+        return note + "; no quality gate (no served version)"
+    note += f"; quality gate {verdict.summary()}"
+    if published and not verdict.passed:
+        note += "; PUBLISHED BY FORCE (train param force) although the quality gate failed"
+    return note
+
+
+def retrain(name: str, models_dir: Path, cohort_dir: Path, request: TrainRequest, command: str,
+            report: Callable[[str], None] = logger.info, keep_versions: int = DEFAULT_KEEP) -> dict:
+    """Train a model on the cohort with the served bundle's recipe (through its family: ``SynthesizerFamily.retrain``)
+    into a candidate, evaluate it beside the served version (``spectgan.evaluation.gate``) and publish it only if it
+    passed or ``request.force`` says so; otherwise it stays a candidate with its report.
+
+    The run lives in ``<models_dir>/runs/<name>`` (replaced by the next retraining); versions and candidates in
+    ``spectgan.models.versions``' folders. A run stopped before publishing leaves the served bundle in place.
+    Progress: ``report`` lines plus the training progress bar (stderr).
     """
-    check_cohort(cohort_dir)
-    bundle_dir, run_dir = models_dir / name, models_dir / RUNS_FOLDER / name
-    version = next_version(bundle_dir)
+    from spectgan.evaluation.gate import quality_gate  # the evaluation stack loads in the train task only
+
+    store = ModelStore(models_dir, name, keep_versions)
+    bundle_dir, run_dir = store.served_dir, models_dir / RUNS_FOLDER / name
+    served = store.served_version()
+    version = store.next_version()
+    candidate_dir = store.candidate_dir(version)
     shutil.rmtree(run_dir, ignore_errors=True)
     levels = ",".join(level.value for level in request.levels)
     report(f"{name}: training version {version} for {request.iterations} iterations at batch {request.batch_size} "
-           f"on {levels} from cohort {cohort_dir.name} (run {RUNS_FOLDER}/{name} of the models folder)")
+           f"on {levels} from cohort {cohort_dir.name} (init {request.init}; run {RUNS_FOLDER}/{name} of the models "
+           "folder)")
     started = time.perf_counter()
-    family_of(bundle_dir).retrain(TrainPlan(cohort_dir, run_dir, bundle_dir, name, version, request.levels,
-                                            request.iterations, request.batch_size, command), progress=True)
-    report(f"{name}: trained and published in {time.perf_counter() - started:.1f} s")
-    bundle = load_synthesizer(bundle_dir).describe()
-    report(f"{name}: published version {bundle['version']} (sha256 {bundle['sha256']})")
-    return {"model": name, "version": bundle["version"], "sha256": bundle["sha256"],
+    family_of(bundle_dir).retrain(TrainPlan(cohort_dir, run_dir, bundle_dir, candidate_dir, name, version,
+                                            request.levels, request.iterations, request.batch_size, command,
+                                            request.init), progress=True)
+    report(f"{name}: trained in {time.perf_counter() - started:.1f} s")
+    verdict = None
+    if served is not None:
+        report(f"{name}: quality gate: evaluating version {version} beside the served version {served} on the "
+               f"test split of cohort {cohort_dir.name}")
+        started = time.perf_counter()
+        verdict = quality_gate(candidate_dir, bundle_dir, cohort_dir, candidate_dir / GATE_REPORT_DIR)
+        report(f"{name}: quality gate {verdict.summary()} ({time.perf_counter() - started:.1f} s)")
+    published = verdict is None or verdict.passed or request.force
+    gate = {**verdict.to_dict(), "forced": published and not verdict.passed} if verdict else None
+    update_metadata(candidate_dir, {GATE_KEY: gate},
+                    _changelog_note(request, cohort_dir, served, verdict, published))
+    candidate = load_synthesizer(candidate_dir).describe()
+    if published:
+        store.publish(version)
+        report(f"{name}: published version {version} (sha256 {candidate['sha256']})"
+               + (" BY FORCE although the quality gate failed" if gate and gate["forced"] else ""))
+    else:
+        store.prune_candidates()
+        report(f"{name}: version {version} not published: the quality gate failed on {', '.join(verdict.failed)}; "
+               f"the served version {served} stays; the candidate and its report are kept in "
+               f"{CANDIDATES_FOLDER}/{name}/{version} of the models folder (train again with force to publish)")
+    serving = load_synthesizer(bundle_dir).describe()
+    return {"model": name, "version": version, "sha256": candidate["sha256"], "published": published,
+            "served": {"version": serving["version"], "sha256": serving["sha256"]}, "gate": gate,
             "iterations": request.iterations, "batch": request.batch_size, "levels": levels,
-            "run": f"{RUNS_FOLDER}/{name}"}
+            "cohort": cohort_dir.name, "init": request.init, "run": f"{RUNS_FOLDER}/{name}"}

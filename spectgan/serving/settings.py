@@ -5,6 +5,8 @@
 | models               | (none)                         | all: every bundle found in the models folder |
 | models_dir           | SPECTGAN_MODELS_DIR            | <repository>/models                       |
 | cohort               | SPECTGAN_COHORT                | sample_data/cohorts/default               |
+| cohorts_dir          | SPECTGAN_COHORTS_DIR           | sample_data/cohorts: cohorts a train request may name by id |
+| keep_versions        | SPECTGAN_KEEP_VERSIONS         | 5: published versions (and candidates) kept per model |
 | generation_workers   | SPECTGAN_GENERATION_WORKERS    | one worker process per core; 0: request threads |
 | api_token            | SPECTGAN_API_TOKEN             | none: no authentication                   |
 | max_upload_mb        | SPECTGAN_MAX_UPLOAD_MB         | 64                                        |
@@ -19,12 +21,16 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from spectgan.models.versions import DEFAULT_KEEP
+
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS_DIR = REPOSITORY_ROOT / "models"
 DEFAULT_COHORT_DIR = REPOSITORY_ROOT / "sample_data" / "cohorts" / "default"
 SAMPLE_STUDIES_DIR = REPOSITORY_ROOT / "sample_data" / "studies"
 MODELS_DIR_ENV = "SPECTGAN_MODELS_DIR"
 COHORT_ENV = "SPECTGAN_COHORT"
+COHORTS_DIR_ENV = "SPECTGAN_COHORTS_DIR"
+KEEP_VERSIONS_ENV = "SPECTGAN_KEEP_VERSIONS"
 GENERATION_WORKERS_ENV = "SPECTGAN_GENERATION_WORKERS"
 API_TOKEN_ENV = "SPECTGAN_API_TOKEN"
 MAX_UPLOAD_ENV = "SPECTGAN_MAX_UPLOAD_MB"
@@ -52,6 +58,22 @@ def models_dir_from(conf: Mapping[str, str] | None = None) -> Path:
 def cohort_dir_from(conf: Mapping[str, str] | None = None) -> Path:
     """The training cohort: conf ``cohort``, else $SPECTGAN_COHORT, else sample_data/cohorts/default."""
     return configured_path(conf, "cohort", COHORT_ENV, DEFAULT_COHORT_DIR)
+
+
+def cohorts_dir_from(conf: Mapping[str, str] | None = None) -> Path:
+    """The folder of cohorts a train request may name by id (their folder names): conf ``cohorts_dir``, else
+    $SPECTGAN_COHORTS_DIR, else sample_data/cohorts."""
+    return configured_path(conf, "cohorts_dir", COHORTS_DIR_ENV, DEFAULT_COHORT_DIR.parent)
+
+
+def keep_versions_from(conf: Mapping[str, str] | None = None) -> int:
+    """Published versions (and candidates) kept per model: conf ``keep_versions``, else $SPECTGAN_KEEP_VERSIONS,
+    else 5; ValueError unless a whole number of at least 1."""
+    value = _setting(conf, "keep_versions", KEEP_VERSIONS_ENV)
+    kept = DEFAULT_KEEP if value is None else _whole_number(value, "keep_versions", "of versions")
+    if kept < 1:
+        raise ValueError(f"keep_versions must be at least 1, got {kept}")
+    return kept
 
 
 def _whole_number(text: str, name: str, meaning: str) -> int:

@@ -5,7 +5,9 @@ A bundle folder:
 - ``configs/metadata.json``: MONAI bundle metadata plus what sampling needs (``count_scale``, ``levels``,
   ``pixel_spacing_mm``, ``network``; for a model with defect axes ``defect_axes``, the territories per level and the
   severity range it takes, and ``lesion_distribution``, its train split's lesions per condition, from which a
-  request that leaves them out is drawn) and ``weights_sha256``;
+  request that leaves them out is drawn), ``weights_sha256`` and, under ``training``, the recipe to train it again
+  (``settings``: every ``TrainSettings`` field with the output and noise stages as trained; ``cohort_name``,
+  ``count_scale``; ``commands``; read back by ``spectgan.models.fastgan.recipe``);
 - ``configs/inference.json``: ``network_def`` for ``monai.bundle.ConfigParser``;
 - ``models/model.pt``: the EMA generator's state dict (batch norm recalibrated), loaded with ``weights_only=True``;
 - ``docs/README.md`` with ``loss_curves.png`` and ``samples.png``.
@@ -16,7 +18,6 @@ import functools
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ from spectgan.models.fastgan.checkpoint import ema_generator, load_checkpoint
 from spectgan.models.fastgan.figures import save_loss_curves
 from spectgan.models.fastgan.inference import prepare_for_sampling, sampling_copy, save_condition_grid
 from spectgan.models.fastgan.networks import SIDE_INDEX, Generator
+from spectgan.models.versions import replace_folder
 
 METADATA_FILE = "configs/metadata.json"
 INFERENCE_FILE = "configs/inference.json"
@@ -146,6 +148,13 @@ def without_absolute_paths(text: str) -> str:
     return ABSOLUTE_PATH.sub(r".../\1", text)
 
 
+def recorded_settings(settings: dict) -> dict:
+    """A run's settings (``TrainSettings`` as a dict, stages resolved) as a bundle records them: the whole recipe,
+    with the cohort and the run or bundle it started from named by their folder names only."""
+    return {**settings, "cohort": Path(settings["cohort"]).name,
+            "init_from": Path(settings["init_from"]).name if settings.get("init_from") else None}
+
+
 def _metadata(checkpoint: dict, name: str, version: str, weights_sha256: str) -> dict:
     data, settings = checkpoint["data"], checkpoint["settings"]
     levels = parse_levels(settings["levels"])
@@ -169,7 +178,9 @@ def _metadata(checkpoint: dict, name: str, version: str, weights_sha256: str) ->
         "level_planes_mm": {lv.value: LEVEL_Z_MM[lv] for lv in levels},
         "valid_conditions": [condition.to_dict() for condition in valid_conditions(levels)],
         **defects, "network": {"generator": generator},
-        "training": {"cohort_seed": data["cohort"].get("seed"), "cohort": data["cohort"],
+        "training": {"settings": recorded_settings(settings), "cohort_name": Path(settings["cohort"]).name,
+                     "count_scale": data["count_scale"], "cohort_seed": data["cohort"].get("seed"),
+                     "cohort": data["cohort"],
                      "slices_per_condition": data["slices_per_condition"], "iterations": checkpoint["step"],
                      "batch_size": settings["batch_size"], "seed": settings["seed"],
                      "processes": len(checkpoint["rng"]), "hardware": checkpoint["hardware"],
@@ -292,17 +303,6 @@ def _example_condition(metadata: dict) -> tuple[str, str, str | None]:
     return chosen["level"], chosen["pattern"], chosen["side"]
 
 
-def _replace_folder(staging: Path, target: Path) -> None:
-    """Move a finished staging folder onto ``target`` (renames only; an old bundle is removed afterwards)."""
-    if target.exists():
-        retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
-        os.replace(target, retired / target.name)
-        os.replace(staging, target)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, target)
-
-
 def export_bundle(run_dir: str | Path, bundle_dir: str | Path, name: str | None = None,
                   version: str = BUNDLE_VERSION) -> Path:
     """Write the run's EMA generator as a MONAI bundle folder, atomically (staged beside it, then renamed)."""
@@ -334,7 +334,7 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, name: str | None 
                             staging / "docs" / "samples.png", lesions,
                             title=f"{name}: step {checkpoint['step']} (EMA)")
         (staging / README_FILE).write_text(_readme(metadata))
-        _replace_folder(staging, bundle_dir)
+        replace_folder(staging, bundle_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -2,8 +2,7 @@
 retraining, and its one option (``psi``, truncation of the latent toward its mean)."""
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -15,8 +14,9 @@ from spectgan.models.fastgan.bundle import FAMILY as FAMILY_NAME
 from spectgan.models.fastgan.bundle import Bundle, export_bundle, load_bundle
 from spectgan.models.fastgan.inference import generate
 from spectgan.models.fastgan.networks import to_counts
+from spectgan.models.fastgan.recipe import bundle_recipe, retraining_settings
 from spectgan.models.fastgan.train import TrainSettings, train
-from spectgan.models.synthesizer import Option, TrainPlan
+from spectgan.models.synthesizer import INIT_SERVED, Option, TrainPlan, bundle_metadata, is_bundle
 
 PSI = Option("psi", 0.0, 1.0, 1.0, "truncation of the latent toward its mean; 1: none")
 
@@ -85,20 +85,17 @@ class FastGANFamily:
         return synthesizer
 
     def retrain(self, plan: TrainPlan, progress: bool) -> None:
-        """Train ``plan.run_dir`` afresh with the architecture of the bundle it replaces (image size, width, latent
-        and condition sizes, defect axes; the training defaults when there is none), then export it to
-        ``plan.bundle_dir``."""
-        try:
-            architecture = json.loads((plan.bundle_dir / "configs" / "metadata.json").read_text())["network"][
-                "generator"]
-        except (OSError, ValueError, KeyError):
-            architecture = {}
-        train(plan.run_dir, progress=progress, command=plan.command, cohort=str(plan.cohort_dir),
-              levels=",".join(level.value for level in plan.levels), iterations=plan.iterations,
-              batch_size=plan.batch_size, image_size=architecture.get("image_size"),
-              generator_width=architecture.get("width"), latent_dim=architecture.get("latent_dim"),
-              condition_dim=architecture.get("condition_dim"), defect_axes=bool(architecture.get("territories")) or None)
-        export_bundle(plan.run_dir, plan.bundle_dir, name=plan.name, version=plan.version)
+        """Train ``plan.run_dir`` with the recipe of the bundle it would replace (``recipe.bundle_recipe``: every
+        training setting, the output stage, the noise stage estimated again from the new cohort; the training
+        defaults when there is no bundle), from its weights when ``plan.init`` is ``served``, then export it to
+        ``plan.candidate_dir``."""
+        served = is_bundle(plan.bundle_dir)
+        recipe = bundle_recipe(bundle_metadata(plan.bundle_dir)) if served else TrainSettings(cohort=plan.name)
+        settings = retraining_settings(recipe, plan.cohort_dir, tuple(level.value for level in plan.levels),
+                                       plan.iterations, plan.batch_size,
+                                       plan.bundle_dir if served and plan.init == INIT_SERVED else None)
+        train(plan.run_dir, progress=progress, command=plan.command, **asdict(settings))
+        export_bundle(plan.run_dir, plan.candidate_dir, name=plan.name, version=plan.version)
 
 
 FAMILY = FastGANFamily()

@@ -34,7 +34,7 @@ from spectgan.conditions import parse_levels, valid_conditions
 from spectgan.errors import SpectganError
 from spectgan.lesions import LesionDistribution
 from spectgan.models.fastgan.augment import diff_augment
-from spectgan.models.fastgan.bundle import BUNDLE_VERSION, export_bundle
+from spectgan.models.fastgan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHTS_FILE, export_bundle, load_bundle
 from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
 from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
 from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
@@ -75,7 +75,9 @@ class TrainSettings:
     # the generator's noise stage (ReconstructionNoise: gain, exponent, sigma_px) estimated from the train split when
     # a run starts with True; None: no noise stage (the generator draws the noisy image itself)
     output_noise: dict | bool | None = None
-    init_from: str | None = None  # a run whose weights start this one (fine-tuning); None: random weights
+    # a run, or a model bundle (its generator; a fresh discriminator), whose weights start this one (fine-tuning);
+    # None: random weights
+    init_from: str | None = None
     seed: int = 0
     checkpoint_every: int = 500
     sample_every: int = 1000
@@ -282,14 +284,18 @@ class Trainer:
             getattr(self, name).load_state_dict(state[name])
 
     def load_weights(self, state: dict) -> None:
-        """Start from another run's network weights (generator, discriminator, EMA), with fresh optimisers. A run
-        without defect axes may start one with them: the defect embeddings keep their zero start, so the first
-        step makes what the other run made; defect modules of another shape start anew too."""
+        """Start from another run's network weights (those of ``generator``, ``discriminator`` and ``ema`` that
+        ``state`` holds; a bundle holds no discriminator), with fresh optimisers. A run without defect axes may start
+        one with them: the defect embeddings keep their zero start, so the first step makes what the other run made;
+        defect modules of another shape start anew too, and those this run lacks (a cohort without territories) are
+        left out."""
         for name in ("generator", "discriminator", "ema"):
+            if name not in state:
+                continue
             network = getattr(self, name)
             shapes = {key: value.shape for key, value in network.state_dict().items()}
             weights = {key: value for key, value in state[name].items()  # defect modules of another shape start anew
-                       if not (key.startswith(DEFECT_MODULES) and key in shapes and shapes[key] != value.shape)}
+                       if not (key.startswith(DEFECT_MODULES) and shapes.get(key, value.shape[:0]) != value.shape)}
             try:
                 result = network.load_state_dict(weights, strict=False)
             except RuntimeError:  # tensors of other shapes
@@ -433,6 +439,16 @@ def _output_noise(settings: TrainSettings, data: TrainingData) -> dict | None:
     return estimate_noise_model(counts, unit=data.summary["count_scale"]).network_arguments()
 
 
+def initial_weights(source: Path) -> dict:
+    """The weights ``init_from`` names: a run's checkpoint, or a model bundle's generator (as ``generator`` and
+    ``ema``; the discriminator then starts afresh)."""
+    if (source / METADATA_FILE).is_file():
+        load_bundle(source)  # checks the weights against the bundle's sha256
+        weights = torch.load(source / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        return {"generator": weights, "ema": weights}
+    return load_checkpoint(source)
+
+
 def _check_settings(settings: TrainSettings, world_size: int) -> None:
     if settings.batch_size < 2 * world_size or settings.batch_size % world_size:
         raise SpectganError(f"--batch {settings.batch_size} must be a multiple of the {world_size} process(es) "
@@ -487,7 +503,7 @@ def _run(run_dir: Path, settings: TrainSettings, data: TrainingData, checkpoint:
     trainer = Trainer(settings, processes, network)
     step, history, elapsed, commands = 0, [], 0.0, []
     if checkpoint is None and settings.init_from is not None:
-        trainer.load_weights(load_checkpoint(Path(settings.init_from)))
+        trainer.load_weights(initial_weights(Path(settings.init_from)))
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
         step, history, elapsed, commands = (checkpoint["step"], checkpoint["history"], checkpoint["elapsed_s"],
@@ -595,7 +611,8 @@ def add_train_command(subparsers) -> None:
                         help="end the generator in a noise stage estimated from the train split (count-dependent SD, "
                              "Gaussian-correlated), so that it draws the expected image (default: off)")
     parser.add_argument("--init-from", metavar="RUN",
-                        help="start from the network weights of another run (fine-tuning; fresh optimisers)")
+                        help="start from the network weights of another run, or the generator of a model bundle "
+                             "(fine-tuning; fresh optimisers)")
     parser.add_argument("--seed", type=int, help="run seed (default 0)")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
     parser.add_argument("--sample-every", type=int, help="steps between sample grids (default 1000)")
