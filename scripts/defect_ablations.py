@@ -3,7 +3,8 @@ synthetic slice per real test slice of the same condition (lesions drawn as an u
 for a model with defect axes one more with the real slice's own territory and severity.
 
 Reported per pattern, with the evaluation's own functions (``spectgan.evaluation.defects``): |AI| quantiles, the
-mild share (|AI| < 5 %) and the KS P of |AI|; and, given the real slices' lesions, Spearman(severity, |AI|) of the
+mild share (|AI| < 5 %) and the KS P of |AI|; and, given the real slices' lesions, Spearman(severity, |AI|) and the line
+|AI| = slope x severity + offset of the
 synthetic slices beside the real ones', and the correlation of each synthetic slice's |AI| with its real twin's.
 
     python scripts/defect_ablations.py --cohort sample_data/cohorts/default --out runs/ablations/default.json \
@@ -21,7 +22,7 @@ import numpy as np
 from scipy import stats
 
 from spectgan.evaluation.data import SliceSet, read_split
-from spectgan.evaluation.defects import MILD_AI, asymmetry_by_pattern, spearman
+from spectgan.evaluation.defects import MILD_AI, asymmetry_by_pattern, linear_fit, spearman
 from spectgan.evaluation.statistics import measure
 from spectgan.models.fastgan.bundle import export_bundle
 from spectgan.models.synthesizer import load_synthesizer
@@ -58,7 +59,9 @@ def controllability(real: SliceSet, own: SliceSet) -> dict:
         keep = np.isfinite(real_ai[mask]) & np.isfinite(own_ai[mask])
         result[pattern] = {"spearman_real": spearman(severities, real_ai[mask])["rho"],
                            "spearman_synthetic": spearman(severities, own_ai[mask])["rho"],
-                           "r_twins": float(stats.pearsonr(real_ai[mask][keep], own_ai[mask][keep]).statistic)}
+                           "r_twins": float(stats.pearsonr(real_ai[mask][keep], own_ai[mask][keep]).statistic),
+                           "fit_real": linear_fit(severities, real_ai[mask]),
+                           "fit_synthetic": linear_fit(severities, own_ai[mask])}
     return result
 
 
@@ -82,6 +85,11 @@ def main() -> None:
             f"{pattern} |AI| median {values['abs_ai']['real']['q50']:.1f} / {values['abs_ai']['synthetic']['q50']:.1f}"
             f", mild (< {MILD_AI:g} %) {values['mild_share']['real']:.0%} / {values['mild_share']['synthetic']:.0%}"
             f", KS P {values['ks_p_abs_ai']:.2g}" for pattern, values in entry["asymmetry"].items()]
+        for pattern, values in entry.get("controllability", {}).items():
+            line.append(f"{pattern} given the real lesions: Spearman {values['spearman_real']:.2f} / "
+                        f"{values['spearman_synthetic']:.2f}, |AI| = slope x severity + offset: real "
+                        f"{values['fit_real']['slope']:.1f} x + {values['fit_real']['offset']:.1f}, synthetic "
+                        f"{values['fit_synthetic']['slope']:.1f} x + {values['fit_synthetic']['offset']:.1f}")
         print("\n  ".join(line), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

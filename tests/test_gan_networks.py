@@ -106,3 +106,38 @@ def test_noise_stage_adds_count_dependent_correlated_noise_from_one_more_map():
     assert float(neighbours.mean() / out.var()) > 0.6  # correlated: exp(-1 / (4 sigma^2)) = 0.84 for sigma 1.2 px
     with pytest.raises(ValueError, match="gain >= 0 and sigma_px > 0"):
         ReconstructionNoise(gain=0.05, exponent=0.5, sigma_px=0.0)
+
+
+def test_severity_calibration_learns_the_heads_reading_of_real_hemispheres():
+    from spectgan.lesions import Lesion
+    from spectgan.models.fastgan.networks import (CONDITION_CLASSES, SEVERITY_SCALE, SeverityCalibration,
+                                                  defect_loss)
+
+    territories = ("ACA", "MCA")
+    generator = torch.Generator().manual_seed(0)
+    severities = 0.15 + 0.35 * torch.rand(64, generator=generator)
+    conditions = [Condition(Level.BG, Pattern.UNILATERAL, Side.LEFT, lesions=(Lesion(Side.LEFT, "MCA", float(s)),))
+                  for s in severities]
+    encoded = encode_conditions(conditions, territories)
+    slots = len(territories) + 2
+    # a head that reads the affected hemisphere as 1 + 6 x severity (milder than 12 x) and the other as 0.3
+    logits = torch.zeros(len(conditions), sum(CONDITION_CLASSES) + 2 * (slots + 1))
+    per_hemisphere = logits[:, sum(CONDITION_CLASSES):].view(len(conditions), 2, slots + 1)
+    per_hemisphere[:, 0, -1] = 1.0 + 6.0 * severities
+    per_hemisphere[:, 1, -1] = 0.3
+    calibration = SeverityCalibration(slots)
+    mca, none = torch.tensor([3, 3]), torch.tensor([0])
+    before = calibration.target(mca, torch.tensor([0.2, 0.4]))
+    assert torch.allclose(before, SEVERITY_SCALE * torch.tensor([0.2, 0.4]))  # too few real hemispheres yet
+    for _ in range(3):
+        calibration.update(logits, encoded)
+    assert torch.allclose(calibration.target(mca, torch.tensor([0.2, 0.4])), torch.tensor([2.2, 3.4]), atol=1e-4)
+    assert torch.allclose(calibration.target(none, torch.tensor([0.0])), torch.tensor([0.3]), atol=1e-4)
+    # the generator's severity loss is zero for readings equal to the real ones, not for 12 x severity
+    territory_part = defect_loss(logits, encoded) - torch.nn.functional.mse_loss(
+        per_hemisphere[:, 0, -1], SEVERITY_SCALE * severities) - torch.nn.functional.mse_loss(
+        per_hemisphere[:, 1, -1], torch.zeros(len(conditions)))
+    assert torch.isclose(defect_loss(logits, encoded, calibration), territory_part, atol=1e-4)
+    restored = SeverityCalibration(slots)
+    restored.load_state_dict(calibration.state_dict())
+    assert torch.equal(restored.sums, calibration.sums)

@@ -38,8 +38,8 @@ from spectgan.models.fastgan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHT
 from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
 from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
 from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
-                                   condition_classification_loss, crop_quadrant, defect_loss, encode_conditions,
-                                   minibatch_group, to_counts, to_network_range)
+                                   SeverityCalibration, condition_classification_loss, crop_quadrant, defect_loss,
+                                   encode_conditions, minibatch_group, to_counts, to_network_range)
 
 DEFECT_EMBEDDINGS = ("defect_embedding.", "defect_projection.")  # the condition embeddings of the defect axes
 DEFECT_MODULES = DEFECT_EMBEDDINGS + ("defect_head.",)  # the modules a run with defect axes adds
@@ -70,6 +70,9 @@ class TrainSettings:
     defect_axes: bool = False  # condition on each hemisphere's territory and severity as the cohort records them
     defect_weight: float = 1.0  # with defect_axes: weight of the discriminator's defect head in both losses
     defect_lr_factor: float = 10.0  # with defect_axes: the defect embeddings' learning rate over the others'
+    # with defect_axes: reward the generator for the head's reading of REAL defects of the requested territory and
+    # severity (``SeverityCalibration``) instead of for SEVERITY_SCALE x the severity
+    calibrated_severity: bool = False
     output_filter_fwhm_mm: float | None = None  # the generator's fixed post-filter; None: the cohort's, 0: none
     output_floor: float = 0.001  # share of the range the generator's output stage sets to zero (0: none)
     # the generator's noise stage (ReconstructionNoise: gain, exponent, sigma_px) estimated from the train split when
@@ -255,6 +258,9 @@ class Trainer:
         self.optimizer_generator = self._adam(self.generator)
         self.optimizer_discriminator = self._adam(self.discriminator)
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype(self.device) == torch.float16)
+        territories = network["discriminator"].get("territories") or ()
+        self.severity_calibration = (SeverityCalibration(len(territories) + 2).to(self.device)
+                                     if settings.calibrated_severity and territories else None)
         if processes.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.generator_step = DistributedDataParallel(self.generator, device_ids=device_ids)
@@ -277,11 +283,16 @@ class Trainer:
         return torch.optim.Adam(groups, lr=rate, betas=tuple(self.settings.betas))
 
     def state_dict(self) -> dict:
-        return {name: getattr(self, name).state_dict() for name in self.STATE}
+        state = {name: getattr(self, name).state_dict() for name in self.STATE}
+        if self.severity_calibration is not None:
+            state["severity_calibration"] = self.severity_calibration.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         for name in self.STATE:
             getattr(self, name).load_state_dict(state[name])
+        if self.severity_calibration is not None and "severity_calibration" in state:
+            self.severity_calibration.load_state_dict(state["severity_calibration"])
 
     def load_weights(self, state: dict) -> None:
         """Start from another run's network weights (those of ``generator``, ``discriminator`` and ``ema`` that
@@ -331,6 +342,8 @@ class Trainer:
         weight, axes = self.settings.classification_weight, self.discriminator.defect_head is not None
         if axes:
             losses["d_defects"] = defect_loss(real_classes, condition)
+            if self.severity_calibration is not None:
+                self.severity_calibration.update(real_classes.detach(), condition)
         self.optimizer_discriminator.zero_grad(set_to_none=True)
         self.grad_scaler.scale(losses["d_real"] + losses["d_fake"] + losses["reconstruction"]
                                + weight * losses["d_classes"]
@@ -343,7 +356,7 @@ class Trainer:
         losses["g"] = -fake_logits.float().mean()
         losses["g_classes"] = condition_classification_loss(fake_classes, condition)
         if axes:
-            losses["g_defects"] = defect_loss(fake_classes, condition)
+            losses["g_defects"] = defect_loss(fake_classes, condition, self.severity_calibration)
         losses["diversity"] = diversity_shortfall(fake, pair_spread)
         generator_weight = weight if self.settings.generator_classification_weight is None \
             else self.settings.generator_classification_weight
@@ -601,6 +614,10 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--defect-lr-factor", type=float,
                         help="with --defect-axes: the defect embeddings' learning rate as a multiple of the others' "
                              "(default 10)")
+    parser.add_argument("--calibrated-severity", action="store_const", const=True,
+                        help="with --defect-axes: reward the generator for the defect head's reading of real defects "
+                             "of the requested territory and severity, not for the severity itself (the head reads "
+                             "mild defects as milder than they are; default: off)")
     parser.add_argument("--output-filter-fwhm-mm", type=float,
                         help="the generator's fixed post-filter, FWHM in mm (default: the cohort's reconstruction "
                              "post-filter; 0: none)")
