@@ -1,6 +1,8 @@
 // The spectgan page: request synthetic slices over a reference study, review them with their hemisphere statistics,
 // download the table and export chosen results to the PACS. Everything the page offers comes from the server: the
 // studies (its datastore), the models and the conditions each allows (GET /info/); nothing is copied here.
+// On a server with an API token the page first asks for it (a login form): the server answers a session cookie that
+// authorises the page's calls and OHIF's; the page keeps no token.
 "use strict";
 
 const API = "/spectgan/api";
@@ -20,23 +22,28 @@ const $ = (id) => document.getElementById(id);
 
 class PageError extends Error {}
 
-// A readable message for a failed request: the server's own explanation when it gave one.
-async function describeFailure(response, what) {
-  let detail = "";
+// A call refused for want of a login (HTTP 401): the page shows its login form with the server's reason (the
+// message), e.g. a wrong token or an expired session.
+class LoginRequired extends PageError {}
+
+// The server's own explanation of a failed request ("" when it gave none).
+async function serverDetail(response) {
   try {
     const body = await response.clone().json();
-    detail = typeof body.detail === "string" ? body.detail
+    return typeof body.detail === "string" ? body.detail
       : Array.isArray(body.detail) ? body.detail.map((item) => item.msg || JSON.stringify(item)).join("; ")
       : JSON.stringify(body);
   } catch (error) {
-    detail = (await response.text()).trim().slice(0, 300);
+    return (await response.text()).trim().slice(0, 300);
   }
+}
+
+// A readable message for a failed request: the server's own explanation when it gave one.
+async function describeFailure(response, what) {
+  const detail = await serverDetail(response);
   const status = `HTTP ${response.status}${response.statusText ? " " + response.statusText : ""}`;
   if (response.status === 503 || response.status === 429) {
     return `${what}: the server is busy or a service it needs is unavailable (${status}). ${detail || "Try again in a moment."}`;
-  }
-  if (response.status === 401) {
-    return `${what}: this server requires an API token (${status}); the page works with servers without one. ${detail}`;
   }
   return `${what} was refused (${status}): ${detail || "no explanation given"}`;
 }
@@ -48,10 +55,19 @@ async function call(path, what, options = {}) {
   } catch (error) {
     throw new PageError(`${what}: cannot reach the spectgan server (${error.message}). Is it running?`);
   }
+  if (response.status === 401) {
+    throw new LoginRequired(await serverDetail(response) || `${what} needs a login (HTTP 401).`);
+  }
   if (!response.ok) {
     throw new PageError(await describeFailure(response, what));
   }
   return response.json();
+}
+
+// JSON to one of the page's routes (POST).
+function postJson(path, what, body) {
+  return call(path, what, { method: "POST", headers: { "Content-Type": "application/json" },
+                            body: JSON.stringify(body) });
 }
 
 function showError(message) {
@@ -67,9 +83,57 @@ function guarded(action) {
       showError("");
       await action(event);
     } catch (error) {
-      showError(error instanceof PageError ? error.message : `Unexpected error on the page: ${error.message}`);
+      if (error instanceof LoginRequired) {
+        showLogin(error.message);
+      } else {
+        showError(error instanceof PageError ? error.message : `Unexpected error on the page: ${error.message}`);
+      }
     }
   };
+}
+
+// ------------------------------------------------------------------------------------------------------ login
+
+function showLogin(message) {
+  showError("");
+  $("workspace").hidden = $("table-section").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message;
+  $("login-error").hidden = !message;
+  $("token").focus();
+}
+
+function hideLogin() {
+  $("login").hidden = true;
+  $("workspace").hidden = $("table-section").hidden = false;
+}
+
+// Where to go after the login: OHIF's page that sent the browser here (?next=/ohif/...), else this page.
+function nextAfterLogin() {
+  const next = new URLSearchParams(window.location.search).get("next") || "";
+  return /^\/ohif\/[^\\]*$/.test(next) ? next : null;
+}
+
+async function login() {
+  const field = $("token"), token = field.value.trim();
+  field.value = "";  // the page keeps no token: the server's session cookie stands for it
+  if (!token) {
+    showLogin("Enter the server's API token (ask its administrator).");
+    return;
+  }
+  await postJson(`${API}/login`, "The login", { token });  // a wrong token: LoginRequired, shown on the form
+  const next = nextAfterLogin();
+  if (next) {
+    window.location.assign(next);
+    return;
+  }
+  hideLogin();
+  await start();
+}
+
+async function logout() {
+  await postJson(`${API}/logout`, "The logout", {});
+  showLogin("Logged out: the page and OHIF need the token again.");
 }
 
 // --------------------------------------------------------------------------------------------- request form
@@ -465,9 +529,7 @@ async function exportSelected() {
   setBusy(true);
   $("export-status").textContent = `Exporting ${ids.length} result${ids.length > 1 ? "s" : ""} to the PACS…`;
   try {
-    const answer = await call(`${API}/export`, "Export to the PACS", {
-      method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ results: ids, run: state.run }) });
+    const answer = await postJson(`${API}/export`, "Export to the PACS", { results: ids, run: state.run });
     state.run = answer.run;
     $("export-status").textContent = `Exported ${ids.length} result${ids.length > 1 ? "s" : ""}: ` +
       `${answer.instances} DICOM instances confirmed by the PACS (run ${answer.run}).`;
@@ -504,6 +566,12 @@ function showExportedStudy(study) {
 // ------------------------------------------------------------------------------------------------------- start
 
 async function start() {
+  const session = await call(`${API}/session`, "Checking the login");
+  $("logout").hidden = !session.token_required;
+  if (!session.logged_in) {
+    showLogin("");
+    return;
+  }
   const [info, studies, config] = await Promise.all([
     call("/info/", "Reading the server's models"), call(`${API}/studies`, "Listing the datastore's studies"),
     call(`${API}/config`, "Reading the page's settings")]);
@@ -529,6 +597,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("request").addEventListener("submit", guarded(generate));
   $("download-csv").addEventListener("click", guarded(downloadCsv));
   $("export").addEventListener("click", guarded(exportSelected));
+  $("login").addEventListener("submit", guarded(login));
+  $("logout").addEventListener("click", guarded(logout));
   $("select-all").addEventListener("change", (event) => {
     document.querySelectorAll(".select-result:not(:disabled)").forEach((box) => { box.checked = event.target.checked; });
     updateExportButton();
