@@ -32,7 +32,7 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 
 import numpy as np
@@ -40,7 +40,7 @@ import requests
 import SimpleITK as sitk
 
 from spectgan.cohorts.format import atomic_write_bytes, atomic_write_image
-from spectgan.conditions import Condition, Pattern, Side, parse_condition, parse_levels, parse_member, takes_side
+from spectgan.conditions import Condition, ConditionAxes, Pattern, Side, parse_levels, parse_member, takes_side
 from spectgan.lesions import LESION_AXES, apply_lesions, condition_from_dict, lesion_text
 from spectgan.errors import SpectganError
 from spectgan.figures import pyplot, save_figure
@@ -324,19 +324,23 @@ class SpectGANClient:
         return str(answer["image"])
 
     def generate(self, image: str, model: str, level, pattern, side=None, seed: int | None = None,
-                 psi: float = 1.0, output_space: str = "slice", territory=None, severity=None) -> GenerationResult:
+                 psi: float | None = None, output_space: str = "slice", territory=None, severity=None,
+                 axis_values: Mapping[str, Any] | None = None) -> GenerationResult:
         """One synthetic scan of a condition, registered over the reference ``image`` (a datastore id).
 
-        ``seed=None`` lets the server draw one (it comes back in the result). ``output_space``: ``slice`` (a
+        ``seed=None`` lets the server draw one (it comes back in the result); ``psi=None``: the model's default.
+        ``output_space``: ``slice`` (a
         one-slice volume on the level's plane) or ``reference`` (resampled onto the reference's grid).
         ``territory`` and ``severity`` (a model with defect axes; the forms of ``spectgan.lesions``): None lets the
-        model draw them from its training cohort; the result's ``condition`` says what it drew.
+        model draw them from its training cohort; the result's ``condition`` says what it drew. ``axis_values``: the
+        values of any further axes the model declares (its ``/info/`` ``axes``), by name.
         """
         if output_space not in OUTPUT_SPACES:
             raise ValueError(f"invalid output_space {output_space!r}; allowed: {', '.join(OUTPUT_SPACES)}")
         params = {"level": _value(level), "pattern": _value(pattern), "side": _value(side) if side else None,
-                  "seed": seed, "psi": psi, "output_space": output_space,
-                  **{axis: value for axis, value in zip(LESION_AXES, (territory, severity)) if value is not None}}
+                  "seed": seed, **({"psi": psi} if psi is not None else {}), "output_space": output_space,
+                  **{axis: value for axis, value in zip(LESION_AXES, (territory, severity)) if value is not None},
+                  **(axis_values or {})}
         request = f"generation of {params['level']} {params['pattern']} {params['side'] or ''} with {model}"
         response = self._request("POST", f"/infer/{quote(model, safe='')}?image={quote(image, safe='')}&output=all",
                                  what=" ".join(request.split()), data={"params": json.dumps(params)})
@@ -419,16 +423,22 @@ def _server_message(response: requests.Response) -> str:
 
 # ---------------------------------------------------------------------------------------------------- batches
 
-def model_conditions(model_info: dict) -> list[Condition]:
-    """Every valid condition of a model from its ``/info/`` entry (``conditions``: labels such as
-    ``BG-unilateral-left``)."""
-    labels = model_info.get("conditions")
-    if not labels or not isinstance(labels, list):
-        raise InvalidResponseError("the model's /info/ entry lists no conditions")
+def model_axes(model_info: dict) -> ConditionAxes:
+    """A model's declared condition axes from its ``/info/`` entry (``axes``)."""
+    declared = model_info.get("axes")
+    if not declared or not isinstance(declared, list):
+        raise InvalidResponseError("the model's /info/ entry declares no condition axes")
     try:
-        return [parse_condition(*str(label).split("-")) for label in labels]
-    except (TypeError, ValueError) as error:
-        raise InvalidResponseError(f"the model's /info/ entry has an invalid condition: {error}") from error
+        axes = ConditionAxes.from_list(declared)
+        axes.conditions()  # level, pattern and side are there, with values this spectgan knows
+    except (TypeError, ValueError, KeyError) as error:
+        raise InvalidResponseError(f"the model's /info/ entry has invalid condition axes: {error!r}") from error
+    return axes
+
+
+def model_conditions(model_info: dict) -> list[Condition]:
+    """Every valid condition of a model (level, pattern, side), from its ``/info/`` entry's declared axes."""
+    return model_axes(model_info).conditions()
 
 
 def _parse_list(text: str | Sequence[str] | None, what: str) -> list[str] | None:
@@ -506,7 +516,8 @@ class GenerationJob:
     model: str
     conditions: list[Condition]
     seeds: list[int | None]
-    psi: float = 1.0
+    psi: float | None = None  # None: the model's default (a family without psi takes none)
+    axis_values: dict[str, Any] = field(default_factory=dict)  # further declared axes (``SpectGANClient.generate``)
     results: list[GenerationResult] = field(default_factory=list)
 
     @property
@@ -519,7 +530,8 @@ class GenerationJob:
         for condition in self.conditions:
             for seed in self.seeds:
                 result = self.client.generate(self.image, self.model, condition.level, condition.pattern,
-                                              condition.side, seed=seed, psi=self.psi, **lesion_params(condition))
+                                              condition.side, seed=seed, psi=self.psi, axis_values=self.axis_values,
+                                              **lesion_params(condition))
                 if out is not None:
                     result.save(out)
                 self.results.append(result)
@@ -706,7 +718,7 @@ def add_generate_command(subparsers) -> None:
                         "bilateral: left=0.2;right=0.4 (default: drawn from the model's training cohort)")
     parser.add_argument("--seeds", help="seeds such as 0-9 or 1,5,7 (default: --count seeds drawn by the server)")
     parser.add_argument("--count", type=int, default=1, help="scans per condition without --seeds (default 1)")
-    parser.add_argument("--psi", type=float, default=1.0, help="truncation in [0, 1] (default 1: none)")
+    parser.add_argument("--psi", type=float, help="truncation in [0, 1] (default: the model's, 1: none)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     parser.add_argument("--pacs", metavar="URL",
                         help="also export DICOM to this PACS: dicom://AET@host:port or http(s)://host/dicom-web")
