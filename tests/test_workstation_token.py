@@ -104,6 +104,15 @@ def test_after_the_login_the_page_generates_and_ohif_reads_the_pacs_then_logout_
     refused = requests.get(f"{secured.url}/info/", cookies={SESSION_COOKIE: cookie["value"]}, timeout=30)
     assert refused.status_code == 401 and "session has expired or was ended" in refused.json()["detail"]
 
+    log_in(browser, secured.token)  # the same page again: its table keeps one column per declared statistic
+    wait_for(browser, lambda d: d.find_element(By.ID, "generate").is_enabled(), 60)
+    config = requests.get(f"{secured.url}/spectgan/api/config", timeout=30,
+                          headers={"Authorization": f"Bearer {secured.token}"}).json()
+    heads = [head.text for head in browser.find_elements(By.CSS_SELECTOR, "#stats-head th.statistic")]
+    assert len(heads) == sum(statistic["summary"] for statistic in config["statistics"]) > 0
+    browser.find_element(By.ID, "logout").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "login").is_displayed(), 30)
+
     viewer = f"/ohif/viewer?StudyInstanceUIDs={Identity(0).study_uid}"
     browser.get(f"{secured.url}{viewer}")  # OHIF without a session: the login, then back to OHIF
     log_in(browser, secured.token)

@@ -396,6 +396,18 @@ const markOf = (statistic) => UNIT_MARKS[statistic.unit] || "";
 const headOf = (statistic) => `${statistic.label}${markOf(statistic)}`;
 const CARD_COLUMNS = 2;              // statistics per line on a card
 
+// The table's head: one column per summary statistic (built again at each start, e.g. after a new login).
+function showStatisticsHead() {
+  document.querySelectorAll("#stats-head th.statistic").forEach((head) => head.remove());
+  for (const statistic of summaryStatistics()) {
+    const head = document.createElement("th");
+    head.scope = "col";
+    head.className = "statistic";
+    head.textContent = headOf(statistic);
+    $("stats-head").appendChild(head);
+  }
+}
+
 function statsText(stats) {
   const items = summaryStatistics().map(
     (statistic) => `${statistic.label} ${number(stats[statistic.key], statistic.digits)}${markOf(statistic)}`);
@@ -618,12 +630,7 @@ async function start() {
     call("/info/", "Reading the server's models"), call(`${API}/studies`, "Listing the datastore's studies"),
     call(`${API}/config`, "Reading the page's settings")]);
   state.config = config;
-  for (const statistic of summaryStatistics()) {  // the table's head: one column per summary statistic
-    const head = document.createElement("th");
-    head.scope = "col";
-    head.textContent = headOf(statistic);
-    $("stats-head").appendChild(head);
-  }
+  showStatisticsHead();
   state.models = info.models || {};
   fill($("study"), studies.studies);
   fill($("model"), Object.keys(state.models), (name) => `${name} ${state.models[name].bundle?.version || ""}`.trim());
