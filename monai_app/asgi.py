@@ -2,7 +2,9 @@
 ``--uvicorn_app monai_app.asgi:app``).
 
 - ``EdgeGuard``, in front of every route (MONAI Label's own included): the optional bearer token
-  (``SPECTGAN_API_TOKEN`` or conf ``api_token``), plain ids on every datastore write, the upload size limit.
+  (``SPECTGAN_API_TOKEN`` or conf ``api_token``) or, from a browser, a session cookie it got by logging in with
+  that token on the spectgan page (``/spectgan/api/login``; the page and OHIF's DICOMweb calls through
+  ``/proxy/dicom/`` then carry it), plain ids on every datastore write, the upload size limit.
 - ``POST /infer/{model}`` turns the request into one typed ``GenerationRequest`` and a reference image path (a 4xx
   naming what is allowed otherwise), then has MONAI Label's app run the infer task with that object, in a worker
   thread, so one inference no longer stalls ``/info/`` or other requests (the stock route runs it on the event
@@ -14,8 +16,8 @@
   (``spectgan.models.versions``).
 - ``/spectgan/``: the spectgan page (static files of ``spectgan.workstation_page``) and its API under
   ``/spectgan/api/``: the datastore's studies, a generation answered as JSON with the slice as the page draws it
-  (``spectgan.serving.page.slice_view``; the same checks and infer task as ``/infer``), and the export of chosen
-  results to the server's PACS.
+  (``spectgan.serving.page.slice_view``; the same checks and infer task as ``/infer``), the export of chosen
+  results to the server's PACS, and the browser's login and logout on a server with a token.
 - ``error_response``: the one place where errors of spectgan and MONAI Label become HTTP answers (a 4xx with their
   message instead of a bare 500; no server path in it).
 
@@ -29,10 +31,10 @@ from dataclasses import replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Optional
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from monailabel.app import app
 from monailabel.config import RBAC_ADMIN, RBAC_ANNOTATOR, RBAC_USER, settings
@@ -44,6 +46,7 @@ from monailabel.interfaces.exception import (ImageNotFoundException, LabelNotFou
                                             MONAILabelException)
 from monailabel.interfaces.utils.app import app_instance
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import cookie_parser
 
 from spectgan.errors import (AuthenticationError, InvalidRequestError, MalformedRequestError, NotFoundError,
                              SpectganError, TooLargeError, UnavailableError)
@@ -52,6 +55,7 @@ from spectgan.results import GenerationResult
 from spectgan.serving.page import describe_page, parse_export_request, slice_view
 from spectgan.serving.request import GENERATION_REQUEST
 from spectgan.serving.service import private_results_dir, use_server_threads, without_folder
+from spectgan.serving.sessions import SessionStore
 from spectgan.serving.settings import API_TOKEN_ENV, REPOSITORY_ROOT, api_token_from, max_upload_bytes_from
 from spectgan.serving.uploads import check_id, check_size, check_upload
 
@@ -61,6 +65,17 @@ MULTIPART_ALLOWANCE_BYTES = 1024 * 1024  # a request body may exceed the upload 
 # The one mapping from spectgan's domain errors to HTTP statuses (first match wins).
 STATUS_OF_ERROR = ((TooLargeError, 413), (MalformedRequestError, 400), (InvalidRequestError, 422),
                    (NotFoundError, 404), (UnavailableError, 503), (SpectganError, 422))
+
+# A browser's login on a server with a token: an opaque session id in this cookie (HttpOnly, SameSite=Strict).
+SESSION_COOKIE = "spectgan_session"
+PAGE_PATH = "/spectgan/"
+# What a browser reaches without the token or a session: the page (it shows the login form) and its login routes.
+PUBLIC_PATHS = frozenset({PAGE_PATH.rstrip("/"), PAGE_PATH, f"{PAGE_PATH}api/session", f"{PAGE_PATH}api/login",
+                          f"{PAGE_PATH}api/logout"})
+PUBLIC_PREFIXES = (f"{PAGE_PATH}static/",)
+OHIF_PREFIX = "/ohif/"  # a browser that opens OHIF without a session is sent to the page's login first
+PROXY_PREFIX = f"{API}/proxy/"  # MONAI Label's DICOMweb proxy: forwards request headers to the PACS
+CREDENTIAL_HEADERS = (b"authorization", b"cookie")  # what never goes on to the PACS
 
 router = APIRouter()
 page_router = APIRouter(prefix="/spectgan")
@@ -112,6 +127,11 @@ async def _error_handler(request: Request, error: Exception) -> JSONResponse:
 
 # ------------------------------------------------------------------------------------------------------ edge
 
+def is_token(given: str, expected: str) -> bool:
+    """True when ``given`` is the server's token (compared in constant time)."""
+    return hmac.compare_digest(given.strip().encode(), expected.encode())
+
+
 def check_token(headers: dict, expected: Optional[str]) -> None:
     """AuthenticationError unless the request carries ``Authorization: Bearer <expected>`` (nothing to check when the
     server has no token). Neither token appears in the message."""
@@ -121,10 +141,53 @@ def check_token(headers: dict, expected: Optional[str]) -> None:
     if scheme.lower() != "bearer" or not given.strip():
         raise AuthenticationError(f"this server requires an API token: send the header 'Authorization: Bearer "
                                   f"<token>' (spectgan: --token or ${API_TOKEN_ENV}; MONAI Label's client: "
-                                  "update_auth({'token_type': 'Bearer', 'access_token': <token>}))")
-    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+                                  "update_auth({'token_type': 'Bearer', 'access_token': <token>}); a browser logs "
+                                  f"in on the spectgan page {PAGE_PATH})")
+    if not is_token(given, expected):
         raise AuthenticationError("the API token sent is not this server's token (a 'Bearer' token was sent and "
                                   "refused); ask the server's administrator for the token")
+
+
+def session_of(headers: dict) -> Optional[str]:
+    """The browser session id a request's cookies carry, if any."""
+    return cookie_parser(headers.get(b"cookie", b"").decode("latin-1")).get(SESSION_COOKIE) or None
+
+
+def browser_sessions() -> SessionStore:
+    return app_instance().browser_sessions
+
+
+def check_access(path: str, headers: dict, expected: Optional[str]) -> None:
+    """AuthenticationError unless the server has no token, the path is public (``PUBLIC_PATHS``), or the request
+    carries the token (``check_token``) or, without an Authorization header, an open browser session."""
+    if expected is None or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+        return
+    session = session_of(headers)
+    if b"authorization" not in headers and session is not None:
+        if browser_sessions().is_open(session):
+            return
+        raise AuthenticationError(f"this browser's session has expired or was ended: log in again on the spectgan "
+                                  f"page {PAGE_PATH}")
+    check_token(headers, expected)
+
+
+def to_login(scope) -> Optional[RedirectResponse]:
+    """A browser opening OHIF without a session: sent to the page's login, which returns it there (``next``)."""
+    accepts_html = b"text/html" in dict(scope["headers"]).get(b"accept", b"")
+    if scope["method"] != "GET" or not accepts_html or not scope["path"].startswith(OHIF_PREFIX):
+        return None
+    query = scope.get("query_string", b"").decode("latin-1")
+    target = scope["path"] + (f"?{query}" if query else "")
+    return RedirectResponse(f"{PAGE_PATH}?next={quote(target, safe='')}", status_code=303)
+
+
+def without_credentials(scope) -> dict:
+    """The scope of a request to MONAI Label's DICOMweb proxy without its Authorization and Cookie headers: the proxy
+    forwards a request's headers to the PACS, and neither the token nor a session goes beyond this server."""
+    if not scope["path"].startswith(PROXY_PREFIX):
+        return scope
+    return {**scope, "headers": [(name, value) for name, value in scope["headers"]
+                                 if name.lower() not in CREDENTIAL_HEADERS]}
 
 
 def check_datastore_request(method: str, path: str, query: bytes) -> None:
@@ -137,7 +200,8 @@ def check_datastore_request(method: str, path: str, query: bytes) -> None:
 
 
 class EdgeGuard:
-    """ASGI middleware in front of every route: token, datastore ids and declared body size, before any work.
+    """ASGI middleware in front of every route: token or browser session, datastore ids and declared body size,
+    before any work.
 
     A pure ASGI class rather than Starlette's BaseHTTPMiddleware, which would copy every answer through a stream.
     CORS preflight requests (OPTIONS) pass without a token, as browsers send none with them.
@@ -153,14 +217,15 @@ class EdgeGuard:
         headers = dict(scope["headers"])
         try:
             if scope["method"] != "OPTIONS":
-                check_token(headers, api_token_from(conf))
+                check_access(scope["path"], headers, api_token_from(conf))
             check_datastore_request(scope["method"], scope["path"], scope.get("query_string", b""))
             length = headers.get(b"content-length", b"0").decode("latin-1")
             if length.isdecimal():
                 check_size(max(0, int(length) - MULTIPART_ALLOWANCE_BYTES), max_upload_bytes_from(conf))
         except SpectganError as error:
-            return await error_response(error)(scope, receive, send)
-        return await self.app(scope, receive, send)
+            redirect = to_login(scope) if isinstance(error, AuthenticationError) else None
+            return await (redirect or error_response(error))(scope, receive, send)
+        return await self.app(without_credentials(scope), receive, send)
 
 
 def _checked_upload(file: UploadFile) -> None:
@@ -250,7 +315,7 @@ async def model_versions(model: str, user: User = Depends(RBAC(settings.MONAI_LA
 @router.post("/models/{model}/rollback", summary=f"{RBAC_ADMIN}Serve a published version of a model again")
 async def model_rollback(model: str, request: Request,
                          user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
-    body = await _json_body(request, '{"version": "1.0.1"}')
+    body = await json_body(request, "rollback", '{"version": "1.0.1"}')
     if not isinstance(body, dict) or not isinstance(body.get("version"), str):
         raise MalformedRequestError('send {"version": "<a published version>"} (GET .../versions lists them)')
     return (await run_in_threadpool(app_instance().rollback, model, body["version"])).to_dict()
@@ -303,21 +368,62 @@ async def page_generate(model: str, image: str = "", params: str = Form("{}"),
     return await run_in_threadpool(_page_generation, model, image, params)
 
 
-async def _json_body(request: Request, example: str):
-    """A request's JSON body; JSON only: no form of another site can send it (scripts of other sites: MONAI Label's
-    CORS setting). MalformedRequestError showing ``example`` otherwise."""
+async def json_body(request: Request, what: str, example: str):
+    """The JSON body of a page request; MalformedRequestError showing ``example`` otherwise. JSON only: no form of
+    another site can send it (scripts of other sites: MONAI Label's CORS setting)."""
     try:
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             raise ValueError
         return await request.json()
     except ValueError:
-        raise MalformedRequestError(f"the request is not JSON; send {example} with Content-Type: "
-                                    "application/json") from None
+        raise MalformedRequestError(f"the {what} request is not JSON; send {example} with "
+                                    "Content-Type: application/json") from None
 
 
 @page_router.post("/api/export", summary=f"{RBAC_USER}Export results of the page to the server's PACS")
 async def export_from_page(request: Request, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
-    return await run_in_threadpool(_page_export, await _json_body(request, '{"results": [result ids]}'))
+    body = await json_body(request, "export", '{"results": [result ids]}')
+    return await run_in_threadpool(_page_export, body)
+
+
+def _session_answer(required: bool, logged_in: bool, **extra) -> JSONResponse:
+    return JSONResponse({"token_required": required, "logged_in": logged_in, **extra},
+                        headers={"Cache-Control": "no-store"})
+
+
+@page_router.get("/api/session", summary="Whether this server wants a login (a token) and whether this browser has one")
+async def page_session(request: Request):
+    required = api_token_from(settings.MONAI_LABEL_APP_CONF) is not None
+    return _session_answer(required, not required or browser_sessions().is_open(request.cookies.get(SESSION_COOKIE)))
+
+
+@page_router.post("/api/login", summary="A browser logs in with the server's API token (JSON body {\"token\": ...}): "
+                                        "a session cookie")
+async def page_login(request: Request):
+    body = await json_body(request, "login", '{"token": "<the server\'s API token>"}')
+    given = body.get("token") if isinstance(body, dict) else None
+    expected = api_token_from(settings.MONAI_LABEL_APP_CONF)
+    if expected is None:
+        return _session_answer(False, True)
+    if not isinstance(given, str) or not given.strip():
+        raise InvalidRequestError('the login needs the server\'s API token: send {"token": "<token>"}')
+    if not is_token(given, expected):
+        return error_response(AuthenticationError("that is not this server's API token: check it, or ask the "
+                                                  "server's administrator for it"))
+    session = browser_sessions().open()
+    answer = _session_answer(True, True, expires_in_s=session.lifetime_s)
+    answer.set_cookie(SESSION_COOKIE, session.id, max_age=session.lifetime_s, path="/", httponly=True,
+                      samesite="strict", secure=request.url.scheme == "https")
+    return answer
+
+
+@page_router.post("/api/logout", summary="A browser ends its session")
+async def page_logout(request: Request):
+    browser_sessions().end(request.cookies.get(SESSION_COOKIE))
+    answer = _session_answer(api_token_from(settings.MONAI_LABEL_APP_CONF) is not None, False)
+    answer.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+                         secure=request.url.scheme == "https")
+    return answer
 
 
 def _ahead_of_stock_routes(router: APIRouter) -> None:

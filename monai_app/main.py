@@ -3,7 +3,8 @@
 Thin: ``spectgan.serving`` does the work. ``--studies`` is a folder of NIfTI / DICOM studies, or a PACS's
 DICOMweb URL (``lib.datastore``: NM series, offline). The models are the bundles found in the models folder (or the names in
 conf ``models``). App conf: see ``spectgan.serving.settings`` (``models``, ``models_dir``, ``cohort``,
-``generation_workers``, ``api_token``, ``max_upload_mb``).
+``cohorts_dir``, ``keep_versions``, ``generation_workers``, ``api_token``, ``session_hours``, ``max_upload_mb``,
+``pacs``).
 
 ``generation_request`` and ``reference_image`` are the edge checks the app's ASGI routes (``asgi.py``) run before any
 work: they turn what arrives into a typed request and a reference image path, or raise a domain error.
@@ -26,7 +27,9 @@ from spectgan.serving.page import PageExport, ResultStore
 from spectgan.serving.request import GenerationRequest, parse_params_json
 from spectgan.models.versions import ModelStore, VersionEntry
 from spectgan.serving.service import GenerationService, private_results_dir, resolve_cohort, select_models
-from spectgan.serving.settings import generation_workers_from, is_dicomweb, models_dir_from, pacs_url_from
+from spectgan.serving.sessions import SessionStore
+from spectgan.serving.settings import (generation_workers_from, is_dicomweb, models_dir_from, pacs_url_from,
+                                       session_seconds_from)
 from spectgan.serving.uploads import check_id
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class SpectganApp(MONAILabelApp):
         workers = generation_workers_from(conf)
         self.generator = GenerationPool(models_dir, names, workers) if workers else self.service
         self.page_results = ResultStore()  # the spectgan page's results, by id, for its exports
+        self.browser_sessions = SessionStore(session_seconds_from(conf))  # logins of the page and OHIF (a token)
         pacs_url = pacs_url_from(conf, studies)
         self.page_export = PageExport(pacs_url, private_results_dir() / "page_exports",
                                       ohif=is_dicomweb(studies) and pacs_url == str(studies).strip().rstrip("/"))

@@ -11,9 +11,9 @@ Levels are axial planes of the MNI152 template. Template coordinates here are LP
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 
 class Level(str, Enum):
@@ -182,20 +182,23 @@ def valid_conditions(levels: Sequence[Level] = ALL_LEVELS) -> list[Condition]:
     return conditions
 
 
-def parse_condition(level, pattern, side=None, levels: Sequence[Level] = ALL_LEVELS) -> Condition:
+def parse_condition(level, pattern, side=None, levels: Sequence[Level] = ALL_LEVELS,
+                    valid: Sequence[Condition] | None = None) -> Condition:
     """Validate a request; raises ValueError naming what is allowed.
 
-    ``levels`` are the levels a model was trained on (model B: COR only).
+    ``levels`` are the levels a model was trained on (model B: COR only); ``valid``: the model's valid conditions
+    (its bundle's), by default ``valid_conditions(levels)``.
     """
     level = parse_member(Level, level, "level")
     pattern = parse_member(Pattern, pattern, "pattern")
     if level not in levels:
         raise ValueError(f"level {level.value} is not available for this model; allowed levels: "
                          f"{', '.join(lv.value for lv in levels)}")
-    if not is_trainable(level, pattern):
-        allowed = [p.value for p in Pattern if is_trainable(level, p)]
+    at_level = list(dict.fromkeys(c.pattern for c in (valid_conditions(levels) if valid is None else valid)
+                                  if c.level is level))
+    if pattern not in at_level:
         raise ValueError(f"pattern {pattern.value} does not exist at level {level.value} (no training cases); "
-                         f"allowed patterns at {level.value}: {', '.join(allowed)}")
+                         f"allowed patterns at {level.value}: {', '.join(p.value for p in at_level)}")
     if side in ("", None):
         side = None
     sided = ", ".join(p.value for p in Pattern if takes_side(p))
@@ -237,5 +240,172 @@ def check_vocabulary(recorded: dict | None, what: str) -> None:
 
 
 def describe_allowed(levels: Sequence[Level] = ALL_LEVELS) -> str:
-    """Human-readable list of the valid conditions, for error messages."""
-    return "; ".join(condition.label for condition in valid_conditions(levels))
+    """Human-readable list of the valid conditions at ``levels``, for error messages."""
+    return describe_conditions(valid_conditions(levels))
+
+
+def describe_conditions(conditions: Sequence[Condition]) -> str:
+    """Human-readable list of conditions (a model's valid ones), for error messages."""
+    return "; ".join(condition.label for condition in conditions)
+
+
+# ------------------------------------------------------------------------------------------- declared axes
+
+class AxisKind(str, Enum):
+    """How a condition axis takes its value: one of named values, or a number in a range."""
+
+    CATEGORICAL = "categorical"
+    CONTINUOUS = "continuous"
+
+
+# The axes every model has, in this order: the ones a batch may expand over ("all") and that name a condition.
+CONDITION_AXES = ("level", "pattern", "side")
+
+
+@dataclass(frozen=True)
+class ConditionAxis:
+    """One axis of a model's conditions, as its bundle declares it and ``/info/`` lists it (``to_dict``): every front
+    end builds one control per axis from this, and the server checks a value against it (``check``).
+
+    - ``values``: the allowed values of a categorical axis; or, with ``values_by``, ``values_per``: the allowed values
+      for each value of an earlier axis (a territory per level, a pattern per level).
+    - ``minimum``, ``maximum`` (and ``unit``): the range of a continuous axis.
+    - ``applies_when``: {earlier axis: values}: the axis is offered only when each of them has one of those values
+      (a side for the sided patterns, a territory for the defect patterns); always when empty.
+    - ``per_side_when``: {earlier axis: values}: where the value may be given per hemisphere (a bilateral defect);
+      one value then stands for both sides.
+    - ``required``: a request must give it where it applies, unless there is a ``default``; an optional axis left
+      empty takes its ``default`` (None: the model draws it, e.g. from its training cohort).
+    """
+
+    name: str
+    kind: AxisKind
+    values: tuple[str, ...] = ()
+    values_by: Optional[str] = None
+    values_per: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    unit: str = ""
+    applies_when: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    per_side_when: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    required: bool = True
+    default: Any = None
+    description: str = ""
+
+    def applies(self, chosen: Mapping[str, Any]) -> bool:
+        """Whether the axis is offered, given the values ``chosen`` for the earlier axes (by name)."""
+        return all(chosen.get(axis) in values for axis, values in self.applies_when.items())
+
+    def allowed(self, chosen: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+        """A categorical axis's values given the earlier axes' (all of them when the deciding one is not chosen)."""
+        if self.values_by is None:
+            return self.values
+        per = self.values_per.get((chosen or {}).get(self.values_by))
+        return tuple(per) if per is not None else tuple(dict.fromkeys(v for vs in self.values_per.values() for v in vs))
+
+    def check(self, value, chosen: Mapping[str, Any]):
+        """``value`` for this axis given the earlier ``chosen`` values: the value (a number for a continuous axis) or
+        None where it is left empty or does not apply; ValueError naming what is allowed otherwise."""
+        if not self.applies(chosen):
+            if not is_empty(value):
+                raise ValueError(f"{self.name} does not apply here ({self.describe_applies()}); leave it empty")
+            return None
+        if is_empty(value):
+            if self.required and self.default is None:
+                raise ValueError(f"{self.name} is required; allowed: {self.describe_allowed(chosen)}")
+            return self.default
+        if self.kind is AxisKind.CONTINUOUS:
+            number = parse_number(value)
+            if number is None or not self.minimum <= number <= self.maximum:
+                raise ValueError(f"{self.name} must be a number in [{self.minimum:g}, {self.maximum:g}]"
+                                 f"{f' ({self.unit})' if self.unit else ''}, got {value!r}")
+            return number
+        allowed = self.allowed(chosen)
+        if str(value) not in allowed:
+            raise ValueError(f"invalid {self.name} {value!r}; allowed: {self.describe_allowed(chosen)}")
+        return str(value)
+
+    def describe_allowed(self, chosen: Mapping[str, Any]) -> str:
+        if self.kind is AxisKind.CONTINUOUS:
+            return f"{self.minimum:g} to {self.maximum:g}"
+        return ", ".join(self.allowed(chosen))
+
+    def describe_applies(self) -> str:
+        return "; ".join(f"only with {axis} {', '.join(values)}" for axis, values in self.applies_when.items())
+
+    def to_dict(self) -> dict:
+        """The declaration as ``/info/`` lists it (JSON): only the keys that say something."""
+        values = {"name": self.name, "kind": self.kind.value, "required": self.required, "default": self.default,
+                  "description": self.description}
+        if self.kind is AxisKind.CONTINUOUS:
+            values.update(minimum=self.minimum, maximum=self.maximum, unit=self.unit)
+        elif self.values_by is not None:
+            values.update(values_by=self.values_by, values_per={key: list(v) for key, v in self.values_per.items()})
+        else:
+            values["values"] = list(self.values)
+        for key in ("applies_when", "per_side_when"):
+            if getattr(self, key):
+                values[key] = {axis: list(v) for axis, v in getattr(self, key).items()}
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "ConditionAxis":
+        """A declaration from ``to_dict``'s form (a bundle's metadata, an ``/info/`` answer)."""
+        tuples = lambda mapping: {key: tuple(v) for key, v in (mapping or {}).items()}  # noqa: E731
+        return cls(values["name"], AxisKind(values["kind"]), tuple(values.get("values", ())), values.get("values_by"),
+                   tuples(values.get("values_per")), values.get("minimum"), values.get("maximum"),
+                   values.get("unit", ""), tuples(values.get("applies_when")), tuples(values.get("per_side_when")),
+                   bool(values.get("required", True)), values.get("default"), values.get("description", ""))
+
+
+@dataclass(frozen=True)
+class ConditionAxes:
+    """A model's condition axes, in the order a front end offers them (each may depend on the ones before)."""
+
+    axes: tuple[ConditionAxis, ...]
+
+    @classmethod
+    def declare(cls, conditions: Sequence[Condition], more: Sequence[ConditionAxis] = ()) -> "ConditionAxes":
+        """The axes of a model whose valid conditions (from its bundle) are ``conditions``: level, the patterns at
+        each level, the side for the sided patterns; then ``more`` (a model's defect axes, any axis its family
+        declares)."""
+        levels = tuple(dict.fromkeys(c.level.value for c in conditions))
+        sided = tuple(dict.fromkeys(c.pattern.value for c in conditions if c.side is not None))
+        patterns = {level: tuple(dict.fromkeys(c.pattern.value for c in conditions if c.level.value == level))
+                    for level in levels}
+        sides = tuple(dict.fromkeys(c.side.value for c in conditions if c.side is not None))
+        return cls((
+            ConditionAxis("level", AxisKind.CATEGORICAL, levels,
+                          description="anatomical level: an axial plane of the template"),
+            ConditionAxis("pattern", AxisKind.CATEGORICAL, values_by="level", values_per=patterns,
+                          description="perfusion defect pattern"),
+            ConditionAxis("side", AxisKind.CATEGORICAL, sides, applies_when={"pattern": sided},
+                          description="hemisphere of a one-sided defect (the patient's side)"),
+            *more))
+
+    def __getitem__(self, name: str) -> ConditionAxis:
+        for axis in self.axes:
+            if axis.name == name:
+                return axis
+        raise KeyError(name)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(axis.name for axis in self.axes)
+
+    def conditions(self) -> list[Condition]:
+        """Every valid (level, pattern, side) the axes allow, in their order."""
+        level_axis, pattern_axis, side_axis = (self[name] for name in CONDITION_AXES)
+        found = []
+        for level in level_axis.allowed():
+            for pattern in pattern_axis.allowed({"level": level}):
+                chosen = {"level": level, "pattern": pattern}
+                sides = side_axis.allowed(chosen) if side_axis.applies(chosen) else (None,)
+                found += [Condition(Level(level), Pattern(pattern), Side(side) if side else None) for side in sides]
+        return found
+
+    def to_list(self) -> list[dict]:
+        return [axis.to_dict() for axis in self.axes]
+
+    @classmethod
+    def from_list(cls, values: Sequence[Mapping]) -> "ConditionAxes":
+        return cls(tuple(ConditionAxis.from_dict(item) for item in values))

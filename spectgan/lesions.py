@@ -19,11 +19,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from spectgan.conditions import (Condition, Level, Lesion, Pattern, Side, is_empty, parse_condition, parse_member,
-                                 parse_number, takes_side)
+from spectgan.conditions import (AxisKind, Condition, ConditionAxis, Level, Lesion, Pattern, Side, is_empty,
+                                 parse_condition, parse_member, parse_number, takes_side)
 
 UNKNOWN = "unknown"  # a territory or severity a cohort does not record
 LESION_AXES = ("territory", "severity")  # a lesion's axes: request params, CLI flags, manifest columns
+DRAWN = "empty: drawn from the training cohort (with what else the request gives)"
 TERRITORY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,15}$")
 SEVERITY_DECIMALS = 4
 
@@ -119,6 +120,20 @@ class DefectAxes:
                 "severity": {"kind": "continuous", "minimum": self.severity_range[0],
                              "maximum": self.severity_range[1], "unit": "fractional CBF reduction",
                              "per_side": "bilateral"}}
+
+    def condition_axes(self) -> tuple[ConditionAxis, ConditionAxis]:
+        """Territory and severity as declared condition axes: offered for the defect patterns, per hemisphere for
+        the bilateral one (one value stands for both sides), optional (empty: drawn)."""
+        defects = {"pattern": tuple(p.value for p in Pattern if p is not Pattern.NORMAL)}
+        per_side = {"pattern": tuple(p.value for p in Pattern if p is not Pattern.NORMAL and not takes_side(p))}
+        return (ConditionAxis("territory", AxisKind.CATEGORICAL, values_by="level",
+                              values_per={level: tuple(names) for level, names in self.territories.items()},
+                              applies_when=defects, per_side_when=per_side, required=False,
+                              description=f"vascular territory of the defect (allowed per level); {DRAWN}"),
+                ConditionAxis("severity", AxisKind.CONTINUOUS, minimum=self.severity_range[0],
+                              maximum=self.severity_range[1], unit="fractional CBF reduction",
+                              applies_when=defects, per_side_when=per_side, required=False,
+                              description=f"fractional CBF reduction of the defect (0.3: 30 % less); {DRAWN}"))
 
     @classmethod
     def from_dict(cls, values: Mapping) -> "DefectAxes":

@@ -81,7 +81,7 @@ class GenerationResult:
     masks: HemisphereMasks | None = field(default=None, repr=False, compare=False)
     stats_error: str | None = None
     output_space: str = "slice"
-    options: Mapping[str, float] = field(default_factory=dict)
+    options: Mapping[str, float | str] = field(default_factory=dict)  # the family's, and further declared axes'
     level_plane: LevelPlane | None = None
     registration: RegistrationSummary | None = None
     timings_s: Mapping[str, Any] = field(default_factory=dict)

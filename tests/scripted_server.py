@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from requests_toolbelt import MultipartEncoder
 
 from spectgan.client.http import parse_multipart
-from spectgan.conditions import parse_condition, valid_conditions
+from spectgan.conditions import ConditionAxes, parse_condition, valid_conditions
 from spectgan.geometry.roi import MidlinePlane
 from spectgan.results import GenerationResult, ModelVersion
 from test_dicom import make_oblique_scan
@@ -77,8 +77,9 @@ class ScriptedServer:
             return self.failures.pop(0) if self.failures else None
 
     def info(self) -> dict:
-        labels = [condition.label for condition in valid_conditions()]
-        return {"name": "spectgan", "models": {MODEL: {"conditions": labels}}}
+        axes = ConditionAxes.declare(valid_conditions())
+        return {"name": "spectgan", "models": {MODEL: {"axes": axes.to_list(),
+                                                       "conditions": [c.label for c in axes.conditions()]}}}
 
     def generate(self, model: str, query: dict, form: dict) -> tuple[dict, str, bytes]:
         """(metadata, file name, NIfTI bytes) of one scan, as the app's infer task answers."""

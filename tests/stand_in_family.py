@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from spectgan.conditions import ALL_LEVELS, Condition, Level, valid_conditions
+from spectgan.conditions import ALL_LEVELS, Condition, ConditionAxes, ConditionAxis, Level, valid_conditions
 from spectgan.errors import SpectganError
 from spectgan.models.synthesizer import METADATA_FILE, TrainPlan, bundle_metadata
 
@@ -54,6 +54,11 @@ class StandInSynthesizer:
     def defect_axes(self) -> None:
         return None
 
+    def condition_axes(self) -> ConditionAxes:
+        """Level, pattern and side, then the axes its bundle declares (``write_bundle``'s ``axes``)."""
+        return ConditionAxes.declare(self.conditions(), [ConditionAxis.from_dict(axis)
+                                                         for axis in self.metadata.get("condition_axes", ())])
+
     def resolve(self, conditions: Sequence[Condition], seed: int) -> list[Condition]:
         return list(conditions)
 
@@ -80,9 +85,11 @@ class StandInFamily:
 FAMILY = StandInFamily()
 
 
-def write_bundle(folder: Path, name: str) -> Path:
-    """A stand-in bundle (metadata only) in ``folder / name``."""
+def write_bundle(folder: Path, name: str, axes: Sequence[ConditionAxis] = ()) -> Path:
+    """A stand-in bundle (metadata only) in ``folder / name``; ``axes``: condition axes it declares beyond level,
+    pattern and side."""
     path = folder / name / METADATA_FILE
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"name": name, "family": NAME, "version": "1.0.0"}))
+    path.write_text(json.dumps({"name": name, "family": NAME, "version": "1.0.0",
+                                "condition_axes": [axis.to_dict() for axis in axes]}))
     return folder / name

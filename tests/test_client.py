@@ -24,7 +24,7 @@ from spectgan.client.batch import expand_conditions, parse_seeds
 from spectgan.client.http import (InvalidResponseError, RequestRejectedError, ServerTimeoutError,
                                   ServerUnavailableError, SpectGANClient, model_conditions, parse_multipart)
 from spectgan.client.overview import draw_overview
-from spectgan.conditions import LEVEL_Z_MM, Condition, Level, Pattern, Side, valid_conditions
+from spectgan.conditions import LEVEL_Z_MM, Condition, ConditionAxes, Level, Pattern, Side, valid_conditions
 from spectgan.demo import STUDIES, require_bundles, run_chain
 from spectgan.export.dicom import counts_slope, read_scan, write_series
 from spectgan.errors import InvalidImageError, NotFoundError, SpectganError
@@ -155,7 +155,7 @@ def test_generate_sends_every_param_as_monai_label_expects(tmp_path):
     (request,) = server.received
     assert request.path == f"/infer/{MODEL}" and request.query["image"] == ["study 1"]
     assert json.loads(parse_qs(request.body.decode())["params"][0]) == {
-        "level": "COR", "pattern": "normal", "side": None, "seed": None, "psi": 1.0, "output_space": "slice"}
+        "level": "COR", "pattern": "normal", "side": None, "seed": None, "output_space": "slice"}  # psi: the model's
 
 
 def test_upload_sends_the_volume_and_names_it_by_content(tmp_path):
@@ -189,8 +189,7 @@ def test_unknown_model_names_the_servers_models(tmp_path):
 # --------------------------------------------------------------------------------------------- request expansion
 
 MODEL_A = valid_conditions()
-MODEL_B = model_conditions({"conditions": ["COR-normal", "COR-unilateral-left", "COR-unilateral-right",
-                                           "COR-bilateral"]})
+MODEL_B = model_conditions({"axes": ConditionAxes.declare(valid_conditions([Level.COR])).to_list()})
 
 
 @pytest.mark.parametrize("available, levels, patterns, sides, expected", [

@@ -18,7 +18,6 @@ from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
 from scripted_server import MODEL, ScriptedServer
 from slicer_fixtures import MODULE_DIR, slicer_module  # noqa: F401 (a fixture)
 from spectgan import client as spectgan_client
-from spectgan.conditions import Level, valid_conditions
 from spectgan.export.pacs import pending_count
 from spectgan.serving.settings import SAMPLE_STUDIES_DIR
 
@@ -35,7 +34,7 @@ def test_module_byte_compiles_and_has_the_scripted_module_classes(tmp_path):
                if isinstance(node, ast.ClassDef)}
     assert classes == {"SpectGAN": ["ScriptedLoadableModule"],
                        "SpectGANWidget": ["ScriptedLoadableModuleWidget", "VTKObservationMixin"],
-                       "RequestChoices": ["NamedTuple"], "SpectGANLogic": ["ScriptedLoadableModuleLogic"],
+                       "AxisControl": ["NamedTuple"], "SpectGANLogic": ["ScriptedLoadableModuleLogic"],
                        "SpectGANTest": ["ScriptedLoadableModuleTest"]}
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
     assert "set(MODULE_NAME SpectGAN)" in cmake
@@ -79,14 +78,27 @@ def test_the_module_class_names_itself_and_its_category(slicer_module):
     assert "synthetic" in module.parent.helpText.lower()
 
 
-def test_request_choices_come_from_the_models_conditions(slicer_module):
-    choices = slicer_module.RequestChoices.fromConditions(valid_conditions([Level.BG, Level.CER]))
-    assert choices.levels == ["all", "BG", "CER"]
-    assert choices.patterns == ["all", "normal", "unilateral", "bilateral"]
-    assert choices.sides == ["all", "left", "right"] and choices.sidedPatterns == {"unilateral"}
-    assert [choices.sideApplies(pattern) for pattern in choices.patterns] == [True, False, True, False]
-    only_normal = slicer_module.RequestChoices.fromConditions(valid_conditions([Level.CER])[:1])
-    assert only_normal.sides == ["all"] and not only_normal.sideApplies("normal")
+def test_the_controls_come_from_the_models_declared_axes(slicer_module, tmp_path):
+    """The Generate panel's controls, as the Logic specifies them for the Widget, from the scripted server's /info/
+    axes: each offers what the model allows given the ones before it; the side applies to the sided patterns."""
+    logic = slicer_module.SpectGANLogic()
+    parameters = logic.getParameterNode()
+    with ScriptedServer(tmp_path) as server:
+        logic.connect(server.url)
+        controls = logic.axisControls(MODEL, parameters)
+        assert [(c.name, c.kind, c.items, c.enabled) for c in controls] == [
+            ("level", "categorical", ["all", "CER", "BG", "COR"], True),
+            ("pattern", "categorical", ["all", "normal", "unilateral", "bilateral"], True),
+            ("side", "categorical", ["all", "left", "right"], True)]
+        parameters.SetParameter("level", "CER")
+        assert logic.axisControls(MODEL, parameters)[1].items == ["all", "normal", "unilateral"]  # none bilateral
+        parameters.SetParameter("pattern", "normal")
+        assert not logic.axisControls(MODEL, parameters)[2].enabled  # a normal slice has no side
+        parameters.SetParameter("pattern", "unilateral")
+        assert logic.axisControls(MODEL, parameters)[2].enabled
+        parameters.SetParameter("level", "BG")
+        parameters.SetParameter("pattern", "no-such-pattern")
+        assert logic.axisControls(MODEL, parameters)[1].items[0] == parameters.GetParameter("pattern") == "all"
 
 
 def test_after_a_scene_close_the_logic_fills_its_defaults_again_and_makes_a_new_table(slicer_module):
@@ -111,7 +123,7 @@ def test_the_logic_against_a_scripted_server_upload_generate_table_export_and_re
     assert {name: parameters.GetParameter(name) for name in ("level", "pattern", "side", "seed", "count")} == {
         "level": "all", "pattern": "all", "side": "all", "seed": "0", "count": "1"}
     with pytest.raises(RuntimeError, match="Connect to a spectgan server first"):
-        logic.conditions(MODEL)
+        logic.conditionAxes(MODEL)
     with ScriptedServer(tmp_path) as server:
         assert logic.connect(server.url) == [MODEL] and logic.datastoreImages() == ["study"]
         with pytest.raises(ValueError, match="choose a model first"):

@@ -33,7 +33,7 @@ from requests_toolbelt.multipart.decoder import MultipartDecoder
 from stand_in_family import left_low_counts
 
 from spectgan.cli import main as cli_main
-from spectgan.conditions import ALL_LEVELS, LEVEL_Z_MM, Lesion, Level, Side, valid_conditions
+from spectgan.conditions import ALL_LEVELS, LEVEL_Z_MM, ConditionAxes, Lesion, Level, Side, valid_conditions
 from spectgan.models.fastgan import export_bundle
 from spectgan.models.fastgan.train import train
 from spectgan.geometry.registration import pose_from_sidecar
@@ -176,6 +176,8 @@ def test_info_lists_one_infer_and_train_task_per_bundle(server):
         assert model["params"]["psi"] == {"type": "number", "minimum": 0.0, "maximum": 1.0, "default": 1.0,
                                           "description": "truncation of the latent toward its mean; 1: none"}
         assert model["conditions"] == [condition.label for condition in valid_conditions(model_levels)]
+        assert [axis["name"] for axis in model["axes"]] == ["level", "pattern", "side"]  # no defect axes
+        assert ConditionAxes.from_list(model["axes"]).conditions() == valid_conditions(model_levels)
         assert model["config"]["level"] == levels and model["config"]["output_space"] == ["slice", "reference"]
         assert model["bundle"]["name"] == name and len(model["bundle"]["sha256"]) == 64
         assert info["trainers"][name]["config"]["levels"] == ",".join(levels)
@@ -183,9 +185,11 @@ def test_info_lists_one_infer_and_train_task_per_bundle(server):
 
 
 def test_info_lists_the_defect_axes_of_a_model_that_has_them(server, toy_axes_bundle):  # noqa: F811
-    params = requests.get(f"{server.url}/info/", timeout=30).json()["models"][AXES_MODEL]["params"]
+    model = requests.get(f"{server.url}/info/", timeout=30).json()["models"][AXES_MODEL]
+    params = model["params"]
     assert set(params) == {*BASE_INFER_PARAMS, *LESION_AXES, "psi"}
     axes = load_synthesizer(toy_axes_bundle).defect_axes()
+    assert model["axes"][3:] == [axis.to_dict() for axis in axes.condition_axes()]  # declared once, listed as is
     assert DefectAxes.from_dict(params) == axes and axes.territories["CER"] == ("MCA", "PICA")
     assert params["territory"]["default"] is None and params["severity"]["default"] is None
     assert params["severity"]["unit"] == "fractional CBF reduction" and "left=VALUE;right=VALUE" in \

@@ -1,6 +1,7 @@
 """A real server with an API token, served over TLS with a self-signed certificate this module makes: every route
 wants the token (MONAI Label's own datastore routes included), both clients send it, uploads are checked, no answer
-or log line shows the token or a server path."""
+or log line shows the token or a server path; a browser logs in once with the token for a session cookie
+instead."""
 from __future__ import annotations
 
 import json
@@ -27,6 +28,9 @@ MAX_UPLOAD_MB = 1
 STUDY = "study_normal_axial"
 PARAMS = {"level": "COR", "pattern": "normal", "seed": 1}
 PATH_VALUES = {"model": "spect_fastgan_A", "image": STUDY, "id": STUDY, "session_id": "none"}
+# The routes a browser reaches without the token: the page's login (the page itself and its files are not in the
+# OpenAPI document).
+LOGIN_ROUTES = {("GET", "/spectgan/api/session"), ("POST", "/spectgan/api/login"), ("POST", "/spectgan/api/logout")}
 
 
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
@@ -67,6 +71,8 @@ def _routes(server) -> list[tuple[str, str]]:
 def test_every_route_wants_the_token_and_the_answer_says_how_to_send_it(secured):
     routes = _routes(secured)
     assert ("DELETE", "/datastore/image") in routes and ("PUT", "/datastore/image") in routes and len(routes) > 30
+    assert LOGIN_ROUTES <= set(routes)
+    routes = [route for route in routes if route not in LOGIN_ROUTES]
     hidden = [("DELETE", "/datastore/"), ("PUT", "/datastore/"), ("GET", "/no/such/route")]  # not in the schema
     for method, path in routes + hidden:
         for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": secured.token}):
@@ -135,6 +141,41 @@ def test_uploads_take_plain_ids_and_nifti_or_dicom_under_the_size_limit(secured)
     listed = json.dumps(requests.get(f"{secured.url}/datastore/", params={"output": "all"}, headers=secured.headers,
                                      verify=secured.verify, timeout=30).json())
     assert "evil" not in listed and "notes" not in listed and "large" not in listed
+
+
+def _login(server, token) -> requests.Response:
+    return requests.post(f"{server.url}/spectgan/api/login", json={"token": token}, verify=server.verify, timeout=30)
+
+
+def test_a_browser_logs_in_for_a_session_cookie_that_stands_for_the_token_until_logout(secured):
+    wrong = _login(secured, "not-" + secured.token)
+    assert wrong.status_code == 401 and "not this server's API token" in wrong.json()["detail"]
+    assert "set-cookie" not in wrong.headers and secured.token not in wrong.text
+    assert _login(secured, "").status_code == 422
+    as_form = requests.post(f"{secured.url}/spectgan/api/login", data={"token": secured.token}, verify=secured.verify,
+                            timeout=30)
+    assert as_form.status_code == 400  # JSON only: no form of another site logs a browser in
+
+    logged_in = _login(secured, secured.token)
+    assert logged_in.status_code == 200 and secured.token not in logged_in.text
+    cookie = logged_in.headers["set-cookie"]
+    assert secured.token not in cookie
+    attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "samesite", "path", "max-age", "secure"} <= attributes and "samesite=strict" in cookie.lower()
+    session = {"spectgan_session": logged_in.cookies["spectgan_session"]}
+
+    def status(path: str, **headers) -> int:
+        return requests.get(f"{secured.url}{path}", cookies=session, headers=headers, verify=secured.verify,
+                            timeout=30).status_code
+
+    assert status("/info/") == 200 and status("/spectgan/api/studies") == 200
+    assert status("/info/", Authorization="Bearer wrong-token") == 401  # a token sent is checked, cookie or not
+    assert requests.get(f"{secured.url}/spectgan/api/session", cookies=session, verify=secured.verify,
+                        timeout=30).json() == {"token_required": True, "logged_in": True}
+    logged_out = requests.post(f"{secured.url}/spectgan/api/logout", cookies=session, verify=secured.verify,
+                               timeout=30)
+    assert logged_out.status_code == 200 and 'spectgan_session=""' in logged_out.headers["set-cookie"]
+    assert status("/info/") == 401 and status("/spectgan/api/studies") == 401
 
 
 def test_the_token_is_in_no_log_line(secured):

@@ -15,7 +15,8 @@ this package exports the names they use.
 from spectgan.client.batch import (GenerationJob, expand_conditions, lesion_params, parse_seeds,
                                    seeds_from_spinboxes)
 from spectgan.client.http import (ClientError, InvalidResponseError, RequestRejectedError, ServerTimeoutError,
-                                  ServerUnavailableError, SpectGANClient, model_conditions, parse_multipart)
+                                  ServerUnavailableError, SpectGANClient, model_axes, model_conditions,
+                                  parse_multipart)
 from spectgan.client.overview import draw_overview
 from spectgan.client.result_files import DICOM_DIR, result_file, result_row, save_result, stats_table, write_stats
 from spectgan.export.scans import export_results, send_to_pacs, write_dicom
@@ -23,6 +24,6 @@ from spectgan.results import GenerationResult
 
 __all__ = ["ClientError", "DICOM_DIR", "GenerationJob", "GenerationResult", "InvalidResponseError",
            "RequestRejectedError", "ServerTimeoutError", "ServerUnavailableError", "SpectGANClient", "draw_overview",
-           "expand_conditions", "export_results", "lesion_params", "model_conditions", "parse_multipart",
-           "parse_seeds", "result_file", "result_row", "save_result", "seeds_from_spinboxes", "send_to_pacs",
-           "stats_table", "write_dicom", "write_stats"]
+           "expand_conditions", "export_results", "lesion_params", "model_axes", "model_conditions",
+           "parse_multipart", "parse_seeds", "result_file", "result_row", "save_result", "seeds_from_spinboxes",
+           "send_to_pacs", "stats_table", "write_dicom", "write_stats"]

@@ -7,7 +7,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from spectgan.client.http import SpectGANClient
 from spectgan.client.overview import OVERVIEW_PNG, OVERVIEW_TITLE, draw_overview
@@ -92,7 +92,8 @@ class GenerationJob:
     model: str
     conditions: list[Condition]
     seeds: list[int | None]
-    psi: float = 1.0
+    psi: float | None = None  # None: the model's default (a family without psi takes none)
+    axis_values: dict[str, Any] = field(default_factory=dict)  # further declared axes (``SpectGANClient.generate``)
     results: list[GenerationResult] = field(default_factory=list)
 
     @property
@@ -105,7 +106,8 @@ class GenerationJob:
         for condition in self.conditions:
             for seed in self.seeds:
                 result = self.client.generate(self.image, self.model, condition.level, condition.pattern,
-                                              condition.side, seed=seed, psi=self.psi, **lesion_params(condition))
+                                              condition.side, seed=seed, psi=self.psi, axis_values=self.axis_values,
+                                              **lesion_params(condition))
                 if out is not None:
                     save_result(result, out)
                 self.results.append(result)

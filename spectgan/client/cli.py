@@ -38,7 +38,7 @@ def add_generate_command(subparsers) -> None:
                         "bilateral: left=0.2;right=0.4 (default: drawn from the model's training cohort)")
     parser.add_argument("--seeds", help="seeds such as 0-9 or 1,5,7 (default: --count seeds drawn by the server)")
     parser.add_argument("--count", type=int, default=1, help="scans per condition without --seeds (default 1)")
-    parser.add_argument("--psi", type=float, default=1.0, help="truncation in [0, 1] (default 1: none)")
+    parser.add_argument("--psi", type=float, help="truncation in [0, 1] (default: the model's, 1: none)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     parser.add_argument("--pacs", metavar="URL",
                         help="also export DICOM to this PACS: dicom://AET@host:port or http(s)://host/dicom-web")

@@ -21,12 +21,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 from urllib.parse import quote, urlsplit
 
 import requests
 import SimpleITK as sitk
 
-from spectgan.conditions import Condition, parse_condition
+from spectgan.conditions import Condition, ConditionAxes
 from spectgan.errors import AuthenticationError, NotFoundError, SpectganError
 from spectgan.files import NIFTI_SUFFIX
 from spectgan.geometry.registration import OUTPUT_SPACES
@@ -224,19 +225,23 @@ class SpectGANClient:
         return str(answer["image"])
 
     def generate(self, image: str, model: str, level, pattern, side=None, seed: int | None = None,
-                 psi: float = 1.0, output_space: str = "slice", territory=None, severity=None) -> GenerationResult:
+                 psi: float | None = None, output_space: str = "slice", territory=None, severity=None,
+                 axis_values: Mapping[str, Any] | None = None) -> GenerationResult:
         """One synthetic scan of a condition, registered over the reference ``image`` (a datastore id).
 
-        ``seed=None`` lets the server draw one (it comes back in the result). ``output_space``: ``slice`` (a
-        one-slice volume on the level's plane) or ``reference`` (resampled onto the reference's grid).
-        ``territory`` and ``severity`` (a model with defect axes; the forms of ``spectgan.lesions``): None lets the
-        model draw them from its training cohort; the result's ``condition`` says what it drew.
+        ``seed=None`` lets the server draw one (it comes back in the result); ``psi=None``: the model's default.
+        ``output_space``: ``slice`` (a one-slice volume on the level's plane) or ``reference`` (resampled onto the
+        reference's grid). ``territory`` and ``severity`` (a model with defect axes; the forms of
+        ``spectgan.lesions``): None lets the model draw them from its training cohort; the result's ``condition``
+        says what it drew. ``axis_values``: the values of any further axes the model declares (its ``/info/``
+        ``axes``), by name.
         """
         if output_space not in OUTPUT_SPACES:
             raise ValueError(f"invalid output_space {output_space!r}; allowed: {', '.join(OUTPUT_SPACES)}")
         params = {"level": _value(level), "pattern": _value(pattern), "side": _value(side) if side else None,
-                  "seed": seed, "psi": psi, "output_space": output_space,
-                  **{axis: value for axis, value in zip(LESION_AXES, (territory, severity)) if value is not None}}
+                  "seed": seed, **({"psi": psi} if psi is not None else {}), "output_space": output_space,
+                  **{axis: value for axis, value in zip(LESION_AXES, (territory, severity)) if value is not None},
+                  **(axis_values or {})}
         request = f"generation of {params['level']} {params['pattern']} {params['side'] or ''} with {model}"
         response = self._request("POST", f"/infer/{quote(model, safe='')}?image={quote(image, safe='')}&output=all",
                                  what=" ".join(request.split()), data={"params": json.dumps(params)})
@@ -326,15 +331,19 @@ def _server_message(response: requests.Response) -> str:
     return str(detail)
 
 
+def model_axes(model_info: dict) -> ConditionAxes:
+    """A model's declared condition axes from its ``/info/`` entry (``axes``)."""
+    declared = model_info.get("axes")
+    if not declared or not isinstance(declared, list):
+        raise InvalidResponseError("the model's /info/ entry declares no condition axes")
+    try:
+        axes = ConditionAxes.from_list(declared)
+        axes.conditions()  # level, pattern and side are there, with values this spectgan knows
+    except (TypeError, ValueError, KeyError) as error:
+        raise InvalidResponseError(f"the model's /info/ entry has invalid condition axes: {error!r}") from error
+    return axes
 
 
 def model_conditions(model_info: dict) -> list[Condition]:
-    """Every valid condition of a model from its ``/info/`` entry (``conditions``: labels such as
-    ``BG-unilateral-left``)."""
-    labels = model_info.get("conditions")
-    if not labels or not isinstance(labels, list):
-        raise InvalidResponseError("the model's /info/ entry lists no conditions")
-    try:
-        return [parse_condition(*str(label).split("-")) for label in labels]
-    except (TypeError, ValueError) as error:
-        raise InvalidResponseError(f"the model's /info/ entry has an invalid condition: {error}") from error
+    """Every valid condition of a model (level, pattern, side), from its ``/info/`` entry's declared axes."""
+    return model_axes(model_info).conditions()

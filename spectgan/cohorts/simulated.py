@@ -23,7 +23,7 @@ from spectgan.simulation.acquisition import acquire, axial_profile, system_fwhm_
 from spectgan.simulation.protocol import DEFAULT_MATRIX, protocol_for
 from spectgan.cohorts.format import (CohortRecord, compute_count_scale, finished_cohort, load_split, read_cohort_info,
                                      write_cohort_info, write_manifest)
-from spectgan.conditions import PAPER_COUNTS, Condition, Lesion, Level, Pattern, Side
+from spectgan.conditions import PAPER_COUNTS, Condition, Lesion, Level, Pattern, Side, takes_side
 from spectgan.figures import pyplot, save_figure
 from spectgan.geometry.registration import BRAIN_CENTRE_MM, pose_to_dict, similarity_pose
 from spectgan.simulation.phantom import Defect, Subject, perfusion_phantom, random_subject
@@ -63,7 +63,7 @@ def cohort_jobs(seed: int, scale: float = 1.0) -> list[SliceJob]:
         index = 0
         for (level, pattern), count in PAPER_COUNTS.items():
             for case in range(int(round(count * scale))):
-                side = (Side.LEFT, Side.RIGHT)[case % 2] if pattern is Pattern.UNILATERAL else None
+                side = (Side.LEFT, Side.RIGHT)[case % 2] if takes_side(pattern) else None
                 case_seed = int(np.random.SeedSequence([seed, split_key, index]).generate_state(1)[0])
                 jobs.append(SliceJob(split, index, Condition(level, pattern, side), case_seed))
                 index += 1
@@ -76,7 +76,7 @@ VISIBLE_ASYMMETRY = 0.04  # |1 - LR| of the noise-free slice below which a unila
 def _visible(condition: Condition, activity: np.ndarray) -> bool:
     """A unilateral case is labelled so only when its noise-free slice shows the asymmetry on its side (as a
     reader would label it); other patterns always qualify."""
-    if condition.pattern is not Pattern.UNILATERAL:
+    if not takes_side(condition.pattern):
         return True
     lr = hemisphere_stats(canonical_image(activity, condition.level), TEMPLATE_MIDLINE).lr
     return lr < 1 - VISIBLE_ASYMMETRY if condition.side is Side.LEFT else lr > 1 + VISIBLE_ASYMMETRY

@@ -14,7 +14,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from spectgan.cohorts.format import load_split
-from spectgan.conditions import ALL_LEVELS, Condition, Lesion, Level, Pattern, Side, valid_conditions
+from spectgan.conditions import ALL_LEVELS, Condition, Lesion, Level, Pattern, Side, takes_side, valid_conditions
 from spectgan.lesions import DefectAxes, LesionDistribution
 
 
@@ -96,7 +96,7 @@ class SliceSet:
         """The territory of each unilateral slice's lesion; None for other slices or where not known."""
         if not self.lesions:
             return (None,) * len(self)
-        return tuple(lesions[0].territory if condition.pattern is Pattern.UNILATERAL and lesions else None
+        return tuple(lesions[0].territory if takes_side(condition.pattern) and lesions else None
                      for condition, lesions in zip(self.conditions, self.lesions))
 
     def defect_axes(self) -> DefectAxes | None:

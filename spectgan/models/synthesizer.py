@@ -21,7 +21,7 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
-from spectgan.conditions import Condition, Level, parse_number
+from spectgan.conditions import Condition, ConditionAxes, Level, parse_number
 from spectgan.errors import InvalidRequestError, SpectganError
 from spectgan.lesions import DefectAxes
 
@@ -68,7 +68,11 @@ class Synthesizer(Protocol):
     levels: tuple[Level, ...]  # the levels it was trained on
 
     def conditions(self) -> list[Condition]:
-        """Every condition it can make (its levels; no bilateral at CER)."""
+        """Every condition it can make (its bundle's: its levels; no bilateral at CER)."""
+
+    def condition_axes(self) -> ConditionAxes:
+        """Its condition axes, one declaration (level, pattern, side from ``conditions``; its defect axes; any axis
+        its family adds): what ``/info/`` lists and every front end builds its controls from."""
 
     def options(self) -> tuple[Option, ...]:
         """The numbers a request may set beside condition and seed."""

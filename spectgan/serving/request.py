@@ -13,11 +13,11 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from spectgan.conditions import (Condition, Level, Pattern, Side, describe_allowed, is_empty, parse_condition,
-                                 parse_levels, valid_conditions)
+from spectgan.conditions import (CONDITION_AXES, AxisKind, Condition, ConditionAxes, ConditionAxis, Level, Pattern,
+                                 describe_conditions, is_empty, parse_condition, parse_levels)
 from spectgan.errors import InvalidRequestError, MalformedRequestError
 from spectgan.geometry.registration import OUTPUT_SPACES
-from spectgan.lesions import LESION_AXES, DefectAxes, with_lesions
+from spectgan.lesions import LESION_AXES, with_lesions
 from spectgan.models.synthesizer import INIT_SERVED, INITS, Option, Synthesizer, check_lesions
 from spectgan.serving.uploads import check_id
 
@@ -41,7 +41,8 @@ class GenerationRequest:
     model: str
     condition: Condition
     seed: int | None  # None: drawn at generation (``resolved_seed``) and echoed back
-    options: Mapping[str, float] = field(default_factory=dict)  # every option of the model family, defaults filled
+    # every option of the model family (defaults filled) and the values of the axes it declares beyond the condition's
+    options: Mapping[str, float | str] = field(default_factory=dict)
     output_space: str = OUTPUT_SPACES[0]
 
     def resolved_seed(self) -> int:
@@ -95,15 +96,15 @@ def parse_integer(value, name: str, low: int, high: int, hint: str = "") -> int:
 def parse_condition_params(params: Mapping[str, Any], synthesizer: Synthesizer) -> Condition:
     """``level``, ``pattern``, ``side`` and (a model with defect axes) ``territory`` and ``severity`` as a condition
     the model can make; InvalidRequestError naming the allowed values and the model's valid conditions otherwise."""
-    levels = synthesizer.levels
-    valid = f"Valid conditions for {synthesizer.name}: {describe_allowed(levels)}"
+    levels, conditions = synthesizer.levels, synthesizer.conditions()
+    valid = f"Valid conditions for {synthesizer.name}: {describe_conditions(conditions)}"
     for name, allowed in (("level", [level.value for level in levels]), ("pattern", [p.value for p in Pattern])):
         if is_empty(params.get(name)):
             raise InvalidRequestError(f"{name} is required; allowed: {', '.join(allowed)}. {valid}")
     side = params.get("side")
     try:
         condition = parse_condition(params["level"], params["pattern"], None if is_empty(side) else side,
-                                    levels=levels)
+                                    levels=levels, valid=conditions)
     except ValueError as error:
         raise InvalidRequestError(f"{error}. {valid}") from None
     try:
@@ -124,15 +125,35 @@ def describe_defect_axes(synthesizer: Synthesizer) -> str:
     return f"Model {synthesizer.name} takes territories {territories} and severities {low:g} to {high:g}"
 
 
+def declared_axis_values(params: Mapping[str, Any], axes: ConditionAxes, condition: Condition) -> dict:
+    """The values of the axes a model declares beyond level, pattern, side, territory and severity (checked against
+    their declaration; those left empty and without a default are left out); InvalidRequestError naming what is
+    allowed."""
+    chosen: dict[str, Any] = {name: value for name, value in condition.to_dict().items() if name in CONDITION_AXES}
+    values = {}
+    for axis in axes.axes:
+        if axis.name in CONDITION_AXES or axis.name in LESION_AXES:
+            continue
+        try:
+            value = axis.check(params.get(axis.name), chosen)
+        except ValueError as error:
+            raise InvalidRequestError(str(error)) from None
+        chosen[axis.name] = value
+        if value is not None:
+            values[axis.name] = value
+    return values
+
+
 def parse_generation_request(model: str, params: Mapping[str, Any], synthesizer: Synthesizer) -> GenerationRequest:
-    """Validate an infer request's params against the model (``BASE_INFER_PARAMS`` and its family's options; other
-    keys are ignored: MONAI Label adds its own)."""
+    """Validate an infer request's params against the model (``BASE_INFER_PARAMS``, its declared condition axes and
+    its family's options; other keys are ignored: MONAI Label adds its own)."""
     if not isinstance(params, Mapping):
         raise MalformedRequestError(f"params must be a JSON object of named params, got {type(params).__name__}")
     condition = parse_condition_params(params, synthesizer)
     seed = params.get("seed")
     seed = None if is_empty(seed) else parse_integer(seed, "seed", 0, MAX_SEED, " (or empty for a random seed)")
-    options = {option.name: option.parse(params.get(option.name)) for option in synthesizer.options()}
+    options = {**{option.name: option.parse(params.get(option.name)) for option in synthesizer.options()},
+               **declared_axis_values(params, synthesizer.condition_axes(), condition)}
     output_space = params.get("output_space")
     output_space = OUTPUT_SPACES[0] if is_empty(output_space) else output_space
     if output_space not in OUTPUT_SPACES:
@@ -151,7 +172,7 @@ MONAI_LABEL_KEYS = frozenset({"client_id", "label_info", "result_extension", "re
 def check_param_names(params: Mapping[str, Any], synthesizer: Synthesizer) -> None:
     """InvalidRequestError naming the allowed params when ``params`` has a key, with a value, that neither this model
     nor MONAI Label knows (a misspelt ``severty`` must not quietly give the default slice)."""
-    allowed = list(infer_param_spec(synthesizer.levels, synthesizer.options(), synthesizer.defect_axes()))
+    allowed = list(infer_param_spec(synthesizer.condition_axes(), synthesizer.options()))
     known = {*allowed, *MONAI_LABEL_KEYS, *LESION_AXES}  # lesion axes: a model without them says so itself
     unknown = sorted(str(key) for key, value in params.items() if key not in known and not is_empty(value))
     if unknown:
@@ -160,28 +181,27 @@ def check_param_names(params: Mapping[str, Any], synthesizer: Synthesizer) -> No
                                   f"{', '.join(sorted(MONAI_LABEL_KEYS))})")
 
 
-def defect_param_spec(axes: DefectAxes) -> dict:
-    """``territory`` and ``severity`` as ``/info/`` lists them for a model with these defect axes: the territories
-    per level and the severity range (``DefectAxes.to_dict``), default None (drawn)."""
-    declared = axes.to_dict()
-    drawn = "empty: drawn from the training cohort (with what else the request gives); " + PER_SIDE_FORMS
-    return {"territory": {"type": "string", **declared["territory"], "default": None,
-                          "description": f"vascular territory of the defect (allowed per level); {drawn}"},
-            "severity": {"type": "number", **declared["severity"], "default": None,
-                         "description": f"fractional CBF reduction of the defect (0.3: 30 % less); {drawn}"}}
+def axis_param_spec(axis: ConditionAxis) -> dict:
+    """A declared condition axis as ``/info/`` lists its param: the allowed values (all, and per the axis they depend
+    on, e.g. ``per_level``) or the range, where it applies, whether it is always required, default and meaning."""
+    if axis.kind is AxisKind.CONTINUOUS:
+        spec = {"type": "number", "minimum": axis.minimum, "maximum": axis.maximum, "unit": axis.unit}
+    else:
+        spec = {"allowed": list(axis.allowed())}
+        if axis.values_by:
+            spec[f"per_{axis.values_by}"] = {key: list(values) for key, values in axis.values_per.items()}
+    if axis.applies_when:
+        spec["applies_when"] = {name: list(values) for name, values in axis.applies_when.items()}
+    forms = f"; {PER_SIDE_FORMS}" if axis.per_side_when else ""
+    return {**spec, "required": axis.required and not axis.applies_when, "default": axis.default,
+            "description": axis.description + forms}
 
 
-def infer_param_spec(levels: Sequence[Level], options: Sequence[Option], axes: DefectAxes | None = None) -> dict:
-    """What a client may send, per param: allowed values or range, default and meaning (for ``/info/``); ``territory``
-    and ``severity`` for a model with defect ``axes``."""
-    patterns = list(dict.fromkeys(condition.pattern.value for condition in valid_conditions(levels)))
+def infer_param_spec(axes: ConditionAxes, options: Sequence[Option]) -> dict:
+    """What a client may send, per param: the model's declared condition axes (``axis_param_spec``), the seed, its
+    family's options and the output space (for ``/info/``)."""
     return {
-        "level": {"allowed": [level.value for level in levels], "required": True,
-                  "description": "anatomical level: an axial plane of the template"},
-        "pattern": {"allowed": patterns, "required": True, "description": "perfusion defect pattern"},
-        "side": {"allowed": [side.value for side in Side], "default": None,
-                 "description": "hemisphere of a one-sided defect (the patient's side); empty otherwise"},
-        **(defect_param_spec(axes) if axes else {}),
+        **{axis.name: axis_param_spec(axis) for axis in axes.axes},
         "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "default": None,
                  "description": "random seed; empty for a random one (always echoed back)"},
         **{option.name: option.spec() for option in options},

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import SimpleITK as sitk
 import torch
 
-from spectgan.conditions import ALL_LEVELS, Condition, Level, valid_conditions
+from spectgan.conditions import ALL_LEVELS, Condition, ConditionAxes, Level, valid_conditions
 from spectgan.errors import InvalidImageError, InvalidRequestError, NotFoundError, SpectganError, UnavailableError
 from spectgan.geometry.registration import Registration, level_plane, place_slice, register_to_template
 from spectgan.geometry.roi import read_image
@@ -199,7 +199,8 @@ class GenerationService:
         return self.synthesizer(name).levels if self.has_bundle(name) else ALL_LEVELS
 
     def describe(self, name: str) -> dict:
-        """What ``/info/`` shows for a model: its bundle (or None), the params a client may send, the conditions.
+        """What ``/info/`` shows for a model: its bundle (or None), its condition axes (the declaration front ends
+        build their controls from), the params a client may send, the conditions (labels, for display).
 
         Made once per loaded bundle (MONAI Label asks for it on every request); do not modify the answer.
         """
@@ -217,13 +218,12 @@ class GenerationService:
 
     @staticmethod
     def _description(name: str, synthesizer: Synthesizer | None) -> dict:
-        levels = synthesizer.levels if synthesizer else ALL_LEVELS
+        axes = synthesizer.condition_axes() if synthesizer else ConditionAxes.declare(valid_conditions(ALL_LEVELS))
         bundle = synthesizer.describe() if synthesizer else None
-        params = infer_param_spec(levels, synthesizer.options() if synthesizer else (),
-                                  synthesizer.defect_axes() if synthesizer else None)
+        params = infer_param_spec(axes, synthesizer.options() if synthesizer else ())
         return {"description": bundle["description"] if bundle else f"{name}: no trained bundle yet",
-                "bundle": bundle, "params": params,
-                "conditions": [condition.label for condition in valid_conditions(levels)],
+                "bundle": bundle, "axes": axes.to_list(), "params": params,
+                "conditions": [condition.label for condition in axes.conditions()],
                 "config": infer_client_config(params)}
 
     def request(self, name: str, params: Mapping[str, Any], strict: bool = False) -> GenerationRequest:

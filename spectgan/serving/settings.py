@@ -9,6 +9,7 @@
 | keep_versions        | SPECTGAN_KEEP_VERSIONS         | 5: published versions (and candidates) kept per model |
 | generation_workers   | SPECTGAN_GENERATION_WORKERS    | one worker process per core; 0: request threads |
 | api_token            | SPECTGAN_API_TOKEN             | none: no authentication                   |
+| session_hours        | SPECTGAN_SESSION_HOURS         | 8: how long a browser's login lasts       |
 | max_upload_mb        | SPECTGAN_MAX_UPLOAD_MB         | 64                                        |
 | pacs                 | SPECTGAN_PACS_URL              | the datastore, when it is a DICOMweb server; else none |
 
@@ -35,6 +36,8 @@ GENERATION_WORKERS_ENV = "SPECTGAN_GENERATION_WORKERS"
 API_TOKEN_ENV = "SPECTGAN_API_TOKEN"
 MAX_UPLOAD_ENV = "SPECTGAN_MAX_UPLOAD_MB"
 PACS_URL_ENV = "SPECTGAN_PACS_URL"
+SESSION_HOURS_ENV = "SPECTGAN_SESSION_HOURS"
+DEFAULT_SESSION_HOURS = 8  # a working day at the browser workstation
 DEFAULT_MAX_UPLOAD_MB = 64  # a reference SPECT volume takes a few MB
 
 
@@ -96,6 +99,16 @@ def api_token_from(conf: Mapping[str, str] | None = None) -> str | None:
     """The bearer token every request must send (app conf ``api_token``, else $SPECTGAN_API_TOKEN); None: no
     authentication (the default, for a server on 127.0.0.1)."""
     return _setting(conf, "api_token", API_TOKEN_ENV)
+
+
+def session_seconds_from(conf: Mapping[str, str] | None = None) -> int:
+    """How long a browser session lasts after its login (the spectgan page and OHIF on a server with a token), in
+    seconds: app conf ``session_hours``, else $SPECTGAN_SESSION_HOURS, else 8 hours."""
+    value = _setting(conf, "session_hours", SESSION_HOURS_ENV)
+    hours = DEFAULT_SESSION_HOURS if value is None else _whole_number(value, "session_hours", "of hours")
+    if hours < 1:
+        raise ValueError(f"session_hours must be at least 1, got {value!r}")
+    return hours * 3600
 
 
 def max_upload_bytes_from(conf: Mapping[str, str] | None = None) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from spectgan.conditions import Condition, Level, Pattern, Side
+from spectgan.conditions import Condition, Level, Pattern, Side, takes_side
 from spectgan.geometry.template import mni_maps
 
 GREY_MATTER_CBF = (42.5, 5.4)  # mL/100 g/min, mean and SD between healthy subjects
@@ -81,14 +81,14 @@ def random_subject(condition: Condition, rng: np.random.Generator) -> Subject:
     """Draw a patient for a condition: inter-subject variability plus the condition's defects."""
     defects: list[Defect] = []
     territories = TERRITORIES_AT_LEVEL[condition.level]
-    if condition.pattern is Pattern.UNILATERAL:
+    if takes_side(condition.pattern):
         defects.append(Defect(str(rng.choice(territories)), condition.side, float(rng.uniform(*SEVERITY_RANGE))))
     elif condition.pattern is Pattern.BILATERAL:
         supratentorial = [t for t in territories if t != "PICA"]
         for side in Side:
             defects.append(Defect(str(rng.choice(supratentorial)), side, float(rng.uniform(*SEVERITY_RANGE))))
     diaschisis = 0.0
-    if any(d.territory == "MCA" for d in defects) and condition.pattern is Pattern.UNILATERAL:
+    if any(d.territory == "MCA" for d in defects) and takes_side(condition.pattern):
         diaschisis = float(rng.uniform(*DIASCHISIS_FRACTION) * defects[0].severity)
     return Subject(
         grey_cbf=float(max(rng.normal(*GREY_MATTER_CBF), 25.0)),

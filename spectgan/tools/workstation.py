@@ -12,7 +12,8 @@ file records that they were loaded), starts the MONAI Label app with that Orthan
 It runs until Ctrl-C (SIGINT) or SIGTERM, then stops the server's process group and Orthanc, and exits 0. Orthanc asks
 for a login (user ``spectgan``, the password in ``<data>/orthanc-password``, made on the first run); the server
 reaches Orthanc with it, and OHIF through the server's proxy. Other messages go to stderr; the server's log is
-``<data>/server.log``, Orthanc's ``<data>/orthanc/orthanc.log``.
+``<data>/server.log``, Orthanc's ``<data>/orthanc/orthanc.log``. With $SPECTGAN_API_TOKEN set, the server wants that
+token: the page asks for it once and logs the browser in for the page and OHIF.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from spectgan.export.dicom import REFERENCE_FRAMES, SyntheticRun, encode_referen
 from spectgan.export.orthanc import LocalOrthanc
 from spectgan.export.pacs import export_folder
 from spectgan.geometry.roi import read_image
-from spectgan.serving.settings import SAMPLE_STUDIES_DIR, models_dir_from
+from spectgan.serving.settings import SAMPLE_STUDIES_DIR, api_token_from, models_dir_from
 from spectgan.tools.server import ServerProcess
 
 DEFAULT_PORT = 8000
@@ -140,7 +141,7 @@ def run_workstation(port: int, data_dir: Path, models_dir: Path | None = None) -
             print(f"loaded {len(series)} sample reference studies into Orthanc as NM DICOM", file=sys.stderr)
         server = stack.enter_context(ServerProcess(
             orthanc.dicomweb_url, models_dir or models_dir_from(), data_dir / "server.log", port=port,
-            environment=pacs_server_environment(orthanc, data_dir / "cache")))
+            environment=pacs_server_environment(orthanc, data_dir / "cache"), token=api_token_from()))
         print("\n".join(urls(port, orthanc)), flush=True)
         print(f"Orthanc login: user {orthanc.username}, password in {data_dir / PASSWORD_FILE}; Ctrl-C stops",
               file=sys.stderr, flush=True)

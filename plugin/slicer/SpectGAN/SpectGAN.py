@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import FrozenSet, List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import qt
 import slicer
@@ -28,11 +28,12 @@ SERVER_URL_SETTING = "SpectGAN/serverUrl"
 PACS_URL_SETTING = "SpectGAN/pacsUrl"
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 ALL = "all"
-# The parameter node: the request as strings, the reference volume and the statistics table as node references.
+# The parameter node: the request as strings (each condition axis the model declares under its own name), the
+# reference volume and the statistics table as node references.
 SERVER_URL, PACS_URL, IMAGE_ID, MODEL = "serverUrl", "pacsUrl", "imageId", "model"
-LEVEL, PATTERN, SIDE, SEED, COUNT = "level", "pattern", "side", "seed", "count"
+SEED, COUNT = "seed", "count"
 REFERENCE_ROLE, TABLE_ROLE = "reference", "statistics"
-DEFAULT_PARAMETERS = {LEVEL: ALL, PATTERN: ALL, SIDE: ALL, SEED: "0", COUNT: "1"}  # seed -1: the server draws
+DEFAULT_PARAMETERS = {SEED: "0", COUNT: "1"}  # seed -1: the server draws; the axes a Generate expands over: all
 
 
 def spectganClient():
@@ -43,6 +44,12 @@ def spectganClient():
         if str(REPOSITORY) not in sys.path:
             sys.path.insert(0, str(REPOSITORY))
         return importlib.import_module("spectgan.client")
+
+
+def expandedAxes():
+    """The condition axes a Generate may expand over (``all``): level, pattern, side (``spectgan.conditions``)."""
+    spectganClient()  # spectgan importable
+    return importlib.import_module("spectgan.conditions").CONDITION_AXES
 
 
 def pinnedRequirements(distributions):
@@ -78,7 +85,7 @@ class SpectGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._updatingGUIFromParameterNode = False
-        self.choices = RequestChoices.none()
+        self.axisWidgets = {}  # axis name -> its combo box or line edit (built per model from its declared axes)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -92,8 +99,6 @@ class SpectGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         for edit in (self.ui.serverUrlEdit, self.ui.pacsUrlEdit):
             edit.connect("textChanged(QString)", self.updateParameterNodeFromGUI)
-        for comboBox in (self.ui.levelComboBox, self.ui.patternComboBox, self.ui.sideComboBox):
-            comboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.imageIdComboBox.connect("currentTextChanged(QString)", self.updateParameterNodeFromGUI)
         for spinBox in (self.ui.seedSpinBox, self.ui.countSpinBox):
             spinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
@@ -145,13 +150,15 @@ class SpectGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.pacsUrlEdit.text = parameters.GetParameter(PACS_URL)
         self.ui.referenceSelector.setCurrentNode(parameters.GetNodeReference(REFERENCE_ROLE))
         self.ui.imageIdComboBox.setCurrentText(parameters.GetParameter(IMAGE_ID))
-        for comboBox, name in ((self.ui.modelComboBox, MODEL), (self.ui.levelComboBox, LEVEL),
-                               (self.ui.patternComboBox, PATTERN), (self.ui.sideComboBox, SIDE)):
-            comboBox.setCurrentText(parameters.GetParameter(name))
+        self.ui.modelComboBox.setCurrentText(parameters.GetParameter(MODEL))
+        for name, widget in self.axisWidgets.items():
+            if isinstance(widget, qt.QComboBox):
+                widget.setCurrentText(parameters.GetParameter(name))
+            else:
+                widget.text = parameters.GetParameter(name)
         self.ui.seedSpinBox.value = int(parameters.GetParameter(SEED))
         self.ui.countSpinBox.value = int(parameters.GetParameter(COUNT))
-        self.ui.sideComboBox.enabled = self.choices.sideApplies(parameters.GetParameter(PATTERN))
-        self.ui.generateButton.enabled = bool(self.choices.levels)
+        self.ui.generateButton.enabled = bool(self.axisWidgets)
         self.ui.statsTableView.setMRMLTableNode(parameters.GetNodeReference(TABLE_ROLE))
         self.ui.exportButton.enabled = bool(self.logic.results)
         self._updatingGUIFromParameterNode = False
@@ -160,11 +167,11 @@ class SpectGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is None or self._updatingGUIFromParameterNode:
             return
         wasModified = self._parameterNode.StartModify()
+        axes = ((name, widget.currentText if isinstance(widget, qt.QComboBox) else widget.text)
+                for name, widget in self.axisWidgets.items())
         for name, text in ((SERVER_URL, self.ui.serverUrlEdit.text), (PACS_URL, self.ui.pacsUrlEdit.text),
                            (IMAGE_ID, self.ui.imageIdComboBox.currentText),
-                           (MODEL, self.ui.modelComboBox.currentText), (LEVEL, self.ui.levelComboBox.currentText),
-                           (PATTERN, self.ui.patternComboBox.currentText),
-                           (SIDE, self.ui.sideComboBox.currentText)):
+                           (MODEL, self.ui.modelComboBox.currentText), *axes):
             self._parameterNode.SetParameter(name, text.strip())
         self._parameterNode.SetParameter(SEED, str(self.ui.seedSpinBox.value))
         self._parameterNode.SetParameter(COUNT, str(self.ui.countSpinBox.value))
@@ -182,14 +189,35 @@ class SpectGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onModelChanged()  # _setItems blocked the box's signals: read the chosen model's conditions
 
     def onModelChanged(self):
+        """Build one control per condition axis the chosen model declares (SpectGANLogic.axisControls)."""
+        self._parameterNode.SetParameter(MODEL, self.ui.modelComboBox.currentText)
+        layout = self.ui.conditionAxesWidget.layout()
+        while layout.rowCount():
+            layout.removeRow(0)
+        self.axisWidgets = {}
         model = self.ui.modelComboBox.currentText
-        self.choices = RequestChoices.none()
-        with slicer.util.tryWithErrorDisplay(f"Cannot read the conditions of {model}.", waitCursor=True):
-            self.choices = self.logic.requestChoices(model) if model else RequestChoices.none()
-        for comboBox, items, name in ((self.ui.levelComboBox, self.choices.levels, LEVEL),
-                                      (self.ui.patternComboBox, self.choices.patterns, PATTERN),
-                                      (self.ui.sideComboBox, self.choices.sides, SIDE)):
-            self._setItems(comboBox, items, name)
+        with slicer.util.tryWithErrorDisplay(f"Cannot read the condition axes of {model}.", waitCursor=True):
+            for control in self.logic.axisControls(model, self._parameterNode) if model else []:
+                categorical = control.kind == "categorical"
+                widget = qt.QComboBox() if categorical else qt.QLineEdit()
+                widget.toolTip = control.toolTip
+                if categorical:
+                    widget.connect("currentIndexChanged(int)", self.onAxisChanged)
+                else:
+                    widget.placeholderText = control.placeholder
+                    widget.connect("textChanged(QString)", self.updateParameterNodeFromGUI)
+                layout.addRow(f"{control.label}:", widget)
+                self.axisWidgets[control.name] = widget
+            self.onAxisChanged()
+
+    def onAxisChanged(self):
+        """A condition axis changed: the axes after it offer what the model allows with it (and apply or not)."""
+        self.updateParameterNodeFromGUI()
+        for control in self.logic.axisControls(self._parameterNode.GetParameter(MODEL), self._parameterNode):
+            widget = self.axisWidgets[control.name]
+            if control.kind == "categorical":
+                self._setItems(widget, control.items, control.name)
+            widget.enabled = control.enabled
         self.updateParameterNodeFromGUI()
         self.updateGUIFromParameterNode()
 
@@ -219,30 +247,21 @@ class SpectGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         comboBox.blockSignals(wasBlocked)
 
 
-class RequestChoices(NamedTuple):
-    """What a model offers in the Generate panel: the items of the level, pattern and side boxes (``all`` first) and
-    the patterns whose conditions name a side (from the model's conditions, never a copy of the vocabulary)."""
+class AxisControl(NamedTuple):
+    """The control of one condition axis a model declares (its ``/info/`` ``axes``), as the Widget builds it: a combo
+    box of ``items`` for a categorical axis (``all`` first on the axes a Generate expands over, the empty item first
+    on an optional one: the model draws it), a line edit for a number otherwise (``placeholder`` names its range);
+    ``enabled``: whether the axis applies to the values chosen before it."""
 
-    levels: List[str]
-    patterns: List[str]
-    sides: List[str]
-    sidedPatterns: FrozenSet[str]
-
-    @classmethod
-    def none(cls):
-        """Before a model is chosen: nothing to request."""
-        return cls([], [], [], frozenset())
-
-    @classmethod
-    def fromConditions(cls, conditions):
-        unique = lambda values: [ALL] + list(dict.fromkeys(values))  # noqa: E731 (the model's order)
-        return cls(unique(c.level.value for c in conditions), unique(c.pattern.value for c in conditions),
-                   unique(c.side.value for c in conditions if c.side),
-                   frozenset(c.pattern.value for c in conditions if c.side))
-
-    def sideApplies(self, pattern):
-        """Whether the side box applies to ``pattern`` (``all`` includes the sided patterns)."""
-        return pattern == ALL or pattern in self.sidedPatterns
+    name: str
+    label: str
+    kind: str  # categorical or continuous
+    items: List[str]
+    minimum: Optional[float]
+    maximum: Optional[float]
+    placeholder: str
+    toolTip: str
+    enabled: bool
 
 
 class SpectGANLogic(ScriptedLoadableModuleLogic):
@@ -270,8 +289,8 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
         return parameterNode
 
     def setDefaultParameters(self, parameterNode):
-        """Set the parameters that are not set (DEFAULT_PARAMETERS)."""
-        for name, value in DEFAULT_PARAMETERS.items():
+        """Set the parameters that are not set (DEFAULT_PARAMETERS; ``all`` for the axes a Generate expands over)."""
+        for name, value in {**DEFAULT_PARAMETERS, **{axis: ALL for axis in expandedAxes()}}.items():
             if not parameterNode.GetParameter(name):
                 parameterNode.SetParameter(name, value)
 
@@ -289,12 +308,32 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
         """The ids of the studies in the server's datastore, whatever it is (a folder, or a PACS: series UIDs)."""
         return self._connected().images()
 
-    def conditions(self, model):
-        return self._connected().conditions(model)
+    def conditionAxes(self, model):
+        """The condition axes ``model`` declares (``spectgan.conditions.ConditionAxes``, from its ``/info/`` entry)."""
+        return spectganClient().model_axes(self._connected().model_info(model))
 
-    def requestChoices(self, model):
-        """The level, pattern and side items ``model`` offers (RequestChoices)."""
-        return RequestChoices.fromConditions(self.conditions(model))
+    def axisControls(self, model, parameterNode):
+        """One AxisControl per condition axis of ``model``, in its order, given the values the parameter node holds
+        for the axes before it (``all`` or empty: any value); a categorical axis whose value in the node is not
+        among its items is set to its default, else to the first item."""
+        expanded, known, controls = expandedAxes(), {}, []
+        for axis in self.conditionAxes(model).axes:
+            enabled = all(known[name] in values for name, values in axis.applies_when.items() if name in known)
+            if axis.kind.value == "continuous":
+                items, placeholder = [], f"{'' if axis.required else 'drawn: '}{axis.minimum:g} to {axis.maximum:g}"
+            else:
+                first = [ALL] if axis.name in expanded else [] if axis.required else [""]
+                items, placeholder = first + list(axis.allowed(known)), ""
+            value = parameterNode.GetParameter(axis.name)
+            if items and value not in items:
+                value = axis.default if axis.default in items else items[0]
+                parameterNode.SetParameter(axis.name, value)
+            if enabled and value not in ("", ALL):
+                known[axis.name] = value
+            label = axis.name.replace("_", " ").capitalize()
+            controls.append(AxisControl(axis.name, label, axis.kind.value, items, axis.minimum, axis.maximum,
+                                        placeholder, " ".join(filter(None, (axis.description, axis.unit))), enabled))
+        return controls
 
     def referenceImageId(self, volumeNode):
         """Upload a volume of the scene to the server's datastore (once per version of it); its image id."""
@@ -315,25 +354,32 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
         return imageId
 
     def generateFromParameters(self, parameterNode):
-        """What Generate does: the request of the parameter node (the side only where the pattern takes one);
-        the reference's image id and the loaded nodes."""
+        """What Generate does: the request of the parameter node (each axis's value where it applies); the
+        reference's image id and the loaded nodes."""
         model = parameterNode.GetParameter(MODEL)
         if not model:
             raise ValueError("Connect to a server and choose a model first.")
-        pattern = parameterNode.GetParameter(PATTERN)
-        side = parameterNode.GetParameter(SIDE) if self.requestChoices(model).sideApplies(pattern) else None
+        values = {control.name: parameterNode.GetParameter(control.name) if control.enabled else None
+                  for control in self.axisControls(model, parameterNode)}
         imageId = self.requestedImageId(parameterNode)
-        nodes = self.generate(imageId, model, parameterNode.GetParameter(LEVEL), pattern, side,
-                              int(parameterNode.GetParameter(SEED)), int(parameterNode.GetParameter(COUNT)))
+        nodes = self.generate(imageId, model, values, int(parameterNode.GetParameter(SEED)),
+                              int(parameterNode.GetParameter(COUNT)))
         return imageId, nodes
 
-    def generate(self, imageId, model, level, pattern, side, seed, count):
-        """Every requested scan (``all`` expands per the model), each loaded as a scalar volume, and their
-        statistics in the table; the nodes."""
-        client = spectganClient()
-        conditions = client.expand_conditions(self.conditions(model), level, pattern, side)
-        job = client.GenerationJob(self._connected(), imageId, model, conditions,
-                                   client.seeds_from_spinboxes(seed, count))
+    def generate(self, imageId, model, values, seed, count):
+        """Every requested scan, each loaded as a scalar volume, and their statistics in the table; the nodes.
+
+        ``values``: by axis name; the axes a Generate expands over take ``all`` (every value the model offers), the
+        others one value (empty: drawn), sent with each condition it applies to.
+        """
+        client, axes, expanded = spectganClient(), self.conditionAxes(model), expandedAxes()
+        conditions = client.expand_conditions(axes.conditions(), *(values.get(name) for name in expanded))
+        further = {name: value for name, value in values.items() if name not in expanded and value}
+        batches = {}  # the further values that apply -> the conditions they apply to
+        for condition in conditions:
+            chosen = condition.to_dict()
+            applying = tuple((name, value) for name, value in further.items() if axes[name].applies(chosen))
+            batches.setdefault(applying, []).append(condition)
         self.batchFolder = Path(tempfile.mkdtemp(prefix="batch-", dir=self.workFolder))
         self.dicomFolder = None
         nodes = []
@@ -343,7 +389,11 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
             nodes.append(slicer.util.loadVolume(str(path), {"name": result.name, "show": False}))
             slicer.app.processEvents()
 
-        self.results = job.run(self.batchFolder, on_result=load)
+        self.results = []
+        for applying, batch in batches.items():
+            job = client.GenerationJob(self._connected(), imageId, model, batch,
+                                       client.seeds_from_spinboxes(seed, count), axis_values=dict(applying))
+            self.results += job.run(self.batchFolder, on_result=load)
         parameterNode = self.getParameterNode()
         tableNode = parameterNode.GetNodeReference(TABLE_ROLE)  # None before the first batch or after a new scene
         if tableNode is None:
@@ -487,10 +537,9 @@ class SpectGANTest(ScriptedLoadableModuleTest):
         logic = SpectGANLogic()
         parameters = logic.getParameterNode()
         parameters.SetParameter(MODEL, logic.connect(os.environ["SPECTGAN_SERVER_URL"])[0])
-        condition = logic.conditions(parameters.GetParameter(MODEL))[0]
-        for name, value in ((LEVEL, condition.level.value), (PATTERN, condition.pattern.value), (SEED, "0"),
-                            (COUNT, "1")):
-            parameters.SetParameter(name, value)
+        condition = logic.conditionAxes(parameters.GetParameter(MODEL)).conditions()[0]
+        for name, value in (*condition.to_dict().items(), (SEED, "0"), (COUNT, "1")):
+            parameters.SetParameter(name, value or "")
         parameters.SetNodeReferenceID(REFERENCE_ROLE, reference.GetID())
         imageId, nodes = logic.generateFromParameters(parameters)
         self.assertEqual([node.GetName() for node in nodes], [f"{condition.label}_seed0"])

@@ -298,8 +298,8 @@ def _noise_stage(noise: dict | None) -> str:
 
 def _example_condition(metadata: dict) -> tuple[str, str, str | None]:
     conditions = metadata["valid_conditions"]
-    unilateral = [c for c in conditions if c["pattern"] == Pattern.UNILATERAL.value]
-    chosen = (unilateral or conditions)[0]
+    sided = [c for c in conditions if c.get("side")]
+    chosen = (sided or conditions)[0]
     return chosen["level"], chosen["pattern"], chosen["side"]
 
 

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from spectgan.conditions import Condition, Level, parse_levels, valid_conditions
+from spectgan.conditions import Condition, ConditionAxes, Level, Pattern, Side, parse_levels, valid_conditions
 from spectgan.lesions import DefectAxes, resolve_conditions
 from spectgan.models.fastgan.bundle import FAMILY as FAMILY_NAME
 from spectgan.models.fastgan.bundle import Bundle, export_bundle, load_bundle
@@ -36,7 +36,16 @@ class FastGANSynthesizer:
         return parse_levels(self.bundle.metadata["levels"])
 
     def conditions(self) -> list[Condition]:
-        return valid_conditions(self.levels)
+        """The bundle's valid conditions (recorded at export; a bundle without them: those of its levels)."""
+        recorded = self.bundle.metadata.get("valid_conditions")
+        if not recorded:
+            return valid_conditions(self.levels)
+        return [Condition(Level(item["level"]), Pattern(item["pattern"]),
+                          Side(item["side"]) if item.get("side") else None) for item in recorded]
+
+    def condition_axes(self) -> ConditionAxes:
+        axes = self.bundle.defect_axes
+        return ConditionAxes.declare(self.conditions(), axes.condition_axes() if axes else ())
 
     def options(self) -> tuple[Option, ...]:
         return (PSI,)

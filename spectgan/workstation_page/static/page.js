@@ -1,6 +1,8 @@
 // The spectgan page: request synthetic slices over a reference study, review them with their hemisphere statistics,
 // download the table and export chosen results to the PACS. Everything the page offers comes from the server: the
 // studies (its datastore), the models and the conditions each allows (GET /info/); nothing is copied here.
+// On a server with an API token the page first asks for it (a login form): the server answers a session cookie that
+// authorises the page's calls and OHIF's; the page keeps no token.
 "use strict";
 
 const API = "/spectgan/api";
@@ -21,23 +23,28 @@ const $ = (id) => document.getElementById(id);
 
 class PageError extends Error {}
 
-// A readable message for a failed request: the server's own explanation when it gave one.
-async function describeFailure(response, what) {
-  let detail = "";
+// A call refused for want of a login (HTTP 401): the page shows its login form with the server's reason (the
+// message), e.g. a wrong token or an expired session.
+class LoginRequired extends PageError {}
+
+// The server's own explanation of a failed request ("" when it gave none).
+async function serverDetail(response) {
   try {
     const body = await response.clone().json();
-    detail = typeof body.detail === "string" ? body.detail
+    return typeof body.detail === "string" ? body.detail
       : Array.isArray(body.detail) ? body.detail.map((item) => item.msg || JSON.stringify(item)).join("; ")
       : JSON.stringify(body);
   } catch (error) {
-    detail = (await response.text()).trim().slice(0, 300);
+    return (await response.text()).trim().slice(0, 300);
   }
+}
+
+// A readable message for a failed request: the server's own explanation when it gave one.
+async function describeFailure(response, what) {
+  const detail = await serverDetail(response);
   const status = `HTTP ${response.status}${response.statusText ? " " + response.statusText : ""}`;
   if (response.status === 503 || response.status === 429) {
     return `${what}: the server is busy or a service it needs is unavailable (${status}). ${detail || "Try again in a moment."}`;
-  }
-  if (response.status === 401) {
-    return `${what}: this server requires an API token (${status}); the page works with servers without one. ${detail}`;
   }
   return `${what} was refused (${status}): ${detail || "no explanation given"}`;
 }
@@ -49,10 +56,19 @@ async function call(path, what, options = {}) {
   } catch (error) {
     throw new PageError(`${what}: cannot reach the spectgan server (${error.message}). Is it running?`);
   }
+  if (response.status === 401) {
+    throw new LoginRequired(await serverDetail(response) || `${what} needs a login (HTTP 401).`);
+  }
   if (!response.ok) {
     throw new PageError(await describeFailure(response, what));
   }
   return response.json();
+}
+
+// JSON to one of the page's routes (POST).
+function postJson(path, what, body) {
+  return call(path, what, { method: "POST", headers: { "Content-Type": "application/json" },
+                            body: JSON.stringify(body) });
 }
 
 function showError(message) {
@@ -68,9 +84,57 @@ function guarded(action) {
       showError("");
       await action(event);
     } catch (error) {
-      showError(error instanceof PageError ? error.message : `Unexpected error on the page: ${error.message}`);
+      if (error instanceof LoginRequired) {
+        showLogin(error.message);
+      } else {
+        showError(error instanceof PageError ? error.message : `Unexpected error on the page: ${error.message}`);
+      }
     }
   };
+}
+
+// ------------------------------------------------------------------------------------------------------ login
+
+function showLogin(message) {
+  showError("");
+  $("workspace").hidden = $("table-section").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message;
+  $("login-error").hidden = !message;
+  $("token").focus();
+}
+
+function hideLogin() {
+  $("login").hidden = true;
+  $("workspace").hidden = $("table-section").hidden = false;
+}
+
+// Where to go after the login: OHIF's page that sent the browser here (?next=/ohif/...), else this page.
+function nextAfterLogin() {
+  const next = new URLSearchParams(window.location.search).get("next") || "";
+  return /^\/ohif\/[^\\]*$/.test(next) ? next : null;
+}
+
+async function login() {
+  const field = $("token"), token = field.value.trim();
+  field.value = "";  // the page keeps no token: the server's session cookie stands for it
+  if (!token) {
+    showLogin("Enter the server's API token (ask its administrator).");
+    return;
+  }
+  await postJson(`${API}/login`, "The login", { token });  // a wrong token: LoginRequired, shown on the form
+  const next = nextAfterLogin();
+  if (next) {
+    window.location.assign(next);
+    return;
+  }
+  hideLogin();
+  await start();
+}
+
+async function logout() {
+  await postJson(`${API}/logout`, "The logout", {});
+  showLogin("Logged out: the page and OHIF need the token again.");
 }
 
 // --------------------------------------------------------------------------------------------- request form
@@ -89,50 +153,81 @@ function fill(select, values, describe = (value) => value) {
   if (values.includes(previous)) select.value = previous;
 }
 
-// The model's valid conditions from /info/ ("BG-unilateral-left"): [{level, pattern, side}] (side "" when none).
-function conditionsOf(model) {
-  return (state.models[model]?.conditions || []).map((label) => {
-    const [level, pattern, side = ""] = label.split("-");
-    return { level, pattern, side, label };
-  });
-}
-
 function unique(values) {
   return [...new Set(values)];
 }
 
-// Level, pattern and side offer only what the model allows, each given the choices before it.
-function updateConditionChoices() {
-  const conditions = conditionsOf($("model").value);
-  fill($("level"), unique(conditions.map((c) => c.level)));
-  const atLevel = conditions.filter((c) => c.level === $("level").value);
-  fill($("pattern"), unique(atLevel.map((c) => c.pattern)));
-  const sides = unique(atLevel.filter((c) => c.pattern === $("pattern").value).map((c) => c.side));
-  fill($("side"), sides, (side) => side || "none");
-  $("side").disabled = sides.length === 1 && sides[0] === "";
-  updateDefectChoices();
+// The condition controls: one per axis the model declares (/info/ "axes": level, pattern, side, territory, severity
+// or any other), built here from the declaration; nothing about a particular axis is written in the page. An axis's
+// values may depend on an earlier axis (values_by), and it may apply only for some values of earlier ones
+// (applies_when: a side for the sided patterns). An optional axis left empty is drawn by the model.
+function axesOf(model) {
+  return state.models[model]?.axes || [];
 }
 
-// Territory and severity: offered when the model declares them (/info/ params) and the pattern is a defect; empty
-// means drawn from the model's training cohort. A bilateral defect takes the value for both sides.
-function updateDefectChoices() {
-  const params = state.models[$("model").value]?.params || {};
-  const offered = Boolean(params.territory && params.severity) && $("pattern").value !== "normal";
-  $("territory-box").hidden = $("severity-box").hidden = !offered;
-  if (!offered) return;
-  fill($("territory"), ["", ...(params.territory.per_level[$("level").value] || [])], (name) => name || "drawn");
-  const { minimum, maximum } = params.severity;
-  Object.assign($("severity"), { min: minimum, max: maximum, placeholder: `drawn (${minimum}-${maximum})` });
+function allowedValues(axis, chosen) {
+  return axis.values_by ? axis.values_per[chosen[axis.values_by]] || [] : axis.values;
 }
 
+function applies(axis, chosen) {
+  return Object.entries(axis.applies_when || {}).every(([name, values]) => values.includes(chosen[name]));
+}
+
+function axisControl(axis) {
+  if (axis.kind === "continuous") {
+    const range = `${axis.minimum}-${axis.maximum}`;
+    const input = document.createElement("input");
+    Object.assign(input, { type: "number", step: "any", min: axis.minimum, max: axis.maximum, autocomplete: "off",
+                           placeholder: axis.required ? range : `drawn (${range})` });
+    return input;
+  }
+  const select = document.createElement("select");
+  select.addEventListener("change", updateAxisChoices);
+  return select;
+}
+
+function buildAxisControls() {
+  const boxes = axesOf($("model").value).map((axis) => {
+    const box = document.createElement("span"), label = document.createElement("label"), control = axisControl(axis);
+    box.id = `${axis.name}-box`;
+    control.id = label.htmlFor = axis.name;
+    label.textContent = axis.name[0].toUpperCase() + axis.name.slice(1).replace(/_/g, " ");
+    label.title = [axis.description, axis.unit].filter(Boolean).join("; ");
+    box.append(label, control);
+    return box;
+  });
+  $("axes").replaceChildren(...boxes);
+  updateAxisChoices();
+}
+
+// Each axis offers what the model allows given the axes before it; an axis that does not apply is hidden.
+function updateAxisChoices() {
+  const chosen = {};
+  for (const axis of axesOf($("model").value)) {
+    const offered = applies(axis, chosen);
+    $(`${axis.name}-box`).hidden = !offered;
+    if (!offered) continue;
+    if (axis.kind === "categorical") {
+      const select = $(axis.name), unchosen = !select.value, allowed = allowedValues(axis, chosen);
+      fill(select, [...(axis.required ? [] : [""]), ...allowed], (value) => value || "drawn");
+      if (unchosen && allowed.includes(axis.default)) select.value = axis.default;
+    }
+    chosen[axis.name] = $(axis.name).value;
+  }
+}
+
+// The chosen condition: the value of every offered axis that has one, and a label such as "BG-unilateral-left
+// (MCA 0.2)" (the required axes joined, the optional ones in brackets).
 function selectedCondition() {
-  const side = $("side").value;
-  const defect = $("territory-box").hidden ? {} : { territory: $("territory").value || null,
-                                                    severity: $("severity").value.trim() || null };
-  const lesion = [defect.territory, defect.severity].filter(Boolean).join(" ");
-  const label = [$("level").value, $("pattern").value, side].filter(Boolean).join("-");
-  return { level: $("level").value, pattern: $("pattern").value, side, ...defect,
-           label: lesion ? `${label} (${lesion})` : label };
+  const values = {}, named = [], optional = [];
+  for (const axis of axesOf($("model").value)) {
+    const value = $(`${axis.name}-box`).hidden ? "" : $(axis.name).value.trim();
+    if (!value) continue;
+    values[axis.name] = value;
+    (axis.required ? named : optional).push(value);
+  }
+  const label = named.join("-");
+  return { values, label: optional.length ? `${label} (${optional.join(" ")})` : label };
 }
 
 function showConditions() {
@@ -301,6 +396,18 @@ const markOf = (statistic) => UNIT_MARKS[statistic.unit] || "";
 const headOf = (statistic) => `${statistic.label}${markOf(statistic)}`;
 const CARD_COLUMNS = 2;              // statistics per line on a card
 
+// The table's head: one column per summary statistic (built again at each start, e.g. after a new login).
+function showStatisticsHead() {
+  document.querySelectorAll("#stats-head th.statistic").forEach((head) => head.remove());
+  for (const statistic of summaryStatistics()) {
+    const head = document.createElement("th");
+    head.scope = "col";
+    head.className = "statistic";
+    head.textContent = headOf(statistic);
+    $("stats-head").appendChild(head);
+  }
+}
+
 function statsText(stats) {
   const items = summaryStatistics().map(
     (statistic) => `${statistic.label} ${number(stats[statistic.key], statistic.digits)}${markOf(statistic)}`);
@@ -450,9 +557,7 @@ async function generate() {
     for (const [index, job] of jobs.entries()) {
       $("progress-text").textContent = `Generating ${index + 1} of ${jobs.length}: ${job.condition.label}` +
         (job.seed === null ? ", random seed" : `, seed ${job.seed}`);
-      const params = { level: job.condition.level, pattern: job.condition.pattern, side: job.condition.side || null,
-                       territory: job.condition.territory || null, severity: job.condition.severity || null,
-                       seed: job.seed };
+      const params = { ...job.condition.values, seed: job.seed };
       const form = new FormData();
       form.append("params", JSON.stringify(params));
       const answer = await call(`${API}/generate/${encodeURIComponent(model)}?image=${encodeURIComponent(study)}`,
@@ -478,9 +583,7 @@ async function exportSelected() {
   setBusy(true);
   $("export-status").textContent = `Exporting ${ids.length} result${ids.length > 1 ? "s" : ""} to the PACS…`;
   try {
-    const answer = await call(`${API}/export`, "Export to the PACS", {
-      method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ results: ids, run: state.run }) });
+    const answer = await postJson(`${API}/export`, "Export to the PACS", { results: ids, run: state.run });
     state.run = answer.run;
     $("export-status").textContent = `Exported ${ids.length} result${ids.length > 1 ? "s" : ""}: ` +
       `${answer.instances} DICOM instances confirmed by the PACS (run ${answer.run}).`;
@@ -517,37 +620,38 @@ function showExportedStudy(study) {
 // ------------------------------------------------------------------------------------------------------- start
 
 async function start() {
+  const session = await call(`${API}/session`, "Checking the login");
+  $("logout").hidden = !session.token_required;
+  if (!session.logged_in) {
+    showLogin("");
+    return;
+  }
   const [info, studies, config] = await Promise.all([
     call("/info/", "Reading the server's models"), call(`${API}/studies`, "Listing the datastore's studies"),
     call(`${API}/config`, "Reading the page's settings")]);
   state.config = config;
-  for (const statistic of summaryStatistics()) {  // the table's head: one column per summary statistic
-    const head = document.createElement("th");
-    head.scope = "col";
-    head.textContent = headOf(statistic);
-    $("stats-head").appendChild(head);
-  }
+  showStatisticsHead();
   state.models = info.models || {};
   fill($("study"), studies.studies);
   fill($("model"), Object.keys(state.models), (name) => `${name} ${state.models[name].bundle?.version || ""}`.trim());
   if (!studies.studies.length) throw new PageError("The server's datastore holds no reference study.");
   if (!Object.keys(state.models).length) throw new PageError("The server serves no trained model.");
-  updateConditionChoices();
+  buildAxisControls();
   if (!config.export) $("export-status").textContent = "Export is off: this server has no PACS configured.";
   $("generate").disabled = false;
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   $("generate").disabled = true;
-  $("model").addEventListener("change", () => { state.conditions = []; showConditions(); updateConditionChoices(); });
-  $("level").addEventListener("change", updateConditionChoices);
-  $("pattern").addEventListener("change", updateConditionChoices);
+  $("model").addEventListener("change", () => { state.conditions = []; showConditions(); buildAxisControls(); });
   $("add-condition").addEventListener("click", addCondition);
   $("seeds").addEventListener("focus", () => { $("mode-seeds").checked = true; });
   $("count").addEventListener("focus", () => { $("mode-count").checked = true; });
   $("request").addEventListener("submit", guarded(generate));
   $("download-csv").addEventListener("click", guarded(downloadCsv));
   $("export").addEventListener("click", guarded(exportSelected));
+  $("login").addEventListener("submit", guarded(login));
+  $("logout").addEventListener("click", guarded(logout));
   $("select-all").addEventListener("change", (event) => {
     document.querySelectorAll(".select-result:not(:disabled)").forEach((box) => { box.checked = event.target.checked; });
     updateExportButton();
