@@ -67,3 +67,12 @@ def test_on_paired_subjects_the_added_defect_matches_the_truth_and_leaves_the_re
         assert abs(added.inside_bias_pct) < 0.3 * abs(baseline.inside_bias_pct)
         assert added.outside_corr_patient > 0.99 and removed.outside_corr_patient > 0.99
         assert added.inside_mae_pct < baseline.inside_mae_pct
+
+
+def test_a_derivation_reads_back_from_its_json_and_names_what_was_removed():
+    from spectgan.results import Derivation
+
+    derivation = Derivation(physics.METHOD, (Lesion(Side.LEFT, "MCA", 0.5),))
+    assert Derivation.from_dict(derivation.to_dict()) == derivation
+    text = derivation.describe(Condition(Level.BG, Pattern.NORMAL))
+    assert "left MCA 50% removed (physics method)" in text
