@@ -13,7 +13,8 @@ import numpy as np
 
 from spectgan.cohorts import simulated
 from spectgan.cohorts.noise import BRAIN_SHARE, estimate_noise_model, fit_correlation, fit_count_dependence
-from spectgan.simulation.acquisition import acquire, axial_profile
+from spectgan.simulation.acquisition import acquire
+from spectgan.simulation.protocol import axial_profile
 
 MATRIX = 64
 

@@ -7,7 +7,8 @@ on the level's plane, or the reference's grid), the completed condition it was m
 severity a model with defect axes drew), the seed, the model (name, family, version, sha256 of the weights), the
 registered midline and level plane, and the hemisphere statistics together with the masks they were measured on
 (``spectgan.geometry.roi.measure_hemispheres``: measured once, by the service; a client that reads a result back
-splits the image by the same midline once). Synthetic, always: its JSON says so.
+splits the image by the same midline once) and, for a result made from the reference patient's own slice
+(``base=reference``), its ``Derivation``. Synthetic, always: its JSON says so.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, Mapping
 
 import SimpleITK as sitk
 
-from spectgan.conditions import Condition
+from spectgan.conditions import Condition, Lesion, Side
 from spectgan.errors import InvalidImageError
 from spectgan.geometry.roi import HemisphereMasks, HemisphereStats, MidlinePlane, hemisphere_masks, \
     measure_hemispheres
@@ -62,6 +63,33 @@ class LevelPlane:
 
 
 @dataclass(frozen=True)
+class Derivation:
+    """How a result was made from the reference patient's own slice at its level (``base=reference``) instead of
+    by the model: the ``method`` (``spectgan.counterfactual``) and the lesions it ``removed`` (pattern normal); the
+    lesions it added are the result's condition's."""
+
+    method: str
+    removed: tuple[Lesion, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"base": "reference", "method": self.method,
+                "removed": [{"side": lesion.side.value, "territory": lesion.territory, "severity": lesion.severity}
+                            for lesion in self.removed]}
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "Derivation":
+        return cls(str(values["method"]), tuple(Lesion(Side(item["side"]), item["territory"], item["severity"])
+                                                for item in values.get("removed") or ()))
+
+    def describe(self, condition: Condition) -> str:
+        """``the reference patient's own slice with a left MCA defect of 30 % added (physics method)``."""
+        lesions = self.removed or condition.lesions
+        defects = " and ".join(f"{lesion.side.value} {lesion.territory} {lesion.severity:.0%}" for lesion in lesions)
+        change = "removed" if self.removed else "added"
+        return f"the reference patient's own slice with the defect {defects} {change} ({self.method} method)"
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     """One generated scan (see the module's docstring).
 
@@ -86,6 +114,7 @@ class GenerationResult:
     registration: RegistrationSummary | None = None
     timings_s: Mapping[str, Any] = field(default_factory=dict)
     result_id: str | None = None
+    derivation: Derivation | None = None  # made from the reference patient's own slice (base=reference)
 
     @classmethod
     def measured(cls, image: sitk.Image, midline: MidlinePlane, **values) -> "GenerationResult":
@@ -99,14 +128,16 @@ class GenerationResult:
 
     @property
     def name(self) -> str:
-        """``<condition>_seed<seed>``, e.g. ``BG-unilateral-left_seed3``: the result's file and series names."""
-        return f"{self.condition.label}_seed{self.seed}"
+        """``<condition>_seed<seed>``, e.g. ``BG-unilateral-left_seed3`` (``_reference`` in place of the seed for a
+        result made from the reference patient's slice): the result's file and series names."""
+        return f"{self.condition.label}_{'reference' if self.derivation else f'seed{self.seed}'}"
 
     def to_json(self) -> dict:
         """The JSON the server answers (MONAI Label's ``params`` part): condition (with its label), seed, model,
         family, version, sha256, the options at top level and under ``options``, output space, reference
         (``image``), statistics (or ``stats_error``), midline, the image's geometry with the level plane,
-        registration, timings, ``synthetic: true`` and, on the page, ``result_id``."""
+        registration, timings, ``synthetic: true``, ``base`` (model or reference) with the ``derivation`` of a result
+        made from the reference and, on the page, ``result_id``."""
         image = self.image
         geometry = {"size": list(image.GetSize()), "origin": list(image.GetOrigin()),
                     "spacing": list(image.GetSpacing()), "direction": list(image.GetDirection()),
@@ -124,6 +155,8 @@ class GenerationResult:
             "geometry": geometry,
             "registration": self.registration.to_dict() if self.registration is not None else None,
             "timings_s": dict(self.timings_s), "synthetic": True,
+            "base": "reference" if self.derivation else "model",
+            "derivation": self.derivation.to_dict() if self.derivation else None,
         }
         if self.result_id is not None:
             values["result_id"] = self.result_id
@@ -145,8 +178,10 @@ class GenerationResult:
             plane = (values.get("geometry") or {}).get("level_plane")
             level_plane = LevelPlane(tuple(plane["point"]), tuple(plane["normal_superior"])) if plane else None
             registration = RegistrationSummary(**values["registration"]) if values.get("registration") else None
+            derivation = Derivation.from_dict(values["derivation"]) if values.get("derivation") else None
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"the result has an invalid condition, seed, midline, level plane or registration: "
+            raise ValueError(f"the result has an invalid condition, seed, midline, level plane, registration or "
+                             f"derivation: "
                              f"{error}") from None
         stats = HemisphereStats.from_dict(values["stats"]) if values["stats"] is not None else None
         if stats is not None and not all(math.isfinite(value) for value in stats.to_dict().values()
@@ -164,4 +199,4 @@ class GenerationResult:
             stats_error=values.get("stats_error"), output_space=values.get("output_space") or "slice",
             options=dict(values.get("options") or {}),
             level_plane=level_plane, registration=registration,
-            timings_s=dict(values.get("timings_s") or {}), result_id=values.get("result_id"))
+            timings_s=dict(values.get("timings_s") or {}), result_id=values.get("result_id"), derivation=derivation)

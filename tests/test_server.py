@@ -36,7 +36,7 @@ from spectgan.cli import main as cli_main
 from spectgan.conditions import ALL_LEVELS, LEVEL_Z_MM, ConditionAxes, Lesion, Level, Side, valid_conditions
 from spectgan.models.fastgan import export_bundle
 from spectgan.models.fastgan.train import train
-from spectgan.geometry.registration import pose_from_sidecar
+from spectgan.geometry.registration import extract_level, pose_from_sidecar
 from spectgan.geometry.roi import hemisphere_masks, hemisphere_stats
 from spectgan.lesions import LESION_AXES, DefectAxes
 from spectgan.models.synthesizer import load_synthesizer
@@ -342,12 +342,54 @@ ERROR_CASES.update({
 })
 
 
+BG_LEFT_FROM_REFERENCE = {"level": "BG", "pattern": "unilateral", "side": "left", "base": "reference"}
+ERROR_CASES.update({
+    "unknown base": ("spect_fastgan_A", OBLIQUE_STUDY, {**BG_LEFT_FROM_REFERENCE, "base": "patient"}, 422,
+                     "invalid base 'patient'; allowed: model, reference"),
+    "defect from the reference without severity": ("spect_fastgan_A", OBLIQUE_STUDY,
+                                                   {**BG_LEFT_FROM_REFERENCE, "territory": "MCA"}, 422,
+                                                   "needs its territory and severity: at BG a territory among "
+                                                   "MCA, ACA, PCA"),
+    "territory the simulation lacks at the level": ("spect_fastgan_A", OBLIQUE_STUDY,
+                                                    {**BG_LEFT_FROM_REFERENCE, "territory": "PICA",
+                                                     "severity": 0.3}, 422, "territory PICA is not available at BG"),
+    "removing a defect the request does not name": ("spect_fastgan_A", OBLIQUE_STUDY,
+                                                    {"level": "BG", "pattern": "normal", "base": "reference"}, 422,
+                                                    "needs the defect the study has: side (empty for both sides), "
+                                                    "territory and severity"),
+})
+
+
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_bad_requests_get_a_4xx_naming_what_is_allowed(server, case):
     model, image, params, status, allowed = ERROR_CASES[case]
     response = _infer(server.url, model, image, params)
     assert response.status_code == status, response.text
     assert allowed in response.json()["detail"]
+
+
+@pytest.mark.parametrize("study, side", [("study_normal_axial", "left"), ("study_normal_flipped", "right")])
+def test_a_defect_from_the_reference_lands_on_its_side_of_the_patients_own_slice(server, tmp_path, study, side):
+    """base=reference: the patient's own BG slice (taken here through the study's TRUE pose, not the server's
+    registration) loses counts in the requested hemisphere only; the other keeps the patient's pattern."""
+    params = {"level": "BG", "pattern": "unilateral", "side": side, "territory": "MCA", "severity": 0.4,
+              "base": "reference"}
+    result, image = _parts(_infer(server.url, "spect_fastgan_A", study, params), tmp_path)
+    assert result["base"] == "reference" and result["derivation"]["method"] == "physics"
+    assert result["synthetic"] is True and result["condition"]["territory"] == "MCA"
+    made = sitk.GetArrayFromImage(image)[0]
+    reference = sitk.ReadImage(str(SAMPLE_STUDIES_DIR / f"{study}.nii.gz"))
+    patient = extract_level(reference, pose_from_sidecar(SAMPLE_STUDIES_DIR / f"{study}.json"), Level.BG,
+                            made.shape[0])
+    middle = made.shape[1] // 2
+    brain = patient > 0.3 * patient.max()
+    halves = {"left": np.s_[:, middle + 2:], "right": np.s_[:, :middle - 2]}  # left = +x = higher columns
+    other = "right" if side == "left" else "left"
+    assert made[halves[side]][brain[halves[side]]].mean() < 0.9 * patient[halves[side]][brain[halves[side]]].mean()
+    kept, own = made[halves[other]][brain[halves[other]]], patient[halves[other]][brain[halves[other]]]
+    assert np.corrcoef(kept, own)[0, 1] > 0.95
+    assert abs(kept.mean() / own.mean() - 1) < 0.05
+    assert (result["stats"]["ai"] < -5) == (side == "left") and abs(result["stats"]["ai"]) > 5
 
 
 def test_the_official_client_with_its_default_temporary_folder_keeps_every_result(server):

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 from spectgan.client.http import SpectGANClient
 from spectgan.client.overview import OVERVIEW_PNG, OVERVIEW_TITLE, draw_overview
 from spectgan.client.result_files import save_result, write_stats
-from spectgan.conditions import Condition, Pattern, Side, parse_levels, parse_member, takes_side
+from spectgan.conditions import Condition, Lesion, Pattern, Side, parse_levels, parse_member, takes_side
 from spectgan.lesions import LESION_AXES, lesion_text
 from spectgan.results import GenerationResult
 
@@ -94,6 +94,8 @@ class GenerationJob:
     seeds: list[int | None]
     psi: float | None = None  # None: the model's default (a family without psi takes none)
     axis_values: dict[str, Any] = field(default_factory=dict)  # further declared axes (``SpectGANClient.generate``)
+    base: str = "model"  # or "reference": the reference patient's own slice changed to each condition
+    removed: tuple[Lesion, ...] = ()  # base reference: the defect the normal conditions take away
     results: list[GenerationResult] = field(default_factory=list)
 
     @property
@@ -106,14 +108,23 @@ class GenerationJob:
         for condition in self.conditions:
             for seed in self.seeds:
                 result = self.client.generate(self.image, self.model, condition.level, condition.pattern,
-                                              condition.side, seed=seed, psi=self.psi, axis_values=self.axis_values,
-                                              **lesion_params(condition))
+                                              **self._defect_params(condition), seed=seed, psi=self.psi,
+                                              axis_values=self.axis_values, base=self.base)
                 if out is not None:
                     save_result(result, out)
                 self.results.append(result)
                 if on_result:
                     on_result(result)
         return self.results
+
+    def _defect_params(self, condition: Condition) -> dict:
+        """Side, territory and severity to send for a condition: its own, or for a normal condition made from the
+        reference the defect it removes (``removed``; the side empty for a defect on both sides)."""
+        if self.base == "reference" and condition.pattern is Pattern.NORMAL and self.removed:
+            side = self.removed[0].side if len(self.removed) == 1 else None
+            defect = Condition(condition.level, Pattern.UNILATERAL if side else Pattern.BILATERAL, side, self.removed)
+            return {"side": side, **lesion_params(defect)}
+        return {"side": condition.side, **lesion_params(condition)}
 
     def run_to_folder(self, out: str | Path, progress: bool = True) -> str:
         """Run with a progress bar (stderr), saving each scan into ``out``; then write ``stats.csv``,

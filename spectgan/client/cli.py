@@ -11,7 +11,8 @@ from spectgan.client.http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, SpectGANCli
 from spectgan.client.overview import OVERVIEW_PNG
 from spectgan.client.result_files import DICOM_DIR, STATS_CSV, STATS_JSON
 from spectgan.export.scans import export_results, require_new_dicom_folder
-from spectgan.lesions import apply_lesions
+from spectgan.conditions import Lesion, Pattern, Side
+from spectgan.lesions import apply_lesions, parse_lesions
 from spectgan.serving.settings import API_TOKEN_ENV
 
 
@@ -36,6 +37,12 @@ def add_generate_command(subparsers) -> None:
                         "applies to the unilateral and bilateral conditions)")
     parser.add_argument("--severity", help="defect severity (fractional CBF reduction, e.g. 0.3), or per side for "
                         "bilateral: left=0.2;right=0.4 (default: drawn from the model's training cohort)")
+    parser.add_argument("--base", choices=("model", "reference"), default="model",
+                        help="model: new brains made by the model (default); reference: the reference patient's own "
+                             "slice with the defect (--side, --territory, --severity, all required) added, or with "
+                             "--pattern normal the defect that --remove, --territory and --severity name removed")
+    parser.add_argument("--remove", choices=("left", "right", "both"),
+                        help="with --base reference and --pattern normal: the side of the defect to remove")
     parser.add_argument("--seeds", help="seeds such as 0-9 or 1,5,7 (default: --count seeds drawn by the server)")
     parser.add_argument("--count", type=int, default=1, help="scans per condition without --seeds (default 1)")
     parser.add_argument("--psi", type=float, help="truncation in [0, 1] (default: the model's, 1: none)")
@@ -65,6 +72,16 @@ def token_from_file(path: Path | None) -> str | None:
     return path.read_text().strip() if path else None
 
 
+def removed_lesions(side: str | None, territory, severity) -> tuple[Lesion, ...]:
+    """The defect ``--remove`` names (``left``, ``right`` or ``both``) with ``--territory`` and ``--severity``; none
+    without ``--remove``."""
+    if side is None:
+        return ()
+    if side == "both":
+        return parse_lesions(Pattern.BILATERAL, None, territory, severity)
+    return parse_lesions(Pattern.UNILATERAL, Side(side), territory, severity)
+
+
 def run_generate(args: argparse.Namespace) -> int:
     """The ``generate`` command; prints where everything went."""
     if args.seeds is None and args.count < 1:
@@ -78,10 +95,12 @@ def run_generate(args: argparse.Namespace) -> int:
         run = SyntheticRun(args.run) if args.run else SyntheticRun()
     with SpectGANClient(args.server, timeout=(DEFAULT_TIMEOUT_S[0], args.timeout), retries=args.retries,
                         token=token_from_file(args.token_file), verify=args.ca_cert or True) as client:
+        defect = (None, None) if args.remove else (args.territory, args.severity)  # --remove: what to take away
         conditions = apply_lesions(expand_conditions(client.conditions(args.model), args.level, args.pattern,
-                                                     args.side), args.territory, args.severity)
+                                                     args.side), *defect)
         image = client.upload(args.image) if Path(args.image).is_file() else args.image
-        job = GenerationJob(client, image, args.model, conditions, seeds, psi=args.psi)
+        job = GenerationJob(client, image, args.model, conditions, seeds, psi=args.psi, base=args.base,
+                            removed=removed_lesions(args.remove, args.territory, args.severity))
         print(job.run_to_folder(out, progress=not args.no_progress))
     if args.pacs:
         print(export_results(job.results, out / DICOM_DIR, args.pacs, run))

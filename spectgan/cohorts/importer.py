@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import io
 import json
 import logging
@@ -50,9 +49,10 @@ from spectgan.cohorts.format import (SPLITS, CohortRecord, compute_count_scale, 
 from spectgan.conditions import Condition, Level, Pattern, Side, parse_condition, parse_levels
 from spectgan.errors import InvalidImageError, SpectganError
 from spectgan.figures import pyplot, save_figure
-from spectgan.geometry.registration import TEMPLATE_BRAIN_FRACTION, Registration, perfusion_template, register_to_template
+from spectgan.geometry.registration import (MIN_LEVEL_COVERAGE, SLAB_PLANES, Registration, extract_level, level_coverage,
+                                            register_to_template, template_brain)
 from spectgan.geometry.roi import TEMPLATE_MIDLINE, HemisphereStats, hemisphere_masks, hemisphere_stats
-from spectgan.geometry.template import (MATRICES, SLAB_THICKNESS_MM, canonical_array, canonical_grid, canonical_image,
+from spectgan.geometry.template import (MATRICES, SLAB_THICKNESS_MM, canonical_array, canonical_image,
                                canonical_origin, pixel_spacing)
 
 FORMAT_VERSION = "1"
@@ -63,8 +63,6 @@ SLICE_VECTOR_TAG = 0x00540080  # the NM frame index of a reconstructed volume's 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-SLAB_PLANES = 5  # planes averaged across a slab (midpoint rule over SLAB_THICKNESS_MM)
-MIN_LEVEL_COVERAGE = 0.95  # fraction of a level's template brain that must lie in the study's field of view
 MIN_BRAIN_EXTENT_MM = 100.0  # a field of view narrower than this along any axis cannot hold a brain
 HEAD_BODY_PARTS = ("BRAIN", "HEAD", "SKULL", "CEREB", "NEURO")  # words of a Body Part Examined at the head
 ORIENTATION_TOLERANCE = 1e-3
@@ -613,38 +611,6 @@ def plan_import(studies: list[SourceStudy], labels: list[LabelRow], seed: int, t
 
 
 # -------------------------------------------------------------------------------------------- slices and QC
-
-def slab_grid(level: Level, matrix: int) -> sitk.Image:
-    """The canonical slice of a level as ``SLAB_PLANES`` planes evenly filling its slab (midpoint rule)."""
-    step = SLAB_THICKNESS_MM / SLAB_PLANES
-    return canonical_grid(level, matrix, depth_mm=(SLAB_PLANES - 1) / 2 * step, step_mm=step)
-
-
-def extract_level(volume: sitk.Image, transform: sitk.Transform, level: Level, matrix: int) -> np.ndarray:
-    """The canonical [H, W] slice of a level: the volume (linear) at the template points of the level's slab mapped
-    by ``transform`` (template -> volume), averaged across the slab; 0 outside the volume."""
-    resampled = sitk.Resample(volume, slab_grid(level, matrix), transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayViewFromImage(resampled).mean(axis=0, dtype=np.float64).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=None)
-def template_brain(level: Level, matrix: int) -> np.ndarray:
-    """Boolean [H, W] brain of the perfusion template on a level's canonical slab (``TEMPLATE_BRAIN_FRACTION`` of
-    the template's maximum): the outline in the QC pictures and the area whose coverage is checked."""
-    template = perfusion_template()
-    threshold = TEMPLATE_BRAIN_FRACTION * float(sitk.GetArrayViewFromImage(template).max())
-    return extract_level(template, sitk.Transform(3, sitk.sitkIdentity), level, matrix) > threshold
-
-
-def level_coverage(volume: sitk.Image, transform: sitk.Transform, level: Level, matrix: int) -> float:
-    """Fraction of the level's template brain whose whole slab lies inside the volume's field of view."""
-    inside = sitk.Image(volume.GetSize(), sitk.sitkUInt8) + 1
-    inside.CopyInformation(volume)
-    slab = sitk.Resample(inside, slab_grid(level, matrix), transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    covered = sitk.GetArrayViewFromImage(slab).all(axis=0)
-    brain = template_brain(level, matrix)
-    return float(np.count_nonzero(covered & brain)) / float(np.count_nonzero(brain))
-
 
 def _level_stats(plane: np.ndarray, level: Level, matrix: int) -> HemisphereStats | None:
     """Hemisphere statistics of a canonical slice split at the template midline; None when it has no brain."""

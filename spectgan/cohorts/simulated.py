@@ -19,7 +19,8 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from spectgan.files import atomic_write_bytes, atomic_write_image
-from spectgan.simulation.acquisition import acquire, axial_profile, system_fwhm_mm
+from spectgan.simulation.acquisition import acquire
+from spectgan.simulation.protocol import PLANE_HALF_DEPTH_MM, PLANE_STEP_MM, axial_profile, system_fwhm_mm
 from spectgan.simulation.protocol import DEFAULT_MATRIX, protocol_for
 from spectgan.cohorts.format import (CohortRecord, compute_count_scale, finished_cohort, load_split, read_cohort_info,
                                      write_cohort_info, write_manifest)
@@ -32,8 +33,6 @@ from spectgan.geometry.template import SLAB_THICKNESS_MM, canonical_grid, canoni
 
 SIMULATOR_VERSION = "2"  # 2: the manifest records a bilateral defect's territory and severity per side
 CHUNK_SIZE = 32  # slices reconstructed together (one pytomography stack)
-PLANE_STEP_MM = 2.0
-PLANE_HALF_DEPTH_MM = 12.0  # activity planes taken on each side of a level for the axial blur
 SPLIT_KEYS = {"train": 0, "test": 1}
 
 

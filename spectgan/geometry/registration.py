@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from spectgan.conditions import LEVEL_Z_MM, Level
 from spectgan.errors import InvalidImageError
 from spectgan.geometry.roi import MidlinePlane
-from spectgan.geometry.template import SLICE_CENTRE_MM, mni_maps
+from spectgan.geometry.template import SLAB_THICKNESS_MM, SLICE_CENTRE_MM, canonical_grid, mni_maps
 
 GREY_TO_WHITE_UPTAKE = 4.0  # early 123I-IMP uptake follows CBF: grey matter about 4 x white matter
 SPECT_FWHM_MM = 12.0  # resolution the perfusion template is blurred to
@@ -40,6 +40,8 @@ MIN_TEMPLATE_CORRELATION = 0.7
 START_STEP_DEG = 20.0  # coarse multi-start: rotations of -2..2 steps about each axis (125 starts, up to ~40 deg)
 START_STEPS = 2
 OUTPUT_SPACES = ("slice", "reference")
+SLAB_PLANES = 5  # planes averaged across a slab (midpoint rule over SLAB_THICKNESS_MM)
+MIN_LEVEL_COVERAGE = 0.95  # fraction of a level's template brain that must lie in the study's field of view
 POSE_TYPE = "Similarity3DTransform"
 
 _SHRINK_FACTORS = (4, 2, 1)
@@ -372,3 +374,35 @@ def place_slice(canonical: sitk.Image, registration: Registration, output_space:
     spacing = placed.GetSpacing()
     slab.SetSpacing((spacing[0], spacing[1], max(spacing[2], _depth_along(reference, normal))))
     return sitk.Resample(slab, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+def slab_grid(level: Level, matrix: int) -> sitk.Image:
+    """The canonical slice of a level as ``SLAB_PLANES`` planes evenly filling its slab (midpoint rule)."""
+    step = SLAB_THICKNESS_MM / SLAB_PLANES
+    return canonical_grid(level, matrix, depth_mm=(SLAB_PLANES - 1) / 2 * step, step_mm=step)
+
+
+def extract_level(volume: sitk.Image, transform: sitk.Transform, level: Level, matrix: int) -> np.ndarray:
+    """The canonical [H, W] slice of a level: the volume (linear) at the template points of the level's slab mapped
+    by ``transform`` (template -> volume), averaged across the slab; 0 outside the volume."""
+    resampled = sitk.Resample(volume, slab_grid(level, matrix), transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayViewFromImage(resampled).mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def template_brain(level: Level, matrix: int) -> np.ndarray:
+    """Boolean [H, W] brain of the perfusion template on a level's canonical slab (``TEMPLATE_BRAIN_FRACTION`` of
+    the template's maximum): the outline in the QC pictures and the area whose coverage is checked."""
+    template = perfusion_template()
+    threshold = TEMPLATE_BRAIN_FRACTION * float(sitk.GetArrayViewFromImage(template).max())
+    return extract_level(template, sitk.Transform(3, sitk.sitkIdentity), level, matrix) > threshold
+
+
+def level_coverage(volume: sitk.Image, transform: sitk.Transform, level: Level, matrix: int) -> float:
+    """Fraction of the level's template brain whose whole slab lies inside the volume's field of view."""
+    inside = sitk.Image(volume.GetSize(), sitk.sitkUInt8) + 1
+    inside.CopyInformation(volume)
+    slab = sitk.Resample(inside, slab_grid(level, matrix), transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    covered = sitk.GetArrayViewFromImage(slab).all(axis=0)
+    brain = template_brain(level, matrix)
+    return float(np.count_nonzero(covered & brain)) / float(np.count_nonzero(brain))

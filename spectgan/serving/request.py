@@ -3,7 +3,10 @@
 An infer request (MONAI Label's form field ``params``, a JSON object) becomes a ``GenerationRequest``: the model, a
 ``Condition`` valid for it (with the lesions a model with defect axes takes: ``territory`` and ``severity``, in the
 forms of ``spectgan.lesions``), a seed (or None: drawn at generation and echoed back), the values of the model
-family's own options (FastGAN: ``psi``) and the output space. A train request becomes a ``TrainRequest``. Errors
+family's own options (FastGAN: ``psi``), the output space and the base: ``model`` (the model makes a new brain) or
+``reference`` (the reference patient's own slice changed to the condition, ``spectgan.counterfactual``: a defect of
+the given side, territory and severity added, or with pattern ``normal`` the defect they name removed). A train
+request becomes a ``TrainRequest``. Errors
 are ``spectgan.errors`` domain errors whose message names what is allowed; ``monai_app`` maps them to HTTP.
 """
 from __future__ import annotations
@@ -13,17 +16,21 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from spectgan.conditions import (CONDITION_AXES, AxisKind, Condition, ConditionAxes, ConditionAxis, Level, Pattern,
-                                 describe_conditions, is_empty, parse_condition, parse_levels)
+from spectgan.conditions import (CONDITION_AXES, AxisKind, Condition, ConditionAxes, ConditionAxis, Lesion, Level,
+                                 Pattern, Side, describe_allowed, describe_conditions, is_empty, parse_condition,
+                                 parse_levels, parse_member)
+from spectgan.counterfactual.physics import PHYSICS_AXES, check_lesions as check_physics_lesions
 from spectgan.errors import InvalidRequestError, MalformedRequestError
 from spectgan.geometry.registration import OUTPUT_SPACES
-from spectgan.lesions import LESION_AXES, with_lesions
+from spectgan.lesions import LESION_AXES, parse_lesions, with_lesions
 from spectgan.models.synthesizer import INIT_SERVED, INITS, Option, Synthesizer, check_lesions
 from spectgan.serving.uploads import check_id
 
 GENERATION_REQUEST = "spectgan_request"  # key of the checked GenerationRequest in MONAI Label's infer request dict
 CONDITION_PARAMS = ("level", "pattern", "side")
-BASE_INFER_PARAMS = (*CONDITION_PARAMS, "seed", "output_space")  # plus the model family's options
+BASE_INFER_PARAMS = (*CONDITION_PARAMS, "seed", "output_space", "base")  # plus the model family's options
+BASE_MODEL, BASE_REFERENCE = "model", "reference"  # what a generated slice is made of (param ``base``)
+BASES = (BASE_MODEL, BASE_REFERENCE)
 PER_SIDE_FORMS = ('a bilateral defect takes one value for both sides, a JSON object {"left": .., "right": ..} or '
                   "the text left=VALUE;right=VALUE (a side left out is drawn)")
 TRAIN_PARAMS = ("iterations", "batch", "levels", "cohort", "init", "force")
@@ -44,6 +51,8 @@ class GenerationRequest:
     # every option of the model family (defaults filled) and the values of the axes it declares beyond the condition's
     options: Mapping[str, float | str] = field(default_factory=dict)
     output_space: str = OUTPUT_SPACES[0]
+    base: str = BASE_MODEL
+    removed: tuple[Lesion, ...] = ()  # base reference, pattern normal: the defect taken away from the patient's slice
 
     def resolved_seed(self) -> int:
         """The request's seed, or a fresh random one in [0, 2^31)."""
@@ -149,7 +158,12 @@ def parse_generation_request(model: str, params: Mapping[str, Any], synthesizer:
     its family's options; other keys are ignored: MONAI Label adds its own)."""
     if not isinstance(params, Mapping):
         raise MalformedRequestError(f"params must be a JSON object of named params, got {type(params).__name__}")
-    condition = parse_condition_params(params, synthesizer)
+    base = _parse_base(params.get("base"))
+    removed: tuple[Lesion, ...] = ()
+    if base == BASE_REFERENCE:
+        condition, removed = parse_reference_condition(params, synthesizer)
+    else:
+        condition = parse_condition_params(params, synthesizer)
     seed = params.get("seed")
     seed = None if is_empty(seed) else parse_integer(seed, "seed", 0, MAX_SEED, " (or empty for a random seed)")
     options = {**{option.name: option.parse(params.get(option.name)) for option in synthesizer.options()},
@@ -159,7 +173,57 @@ def parse_generation_request(model: str, params: Mapping[str, Any], synthesizer:
     if output_space not in OUTPUT_SPACES:
         raise InvalidRequestError(f"invalid output_space {output_space!r}; allowed: {', '.join(OUTPUT_SPACES)} "
                                   "(slice: the one-slice plane; reference: resampled onto the study's grid)")
-    return GenerationRequest(model, condition, seed, options, output_space)
+    return GenerationRequest(model, condition, seed, options, output_space, base, removed)
+
+
+def _parse_base(value) -> str:
+    if is_empty(value):
+        return BASE_MODEL
+    if value not in BASES:
+        raise InvalidRequestError(f"invalid base {value!r}; allowed: {', '.join(BASES)} (model: a new brain made by "
+                                  "the model; reference: the reference patient's own slice with the condition's "
+                                  "defect added, or with pattern normal the named defect removed)")
+    return value
+
+
+def _physics_allowed() -> str:
+    territories = "; ".join(f"{level}: {', '.join(names)}" for level, names in PHYSICS_AXES.territories.items())
+    low, high = PHYSICS_AXES.severity_range
+    return f"territories {territories}; severities {low:g} to {high:g}"
+
+
+def parse_reference_condition(params: Mapping[str, Any], synthesizer: Synthesizer
+                              ) -> tuple[Condition, tuple[Lesion, ...]]:
+    """``base=reference``: the condition to make from the patient's slice (a defect pattern: its side, territory
+    and severity, all required) and, for pattern ``normal``, the lesions to remove (``side``: the defect's side, or
+    empty for a defect on both sides; ``territory``, ``severity``: required). The level must be one of the model's
+    (its grid makes the slice). InvalidRequestError naming what is allowed otherwise."""
+    levels = synthesizer.levels
+    for name in ("level", "pattern"):
+        if is_empty(params.get(name)):
+            raise InvalidRequestError(f"{name} is required. Valid conditions for {synthesizer.name}: "
+                                      f"{describe_allowed(levels)}")
+    side = None if is_empty(params.get("side")) else params.get("side")
+    territory, severity = params.get("territory"), params.get("severity")
+    removing = str(params["pattern"]).strip().lower() == Pattern.NORMAL.value
+    try:
+        condition = parse_condition(params["level"], params["pattern"], None if removing else side, levels=levels)
+        if not removing:
+            condition = with_lesions(condition, territory, severity)
+            check_physics_lesions(condition)
+            return condition, ()
+        if is_empty(territory) or is_empty(severity):
+            raise InvalidRequestError(
+                "removing a defect from the reference (pattern normal with base reference) needs the defect the "
+                "study has: side (empty for both sides), territory and severity; " + _physics_allowed())
+        side = None if side is None else parse_member(Side, side, "side")
+        pattern = Pattern.UNILATERAL if side is not None else Pattern.BILATERAL
+        lesions = parse_lesions(pattern, side, territory, severity)
+        check_physics_lesions(Condition(condition.level, pattern, side, lesions))
+        return condition, lesions
+    except ValueError as error:
+        raise InvalidRequestError(f"{error} (base reference: {_physics_allowed()}). Valid conditions for "
+                                  f"{synthesizer.name}: {describe_allowed(levels)}") from None
 
 
 # Keys that MONAI Label's own clients (its Python client, the Slicer and OHIF plugins) or its server add to an infer
@@ -208,6 +272,10 @@ def infer_param_spec(axes: ConditionAxes, options: Sequence[Option]) -> dict:
         "output_space": {"allowed": list(OUTPUT_SPACES), "default": OUTPUT_SPACES[0],
                          "description": "slice: a one-slice (possibly oblique) volume on the level's plane; "
                                         "reference: resampled onto the reference study's grid"},
+        "base": {"allowed": list(BASES), "default": BASE_MODEL,
+                 "description": "model: a new brain made by the model; reference: the reference patient's own slice "
+                                "with the requested defect added (side, territory, severity required), or with "
+                                "pattern normal the named defect removed (physics method)"},
     }
 
 

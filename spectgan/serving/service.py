@@ -41,8 +41,9 @@ from spectgan.geometry.template import canonical_image
 from spectgan.models.synthesizer import (INIT_SERVED, Synthesizer, TrainPlan, family_of, find_bundles, is_bundle,
                                          load_synthesizer)
 from spectgan.models.versions import CANDIDATES_FOLDER, DEFAULT_KEEP, GATE_KEY, ModelStore, update_metadata
-from spectgan.results import GenerationResult, LevelPlane, ModelVersion, RegistrationSummary
-from spectgan.serving.request import (GenerationRequest, TrainRequest, check_param_names, infer_client_config,
+from spectgan.counterfactual import physics
+from spectgan.results import Derivation, GenerationResult, LevelPlane, ModelVersion, RegistrationSummary
+from spectgan.serving.request import (BASE_REFERENCE, GenerationRequest, TrainRequest, check_param_names, infer_client_config,
                                       infer_param_spec, parse_generation_request, parse_train_request)
 from spectgan.serving.settings import COHORT_ENV, models_dir_from
 
@@ -252,6 +253,17 @@ class GenerationService:
         counts = synthesizer.sample([condition], seed, request.options)
         return canonical_image(counts[0], condition.level), seed, condition
 
+    @staticmethod
+    def reference_slice(synthesizer: Synthesizer, request: GenerationRequest, study: RegisteredStudy
+                        ) -> tuple[sitk.Image, int, Condition]:
+        """``base=reference``: the reference patient's own canonical slice at the level, on the model's grid, changed
+        to the request's condition by the physics method (``spectgan.counterfactual.physics``); the seed (the
+        request's, else 0: the method draws nothing) and the condition."""
+        matrix = int(synthesizer.describe()["image_size"])
+        counts = physics.counterfactual_slice(study.image, study.registration, request.condition, request.removed,
+                                              matrix)
+        return canonical_image(counts, request.condition.level), request.seed or 0, request.condition
+
     def reference_study(self, image_path: str | Path | None) -> tuple[RegisteredStudy, bool]:
         """The registered study behind an image path (cached); NotFoundError / InvalidRequestError for a missing /
         unusable one (named by its file name only)."""
@@ -273,7 +285,12 @@ class GenerationService:
         bundle = synthesizer.describe()
         study, cached = self.reference_study(image_path)
         registered = time.perf_counter()
-        canonical, seed, condition = self.canonical_slice(synthesizer, request)
+        derivation = None
+        if request.base == BASE_REFERENCE:
+            canonical, seed, condition = self.reference_slice(synthesizer, request, study)
+            derivation = Derivation(physics.METHOD, request.removed)
+        else:
+            canonical, seed, condition = self.canonical_slice(synthesizer, request)
         generated = time.perf_counter()
         placed = place_slice(canonical, study.registration, request.output_space, study.image)
         positioned = time.perf_counter()
@@ -285,7 +302,8 @@ class GenerationService:
             reference=Path(image_path).name, output_space=request.output_space, options=dict(request.options),
             level_plane=LevelPlane(tuple(plane_point.tolist()), tuple(plane_normal.tolist())),
             registration=RegistrationSummary(registration.correlation, registration.metric,
-                                             registration.to_dict()["template_to_study"], cached))
+                                             registration.to_dict()["template_to_study"], cached),
+            derivation=derivation)
         finished = time.perf_counter()
         return replace(result, timings_s={
             "registration": 0.0 if cached else study.seconds,

@@ -5,7 +5,8 @@ blur, Poisson noise at clinical count levels, OSEM with attenuation and resoluti
 
 Axial planes are reconstructed as a stack of independent slices with an in-plane (1D) collimator blur, so each slice
 sees only its own activity; the axial part of the system blur is applied to the 3D activity before a plane is taken
-(``axial_profile``). Units: activity in CBF units (mL/100 g/min), mu in 1/cm, lengths in mm unless named ``_cm``.
+(``spectgan.simulation.protocol.axial_profile``, where the system resolution is defined). Units: activity in CBF
+units (mL/100 g/min), mu in 1/cm, lengths in mm unless named ``_cm``.
 """
 from __future__ import annotations
 
@@ -20,28 +21,10 @@ from pytomography.metadata.SPECT import SPECTObjectMeta, SPECTProjMeta, SPECTPSF
 from pytomography.projectors.SPECT import SPECTSystemMatrix
 from pytomography.transforms.SPECT import SPECTAttenuationTransform, SPECTPSFTransform
 
-from spectgan.simulation.protocol import RADIUS_OF_ROTATION_CM, START_ANGLE_DEG, Protocol
+from spectgan.simulation.protocol import FWHM_INTRINSIC_CM, FWHM_SLOPE, RADIUS_OF_ROTATION_CM, START_ANGLE_DEG, Protocol
 
-FWHM_SLOPE = 0.045  # cm of collimator FWHM per cm of source-to-collimator distance (123I, LEHR-type)
-FWHM_INTRINSIC_CM = 0.30
 SENSITIVITY = 5.5  # expected counts per view per (CBF unit x mL) of unattenuated activity: ~1.5e5 counts per
 #                    4-mm normal basal-ganglia slice over the whole orbit (measured with spectgan bench cohort)
-
-
-def system_fwhm_mm(distance_cm: float = RADIUS_OF_ROTATION_CM) -> float:
-    """Collimator-plus-intrinsic FWHM (mm) at a source-to-collimator distance; about 9.3 mm at the brain centre."""
-    return 10.0 * (FWHM_INTRINSIC_CM + FWHM_SLOPE * distance_cm)
-
-
-def axial_profile(step_mm: float, slab_mm: float, half_depth_mm: float) -> np.ndarray:
-    """Weights (sum 1) of planes at ``-half_depth..+half_depth`` in ``step_mm`` steps that make one slab-thick
-    slice with the system's axial blur: a box of ``slab_mm`` convolved with a Gaussian of the system FWHM."""
-    offsets = np.arange(-half_depth_mm, half_depth_mm + step_mm / 2, step_mm)
-    fine = np.arange(-half_depth_mm - slab_mm, half_depth_mm + slab_mm + 0.05, 0.1)
-    sigma = system_fwhm_mm() / 2.3548
-    blurred_box = ndimage.gaussian_filter1d((np.abs(fine) <= slab_mm / 2).astype(float), sigma / 0.1)
-    weights = np.interp(offsets, fine, blurred_box)
-    return weights / weights.sum()
 
 
 def acquire(activity: np.ndarray, mu: np.ndarray, pixel_mm: float, slab_mm: float, protocol: Protocol,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -132,6 +133,28 @@ def _territory_weights(x: np.ndarray, y: np.ndarray, z: np.ndarray, side: Side) 
             "cerebellum": cerebellum * hemisphere}
 
 
+def _reduction(defects: Sequence[Defect], diaschisis: float, weights: dict[Side, dict[str, np.ndarray]]
+               ) -> np.ndarray:
+    """Fractional CBF reduction (0..1) of the defects (the largest where territories overlap) and of the crossed
+    cerebellar diaschisis of the first defect, from both hemispheres' territory maps (``_territory_weights``)."""
+    reduction = np.zeros_like(weights[Side.LEFT]["cerebellum"])
+    for defect in defects:
+        reduction = np.maximum(reduction, defect.severity * weights[defect.side][defect.territory])
+    if diaschisis > 0:
+        lesion_side = defects[0].side
+        contralateral = Side.RIGHT if lesion_side is Side.LEFT else Side.LEFT
+        reduction = np.maximum(reduction, diaschisis * weights[contralateral]["cerebellum"])
+    return reduction
+
+
+def defect_reduction(defects: Sequence[Defect], diaschisis: float, points: np.ndarray) -> np.ndarray:
+    """The fractional CBF reduction (0..1) that ``perfusion_phantom`` applies for these defects and this
+    contralateral cerebellar diaschisis (a fraction), at template points ``points`` [3, ...] (LPS mm, as
+    ``physical_points`` gives them); shaped like one coordinate of ``points``."""
+    x, y, z = points
+    return _reduction(defects, diaschisis, {side: _territory_weights(x, y, z, side) for side in Side})
+
+
 def physical_points(grid: sitk.Image) -> np.ndarray:
     """LPS coordinates (mm) of every voxel of a grid, shape [3, z, y, x] like the grid's array."""
     size = grid.GetSize()
@@ -180,13 +203,7 @@ def perfusion_phantom(subject: Subject, grid: sitk.Image, to_template: sitk.Tran
     grey_gain = 1.0 + (CEREBELLUM_GAIN - 1.0) * cerebellum + (DEEP_GREY_GAIN - 1.0) * deep_grey
     activity = subject.grey_cbf * (grey * grey_gain + white / subject.grey_to_white)
 
-    reduction = np.zeros_like(activity)
-    for defect in subject.defects:
-        reduction = np.maximum(reduction, defect.severity * weights[defect.side][defect.territory])
-    if subject.diaschisis > 0:
-        lesion_side = subject.defects[0].side
-        contralateral = Side.RIGHT if lesion_side is Side.LEFT else Side.LEFT
-        reduction = np.maximum(reduction, subject.diaschisis * weights[contralateral]["cerebellum"])
+    reduction = _reduction(subject.defects, subject.diaschisis, weights)
     activity *= (1.0 - reduction) * _smooth_field(activity.shape, subject.heterogeneity_seed)
 
     head = sampled["head"]
