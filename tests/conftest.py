@@ -22,3 +22,22 @@ def closed_port():
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         yield holder.getsockname()[1]
+
+
+SHIPPED_MODEL = "spect_fastgan_A"
+
+
+@pytest.fixture(scope="session")
+def shipped_server(tmp_path_factory):
+    """A real ``monailabel start_server`` process with the shipped model A (``SHIPPED_MODEL``) over a copy of the
+    sample studies, shared by the test modules that need the trained model behind the real server."""
+    import shutil
+
+    from spectgan.serving.settings import DEFAULT_MODELS_DIR, SAMPLE_STUDIES_DIR
+    from spectgan.tools.server import ServerProcess
+
+    studies = tmp_path_factory.mktemp("studies") / "studies"
+    shutil.copytree(SAMPLE_STUDIES_DIR, studies)
+    with ServerProcess(studies, DEFAULT_MODELS_DIR, tmp_path_factory.mktemp("server") / "server.log",
+                       models=SHIPPED_MODEL) as server:
+        yield server

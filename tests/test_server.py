@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from monailabel.client import MONAILabelClient
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 from scipy.stats import binomtest
-from shipped_server import SHIPPED_MODEL, shipped_server  # noqa: F401 (a fixture)
+from conftest import SHIPPED_MODEL
 from stand_in_family import left_low_counts
 
 from spectgan.cli import main as cli_main

@@ -18,7 +18,7 @@ import requests
 import SimpleITK as sitk
 
 from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
-from shipped_server import SHIPPED_MODEL, shipped_server  # noqa: F401 (a fixture)
+from conftest import SHIPPED_MODEL
 from slicer_fixtures import slicer_module  # noqa: F401 (a fixture)
 from test_plugin import assert_same_image
 from spectgan.geometry.roi import MidlinePlane
