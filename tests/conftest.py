@@ -1,8 +1,20 @@
 """Shared fixtures: real files on disk, made once per test session."""
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config) -> None:
+    """Hypothesis keeps its example database and caches in a temporary folder, not in the repository (set before
+    the test modules are collected: collecting them already writes to it)."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    storage = tempfile.mkdtemp(prefix="spectgan-hypothesis-")
+    set_hypothesis_home_dir(storage)
+    config.add_cleanup(lambda: shutil.rmtree(storage, ignore_errors=True))
 
 
 @pytest.fixture(scope="session")
@@ -31,8 +43,6 @@ SHIPPED_MODEL = "spect_fastgan_A"
 def shipped_server(tmp_path_factory):
     """A real ``monailabel start_server`` process with the shipped model A (``SHIPPED_MODEL``) over a copy of the
     sample studies, shared by the test modules that need the trained model behind the real server."""
-    import shutil
-
     from spectgan.serving.settings import DEFAULT_MODELS_DIR, SAMPLE_STUDIES_DIR
     from spectgan.tools.server import ServerProcess
 
