@@ -10,13 +10,14 @@ import torch
 
 from spectgan import cli
 from spectgan.cohorts.format import read_cohort_info
+from spectgan.cohorts.simulated import build_cohort
 from spectgan.conditions import Condition, Level, Pattern, Side
 from spectgan.errors import SpectganError
 from spectgan.evaluation.data import ArraySource, SliceSet, read_split
 from spectgan.evaluation.features import to_inputs
 from spectgan.evaluation.metrics import (condition_accuracy, frechet_distance, kernel_distance, memorization,
                                          nearest_distances, precision_recall, two_sample_test)
-from spectgan.evaluation.pipeline import QUICK
+from spectgan.evaluation.pipeline import FULL, QUICK
 from spectgan.evaluation import report as targets
 from spectgan.evaluation.defects import ALL
 from spectgan.evaluation.report import run_evaluation
@@ -169,6 +170,34 @@ def test_c2st_is_never_far_below_chance(pool):
     for left, right in [(real, other), (real, other + speckle)]:
         result = two_sample_test(pixel_shuffled(left, 4), pixel_shuffled(right, 5), folds=2, steps=80, seed=0)
         assert result["ci95"][1] >= 0.5, result
+
+
+SHIPPED_COHORT_MATRIX = 64  # the default cohort of the shipped models (`spectgan cohort --matrix 64`, seed 0)
+NULL_SPLITS = 5  # random halves of the pooled default cohort, beside its train split against its test split
+NULL_MISSES_ALLOWED = 1  # of 6 calibrated 95 % intervals, 2 or more miss 0.5 with P = 0.03
+NULL_MEAN_TOLERANCE = 0.03  # about 3 standard errors of one accuracy over 1876 slices
+NULL_SINGLE_TOLERANCE = 0.05
+
+
+@pytest.mark.slow
+def test_c2st_null_at_the_settings_behind_the_shipped_numbers(tmp_path):
+    """The shipped C2ST numbers compare the 938 slices of the default cohort's test split with as many synthetic
+    ones, at the full settings' folds and steps; here the same test compares real with real at those settings and
+    sizes (the default cohort, built anew: a few minutes): train split against test split, and random halves of
+    both. Each must be near 0.5 with its interval covering 0.5 (at most one miss in six, as chance allows).
+    Over-fitting critics drift below 0.5 on small sets; the cheap tests above use 40-80 steps."""
+    cohort = build_cohort(tmp_path / "default", seed=0, matrix=SHIPPED_COHORT_MATRIX, progress=False)
+    scale = read_cohort_info(cohort)["count_scale"]
+    train, test = (to_inputs(read_split(cohort, split).counts, scale) for split in ("train", "test"))
+    pairs = [(train, test)] + [random_halves(torch.cat([train, test]), seed) for seed in range(NULL_SPLITS)]
+    results = [two_sample_test(real, other, FULL.c2st_folds, FULL.c2st_steps, seed=FULL.seed + index)
+               for index, (real, other) in enumerate(pairs)]
+    assert results[0]["n_real"] == read_cohort_info(cohort)["counts"]["test"]
+    accuracies = [result["accuracy"] for result in results]
+    misses = sum(not result["ci95"][0] <= 0.5 <= result["ci95"][1] for result in results)
+    assert misses <= NULL_MISSES_ALLOWED, results
+    assert abs(np.mean(accuracies) - 0.5) <= NULL_MEAN_TOLERANCE, accuracies
+    assert all(abs(accuracy - 0.5) <= NULL_SINGLE_TOLERANCE for accuracy in accuracies), accuracies
 
 
 def test_c2st_refuses_sets_of_different_sizes(pool):
@@ -431,7 +460,8 @@ def test_background_mask_lies_outside_the_head_and_level_counts_speckle():
 # --- a second cohort in the same run -------------------------------------------------------------------------------
 
 def test_a_second_cohort_is_evaluated_and_reported_beside_the_first(small_cohort, tmp_path):
-    
+    from spectgan.cohorts.simulated import build_cohort
+
     second = build_cohort(tmp_path / "second_seed", seed=8, matrix=64, scale=0.1, progress=False)
     test = read_split(small_cohort, "test").capped(QUICK.per_condition_cap)
     out = tmp_path / "report"
