@@ -31,7 +31,8 @@ test: install
 	$(BIN)/python -m pytest -ra
 
 # The heaviest tests, marked slow and left out of `make test`: the server benchmark against a second real server,
-# torchrun DDP training on two processes, the demo chain through a real server and Orthanc.
+# torchrun DDP training on two processes, the demo chain through a real server and Orthanc, the C2ST's null
+# calibration at the full evaluation settings on a default-size cohort (built anew: minutes).
 test-slow: install
 	$(BIN)/python -m pytest -ra -m slow
 

@@ -1,13 +1,12 @@
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 from gan_toy_cohort import TINY_NETWORK, single_thread, toy_cohort, toy_lesion_cohort  # noqa: F401 (fixtures)
+from kill_part_way import kill_when
 
 from spectgan.cli import main
 from spectgan.errors import SpectganError
@@ -169,20 +168,26 @@ def test_cli_errors_are_messages(toy_cohort, tmp_path, capsys):
     assert "at least 2 images per process" in capsys.readouterr().err
 
 
+def replaced(path: Path) -> Callable[[], bool]:
+    """A test that turns true once ``path`` has been replaced after it was first seen (checkpoints are written
+    atomically, each as a new file): the run is past its first checkpoint, in the middle of its work."""
+    first: list[tuple[int, int]] = []
+
+    def ready() -> bool:
+        try:
+            status = path.stat()
+        except FileNotFoundError:
+            return False
+        stamp = (status.st_ino, status.st_mtime_ns)
+        first[:] = first or [stamp]
+        return stamp != first[0]
+    return ready
+
+
 def test_run_killed_with_sigkill_resumes_to_identical_state(toy_cohort, tmp_path):
     flags = ["--cohort", str(toy_cohort), *TINY_FLAGS, "--checkpoint-every", "2"]
     killed = tmp_path / "killed"
-    process = subprocess.Popen(spectgan_command("train", "--out", str(killed), "--iters", "100000", *flags), cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while not (killed / "checkpoint.pt").exists():
-            assert process.poll() is None and time.monotonic() < deadline, "training did not checkpoint"
-            time.sleep(0.05)
-        time.sleep(0.3)  # mid-run: past the checkpoint
-    finally:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+    kill_when(["train", "--out", str(killed), "--iters", "100000", *flags], replaced(killed / "checkpoint.pt"), 180)
     total = load_checkpoint(killed)["step"] + 3
     run_spectgan("train", "--out", str(killed), "--resume", "--iters", str(total), *flags)
     uninterrupted = tmp_path / "uninterrupted"  # in this process, through the same command line

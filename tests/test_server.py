@@ -3,8 +3,8 @@ module), and its ASGI app in-process (starlette TestClient) where that is simple
 output geometry against the reference, the statistics' side, 4xx errors, a fuzz test, /info under load, training.
 
 The bundles are tiny (width 4, one iteration, 64 px, trained on the toy cohort), so generated content means nothing;
-the side of the statistics is checked through a known left-low slice put in place of the generator, and against the
-shipped weights when models/spect_fastgan_A exists.
+the side of the statistics is checked through a known left-low slice put in place of the generator. The shipped model
+A is served by a second real server, for the side of its unilateral defects at every level.
 """
 from __future__ import annotations
 
@@ -30,20 +30,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from monailabel.client import MONAILabelClient
 from requests_toolbelt.multipart.decoder import MultipartDecoder
+from scipy.stats import binomtest
+from conftest import SHIPPED_MODEL
 from stand_in_family import left_low_counts
 
 from spectgan.cli import main as cli_main
 from spectgan.conditions import ALL_LEVELS, LEVEL_Z_MM, ConditionAxes, Lesion, Level, Side, valid_conditions
 from spectgan.models.fastgan import export_bundle
 from spectgan.models.fastgan.train import train
-from spectgan.geometry.registration import extract_level, pose_from_sidecar
-from spectgan.geometry.roi import hemisphere_masks, hemisphere_stats
+from spectgan.geometry.registration import Registration, extract_level, pose_from_sidecar
+from spectgan.geometry.roi import MidlinePlane, hemisphere_masks, hemisphere_stats
 from spectgan.lesions import LESION_AXES, DefectAxes
 from spectgan.models.synthesizer import load_synthesizer
 from spectgan.results import GenerationResult
 from spectgan.serving.request import BASE_INFER_PARAMS
-from spectgan.serving.service import GenerationService
-from spectgan.serving.settings import DEFAULT_MODELS_DIR, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR, generation_workers_from
+from spectgan.serving.settings import REPOSITORY_ROOT, SAMPLE_STUDIES_DIR, generation_workers_from
 from spectgan.tools.server import ServerProcess
 from spectgan.tools.server_bench import format_server_figures, measure_server
 from spectgan.geometry.template import SLICE_CENTRE_MM, canonical_image
@@ -465,17 +466,45 @@ def test_statistics_split_by_the_registered_midline_put_left_low_on_the_left(in_
                    for given, expected in zip(outcome.masks, masks))
 
 
-@pytest.mark.skipif(not (DEFAULT_MODELS_DIR / "spect_fastgan_A").is_dir(),
-                    reason="models/spect_fastgan_A has no trained weights yet (train it, then this test runs)")
-def test_shipped_model_a_gives_left_low_statistics_for_unilateral_left(in_process):
-    shipped = GenerationService(DEFAULT_MODELS_DIR, ["spect_fastgan_A"])
-    shipped.registrations = in_process.service.registrations  # each study is registered once
-    for study in STUDY_IDS:
-        for level in ("CER", "BG", "COR"):
-            request = shipped.request("spect_fastgan_A", {"level": level, "pattern": "unilateral", "side": "left",
-                                                          "seed": 1})
-            stats = shipped.generate(request, in_process.studies / f"{study}.nii.gz").stats
-            assert stats.left < stats.right, (study, level, stats)
+# The shipped model A's side through the real server. One slice may carry a mild defect whose hemisphere means
+# differ by less than their noise (15 % of the real cohort's unilateral defects have |AI| < 5 %), so a single slice
+# with the other side lower is no broken promise; a model that ignored or flipped the side would put the requested
+# side lower in about half of the slices or fewer. Hence a one-sided sign test over the seeds of each level and side:
+# with 8 seeds, 7 or more hits (P < 0.05 under "the side is a coin toss"). The studies alternate between RAS-like
+# and oblique storage, and the side is measured with the study's TRUE midline (its sidecar), not the server's.
+SIDE_SEEDS = range(8)
+SIDE_STUDIES = ("study_unilateral_right_ras", OBLIQUE_STUDY)
+SIGN_TEST_ALPHA = 0.05
+
+
+def _true_midline(study: str) -> MidlinePlane:
+    """The template's midsagittal plane in a sample study, through its true pose."""
+    return Registration(pose_from_sidecar(SAMPLE_STUDIES_DIR / f"{study}.json"), metric=0.0, correlation=1.0).midline()
+
+
+def _sign_test_p(hits: int, trials: int) -> float:
+    """One-sided P of at least ``hits`` of ``trials`` when each is a fair coin toss."""
+    return float(binomtest(hits, trials, 0.5, alternative="greater").pvalue)
+
+
+@pytest.mark.parametrize("level,side", sorted({(c.level.value, c.side.value) for c in valid_conditions() if c.side}))
+def test_shipped_model_a_puts_a_unilateral_defect_on_the_requested_side(shipped_server, tmp_path, level, side):
+    requested_lower, answered_lower, ais = 0, 0, []
+    for seed in SIDE_SEEDS:
+        study = SIDE_STUDIES[seed % len(SIDE_STUDIES)]
+        result, image = _parts(_infer(shipped_server.url, SHIPPED_MODEL, study,
+                                      {"level": level, "pattern": "unilateral", "side": side, "seed": seed}), tmp_path)
+        assert (result["condition"]["level"], result["condition"]["pattern"], result["condition"]["side"],
+                result["seed"]) == (level, "unilateral", side, seed)
+        stats = hemisphere_stats(image, _true_midline(study))  # patient left = +x, wherever the study stores it
+        means = {"left": stats.left, "right": stats.right}
+        other = "right" if side == "left" else "left"
+        requested_lower += means[side] < means[other]
+        answered_lower += result["stats"][side] < result["stats"][other]
+        ais.append(round(stats.ai, 1))
+    trials = len(SIDE_SEEDS)
+    assert _sign_test_p(requested_lower, trials) < SIGN_TEST_ALPHA, (level, side, requested_lower, ais)
+    assert _sign_test_p(answered_lower, trials) < SIGN_TEST_ALPHA, (level, side, answered_lower, ais)
 
 
 # ------------------------------------------------------------------------------------------------------------- fuzz

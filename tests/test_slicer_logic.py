@@ -9,7 +9,6 @@ loaded volume's IJK-to-RAS matrix puts each voxel at the LPS position with x and
 """
 from __future__ import annotations
 
-import shutil
 from collections.abc import Collection
 from pathlib import Path
 
@@ -19,29 +18,18 @@ import requests
 import SimpleITK as sitk
 
 from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
+from conftest import SHIPPED_MODEL
 from slicer_fixtures import slicer_module  # noqa: F401 (a fixture)
 from test_plugin import assert_same_image
 from spectgan.geometry.roi import MidlinePlane
 from spectgan.serving.settings import DEFAULT_MODELS_DIR, SAMPLE_STUDIES_DIR
-from spectgan.tools.server import ServerProcess
 
-MODEL = "spect_fastgan_A"
 REFERENCE = "study_unilateral_right_ras"  # stored RAS-like (direction diag(-1, -1, 1)); its own defect is right
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 STUDY_IDS = sorted(path.name[:-len(".nii.gz")] for path in SAMPLE_STUDIES_DIR.glob("*.nii.gz"))
 
-pytestmark = pytest.mark.skipif(not (DEFAULT_MODELS_DIR / MODEL).is_dir(),
+pytestmark = pytest.mark.skipif(not (DEFAULT_MODELS_DIR / SHIPPED_MODEL).is_dir(),
                                 reason="models/spect_fastgan_A has no trained weights yet (train it, then this runs)")
-
-
-@pytest.fixture(scope="module")
-def shipped_server(tmp_path_factory):
-    """The app with the shipped model A over a copy of the sample studies."""
-    studies = tmp_path_factory.mktemp("studies") / "studies"
-    shutil.copytree(SAMPLE_STUDIES_DIR, studies)
-    with ServerProcess(studies, DEFAULT_MODELS_DIR, tmp_path_factory.mktemp("server") / "server.log",
-                       models=MODEL) as server:
-        yield server
 
 
 def voxel_positions_ras(node) -> np.ndarray:
@@ -105,9 +93,9 @@ def test_logic_end_to_end_upload_generate_table_export_and_the_side_in_ras(slice
     slicer, logic = slicer_module.slicer, slicer_module.SpectGANLogic()
     reference = slicer.util.loadVolume(str(SAMPLE_STUDIES_DIR / f"{REFERENCE}.nii.gz"))
     parameters = logic.getParameterNode()
-    assert logic.connect(shipped_server.url) == [MODEL]
+    assert logic.connect(shipped_server.url) == [SHIPPED_MODEL]
     assert set(STUDY_IDS) <= set(logic.datastoreImages())
-    for name, value in (("model", MODEL), ("level", "BG"), ("pattern", "unilateral"), ("side", "left"),
+    for name, value in (("model", SHIPPED_MODEL), ("level", "BG"), ("pattern", "unilateral"), ("side", "left"),
                         ("seed", "1"), ("count", "2")):
         parameters.SetParameter(name, value)
     parameters.SetNodeReferenceID("reference", reference.GetID())

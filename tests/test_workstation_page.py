@@ -3,7 +3,8 @@ Debian's chromium and chromedriver) against a real server whose datastore is a r
 also the PACS the page exports to: the workstation as a hospital would run it.
 
 The reference studies are two sample studies pushed to Orthanc as NM multi-frame objects; the models are the
-shipped bundles (models/). Screenshots are kept in test_artifacts/workstation_page/ (git-ignored).
+shipped bundles (models/). Screenshots and downloads go to the session's temporary folder (pytest keeps the last
+few: /tmp/pytest-of-USER/pytest-N/workstation_page0/).
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import io
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +24,9 @@ from test_reader_study import CHROMEDRIVER, CHROMIUM, text_of, wait_for
 
 from spectgan.client.http import SpectGANClient
 from spectgan.export.orthanc import LocalOrthanc
-from spectgan.serving.settings import DEFAULT_MODELS_DIR, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR
+from spectgan.serving.settings import DEFAULT_MODELS_DIR, SAMPLE_STUDIES_DIR
 from spectgan.tools.server import ServerProcess
 
-ARTIFACTS = REPOSITORY_ROOT / "test_artifacts" / "workstation_page"
 REFERENCES = ("study_normal_axial", "study_unilateral_left_oblique")  # Identity(0), Identity(1) in the PACS
 OBLIQUE = Identity(1).series_uid  # the datastore id of study_unilateral_left_oblique
 MODEL = "spect_fastgan_A"
@@ -66,19 +65,24 @@ def server(pacs, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def artifacts(tmp_path_factory) -> Path:
+    """The folder of the module's screenshots and the browser's downloads."""
+    return tmp_path_factory.mktemp("workstation_page")
+
+
+@pytest.fixture(scope="module")
+def browser(artifacts):
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.fail("the browser tests need Debian's chromium and chromium-driver: run `make debs`")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)  # explicit paths: Selenium Manager never runs (it would download)
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                      f"--window-size={WINDOW[0]},{WINDOW[1]}"):
         options.add_argument(argument)
-    options.add_experimental_option("prefs", {"download.default_directory": str(ARTIFACTS),
+    options.add_experimental_option("prefs", {"download.default_directory": str(artifacts),
                                               "download.prompt_for_download": False})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
     yield driver
@@ -191,7 +195,7 @@ def exported_via_api(server, conditions: list[dict]) -> tuple[list[dict], dict]:
 
 # ---------------------------------------------------------------------------------------------------------- the page
 
-def test_page_requests_two_conditions_shows_statistics_exports_and_opens_ohif(server, pacs, browser):
+def test_page_requests_two_conditions_shows_statistics_exports_and_opens_ohif(server, pacs, browser, artifacts):
     from selenium.webdriver.common.by import By
 
     open_page(browser, server)
@@ -233,8 +237,8 @@ def test_page_requests_two_conditions_shows_statistics_exports_and_opens_ohif(se
     assert direct[0].stats.lr < 0.97
     assert halves[0][2] < halves[0][1], halves[0]
 
-    browser.save_screenshot(str(ARTIFACTS / "page.png"))
-    csv_path = ARTIFACTS / "spectgan_stats.csv"
+    browser.save_screenshot(str(artifacts / "page.png"))
+    csv_path = artifacts / "spectgan_stats.csv"
     csv_path.unlink(missing_ok=True)
     press_on(browser, "download-csv", "\n")
     wait_for(browser, lambda d: csv_path.is_file() and csv_path.stat().st_size > 0, 30)
@@ -250,7 +254,7 @@ def test_page_requests_two_conditions_shows_statistics_exports_and_opens_ohif(se
     study_uid = link.get_attribute("href").split("StudyInstanceUIDs=")[1]
     assert study_instances(pacs, study_uid) == ["NM", "NM", "SEG", "SEG", "SR", "SR"]
     browser.execute_script("window.scrollTo(0, 0)")
-    browser.save_screenshot(str(ARTIFACTS / "page_exported.png"))
+    browser.save_screenshot(str(artifacts / "page_exported.png"))
     page_window = browser.current_window_handle
     link.click()  # one click opens the study in OHIF, in a new tab
     wait_for(browser, lambda d: len(d.window_handles) == 2)
@@ -347,7 +351,7 @@ def open_ohif(browser, server, study_uid: str) -> None:
         "return document.body.innerText") and d.find_elements(By.CSS_SELECTOR, ".cornerstone-canvas"), OHIF_LOAD_S)
     for button in browser.find_elements(By.XPATH, "//button[contains(., 'Confirm and Hide')]"):
         button.click()  # OHIF's "investigational use" banner
-    time.sleep(3)  # let the viewport finish rendering (the test asserts on pixels, not on time)
+    wait_for_steady_viewport(browser)  # OHIF renders after the page has loaded; the tests assert on pixels
 
 
 def viewport_pixels(browser) -> np.ndarray:
@@ -357,6 +361,16 @@ def viewport_pixels(browser) -> np.ndarray:
 
     element = browser.find_element(By.CSS_SELECTOR, "[data-cy='viewport-pane']")
     return np.asarray(Image.open(io.BytesIO(element.screenshot_as_png)).convert("RGB")).astype(np.int16)
+
+
+def wait_for_steady_viewport(browser) -> None:
+    """Wait until the viewport shows an image (not one grey level) that two screenshots in a row agree on."""
+    shots = [viewport_pixels(browser)]
+
+    def steady(driver) -> bool:
+        shots[:] = [shots[-1], viewport_pixels(driver)]
+        return np.array_equal(*shots) and shots[1].std() > 0
+    wait_for(browser, steady, OHIF_LOAD_S)
 
 
 def warning_messages(browser) -> list[str]:
@@ -385,7 +399,7 @@ def double_click_thumbnail(browser, modality: str) -> None:
     ActionChains(browser).double_click(thumbnail).perform()
 
 
-def test_ohif_shows_the_exported_slice_oriented_with_its_segments_and_measurements(server, browser):
+def test_ohif_shows_the_exported_slice_oriented_with_its_segments_and_measurements(server, browser, artifacts):
     from selenium.webdriver.common.by import By
 
     (result,), exported = exported_via_api(server, [{"level": "BG", "pattern": "unilateral", "side": "left",
@@ -399,7 +413,7 @@ def test_ohif_shows_the_exported_slice_oriented_with_its_segments_and_measuremen
     assert marks["top-mid"].startswith("A") and marks["left-mid"].startswith("R"), marks
     # the one message OHIF gives any one-slice series (see README, OHIF limits); position is no longer missing
     assert warning_messages(browser) == [["Display set is not a reconstructable 3D volume."]]
-    browser.save_screenshot(str(ARTIFACTS / "ohif_nm.png"))
+    browser.save_screenshot(str(artifacts / "ohif_nm.png"))
 
     double_click_thumbnail(browser, "SEG")
     wait_for(browser, lambda d: d.execute_script(  # "Do you want to open this Segmentation?" Yes
@@ -416,7 +430,7 @@ def test_ohif_shows_the_exported_slice_oriented_with_its_segments_and_measuremen
                 int(bluish[:, :middle].sum() - bluish[:, middle:].sum()))
 
     wait_for(browser, lambda d: min(coloured(viewport_pixels(d))) > 500, OHIF_LOAD_S)
-    browser.save_screenshot(str(ARTIFACTS / "ohif_synthetic_study.png"))
+    browser.save_screenshot(str(artifacts / "ohif_synthetic_study.png"))
 
     # the SR: the outlines of the brain and of each hemisphere, labelled with their measurements
     double_click_thumbnail(browser, "SR")
@@ -429,5 +443,5 @@ def test_ohif_shows_the_exported_slice_oriented_with_its_segments_and_measuremen
                   f"Nuclear Medicine Tomographic Activity: {stats['left']:.2f}",
                   f"Nuclear Medicine Tomographic Activity: {stats['right']:.2f}"):
         assert shown in text, shown
-    time.sleep(2)
-    browser.save_screenshot(str(ARTIFACTS / "ohif_sr.png"))
+    wait_for_steady_viewport(browser)
+    browser.save_screenshot(str(artifacts / "ohif_sr.png"))
