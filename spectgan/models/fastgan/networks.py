@@ -536,8 +536,8 @@ class SeverityCalibration(nn.Module):
     Why: a head trained by squared error reads E[severity | image], pulled toward the mean of its targets, most of
     them 0 (the unaffected hemispheres). It reads a real mild defect as milder than it is, so a generator rewarded
     for a reading of SEVERITY_SCALE x the requested severity draws every defect larger than real ones of that
-    severity (model A 4.0.0: |AI| = 37 x severity + 7 % against real 37 x severity + 0.6 %). Rewarded for the head's
-    reading of real defects of that territory and severity instead, it draws defects the head cannot tell from them.
+    severity (the measurements are in the bundles' docs/realism.md). Rewarded for the head's reading of real defects
+    of that territory and severity instead, it draws defects the head cannot tell from them.
     """
 
     DECAY = 0.99  # weight of the running sums per update: about the last 100 real batches
