@@ -226,6 +226,7 @@ def test_site_adaptation_import_train_gate_serve(server, cohorts, tmp_path, brow
     (tmp_path / "token").write_text(TOKEN)
     code, listing = _cli("models", "list", "--server", server.url, "--model", MODEL, "--token-file", tmp_path / "token")
     assert code == 0 and f"{served['version']}  served" in listing and f"cohort {SITE_COHORT}" in listing, listing
+    assert "quality gate: passed" in listing and "fidelity report: full evaluation" in listing, listing  # 4.0.0's
     print(f"site adaptation: import {imported_s:.0f} s, train + gate + publish {trained_s:.0f} s")
     # the page saw the end on its own, stopped asking and shows the new version
     wait_for(browser, lambda d: _panel_state(d) == ("done", "false"), 60)

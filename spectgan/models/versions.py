@@ -46,7 +46,7 @@ class EvaluationSummary:
     source: str  # GATE_SOURCE (the verdict of the gate that judged it) or EVALUATION_SOURCE (its fidelity report)
     passed: bool | None  # the gate's verdict; None for a fidelity report (its targets are counted in ``summary``)
     summary: str
-    measures: dict  # name -> value: c2st (accuracy, 0.5 = indistinguishable), tstr, trtr, accuracies, memorization
+    measures: dict[str, float]  # c2st (accuracy; 0.5: indistinguishable), tstr, trtr, accuracies, memorization, ...
     report: bool  # the bundle holds the full report (``ModelStore.report``)
 
 
