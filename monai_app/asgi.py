@@ -13,11 +13,13 @@
 - ``POST /train/{model}`` checks the train params and the cohort before MONAI Label starts the task.
 - ``GET /models/{model}/versions`` lists a model's versions with their quality gate verdicts; ``POST
   /models/{model}/rollback`` (admin, JSON ``{"version": ...}``) serves a published one again
-  (``spectgan.models.versions``).
+  (``spectgan.models.versions``); ``GET /models/{model}/versions/{version}/report/`` shows a listed version's
+  evaluation report (the quality gate's, else its fidelity report) as HTML, its figures under ``figures/``.
 - ``/spectgan/``: the spectgan page (static files of ``spectgan.workstation_page``) and its API under
   ``/spectgan/api/``: the datastore's studies, a generation answered as JSON with the slice as the page draws it
   (``spectgan.serving.page.slice_view``; the same checks and infer task as ``/infer``), the export of chosen
-  results to the server's PACS, and the browser's login and logout on a server with a token.
+  results to the server's PACS, the latest training's state (``training``: MONAI Label's train task in short) and the
+  browser's login and logout on a server with a token.
 - ``error_response``: the one place where errors of spectgan and MONAI Label become HTTP answers (a 4xx with their
   message instead of a bare 500; no server path in it).
 
@@ -34,7 +36,7 @@ from typing import Optional
 from urllib.parse import parse_qsl, quote
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from monailabel.app import app
 from monailabel.config import RBAC_ADMIN, RBAC_ANNOTATOR, RBAC_USER, settings
@@ -45,6 +47,7 @@ from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.exception import (ImageNotFoundException, LabelNotFoundException, MONAILabelError,
                                             MONAILabelException)
 from monailabel.interfaces.utils.app import app_instance
+from monailabel.utils.async_tasks.task import AsyncTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import cookie_parser
 
@@ -52,7 +55,7 @@ from spectgan.errors import (AuthenticationError, InvalidRequestError, Malformed
                              SpectganError, TooLargeError, UnavailableError)
 from spectgan.geometry.roi import read_image
 from spectgan.results import GenerationResult
-from spectgan.serving.page import describe_page, parse_export_request, slice_view
+from spectgan.serving.page import describe_page, parse_export_request, slice_view, training_state
 from spectgan.serving.request import GENERATION_REQUEST
 from spectgan.serving.service import private_results_dir, use_server_threads, without_folder
 from spectgan.serving.sessions import SessionStore
@@ -89,13 +92,15 @@ PAGE_HEADERS = {  # the page loads nothing from elsewhere
 # ---------------------------------------------------------------------------------------------------- errors
 
 def public_message(message: str) -> str:
-    """An error message as answered: the server's own folders (repository, studies, models, temporary folder, home)
-    named by their last part, so that no answer shows a path of the server (the messages avoid them; this is the
-    net under them)."""
+    """An error message or report as answered: the server's own folders (repository, studies, models, cohorts,
+    temporary folder, home) named by their last part, so that no answer shows a path of the server (the messages
+    avoid them; this is the net under them; an evaluation report names its cohort's folder)."""
     folders = [REPOSITORY_ROOT, Path(settings.MONAI_LABEL_STUDIES or "."), Path(tempfile.gettempdir()), Path.home()]
     instance = app_instance()
     if instance is not None and hasattr(instance, "service"):
         folders.append(instance.service.models_dir)
+        for config in instance.models.values():
+            folders += [Path(config.cohort_dir).parent, Path(config.cohorts_dir)]
     for folder in sorted(folders, key=lambda path: len(str(path)), reverse=True):
         if str(folder) != "/":
             message = without_folder(message, folder)
@@ -321,6 +326,20 @@ async def model_rollback(model: str, request: Request,
     return (await run_in_threadpool(app_instance().rollback, model, body["version"])).to_dict()
 
 
+@router.get("/models/{model}/versions/{version}/report/", response_class=HTMLResponse,
+            summary=f"{RBAC_USER}A version's evaluation report (the quality gate's, else its fidelity report)")
+async def model_report(model: str, version: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    report = await run_in_threadpool(app_instance().model_report, model, version)
+    return HTMLResponse(public_message(report), headers=PAGE_HEADERS)
+
+
+@router.get("/models/{model}/versions/{version}/report/figures/{name}", summary=f"{RBAC_USER}A figure of that report")
+async def model_report_figure(model: str, version: str, name: str,
+                              user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    figure = await run_in_threadpool(app_instance().model_report_figure, model, version, name)
+    return FileResponse(figure, media_type="image/png", headers=PAGE_HEADERS)
+
+
 # ------------------------------------------------------------------------------------------------- the page
 
 def _page_generation(model: str, image: str, params: str) -> dict:
@@ -360,6 +379,12 @@ async def page_studies(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_
 @page_router.get("/api/config", summary=f"{RBAC_USER}What the page may offer (export, OHIF)")
 async def page_config(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
     return describe_page(app_instance().page_export)
+
+
+@page_router.get("/api/training", summary=f"{RBAC_USER}The latest train task's state, in short")
+async def page_training(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    state = training_state(AsyncTask.status("train")[0])
+    return replace(state, latest=public_message(state.latest)).to_dict()
 
 
 @page_router.post("/api/generate/{model}", summary=f"{RBAC_USER}One slice as the spectgan page draws it")

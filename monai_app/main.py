@@ -23,7 +23,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 import spectgan
 from spectgan.errors import InvalidRequestError, NotFoundError
 from spectgan.serving.generation_pool import GenerationPool
-from spectgan.serving.page import PageExport, ResultStore
+from spectgan.serving.page import PageExport, ResultStore, report_page
 from spectgan.serving.request import GenerationRequest, parse_params_json
 from spectgan.models.versions import ModelStore, VersionEntry
 from spectgan.serving.service import GenerationService, private_results_dir, resolve_cohort, select_models
@@ -138,6 +138,17 @@ class SpectganApp(MONAILabelApp):
         """Serve a published version of the model again (the next request uses it)."""
         self._trained(model)
         return self._store(model).rollback(check_id(str(version), "version"))
+
+    def model_report(self, model: str, version: str) -> str:
+        """The evaluation report of a listed version of the model, as an HTML page (figures relative to it)."""
+        self._trained(model)
+        report = self._store(model).report(check_id(str(version), "version"))
+        return report_page(report.read_text(), f"{model} {version}: evaluation report")
+
+    def model_report_figure(self, model: str, version: str, name: str) -> Path:
+        """A figure of that report, by its file name."""
+        self._trained(model)
+        return self._store(model).report_figure(check_id(str(version), "version"), check_id(name, "figure name"))
 
     def _store(self, model: str) -> ModelStore:
         return ModelStore(self.service.models_dir, model, self.models[model].keep_versions)

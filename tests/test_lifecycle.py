@@ -1,7 +1,8 @@
 """The model lifecycle through a real `monailabel start_server` process (with an API token) serving a copy of the
 shipped model A: retraining keeps the served bundle's recipe, the quality gate keeps a bad candidate back, `force`
 publishes it anyway, versions are listed and rolled back (HTTP and `spectgan models`), and a cohort imported from
-DICOM studies, named by its id, fine-tunes model A through the gate into service.
+DICOM studies, named by its id, fine-tunes model A through the gate into service while the spectgan page, in a real
+headless Chromium, watches the training; its Models panel lists the versions and opens their evaluation reports.
 
 Trainings are a few iterations on the small simulated cohort (``conftest.small_cohort``); the gate runs the
 evaluation's quick mode.
@@ -20,11 +21,14 @@ import pytest
 import requests
 import SimpleITK as sitk
 from dicom_builders import Identity, nm_multiframe, write_files
+from test_reader_study import text_of, wait_for
+from test_workstation_page import artifacts, browser  # noqa: F401
+from test_workstation_token import log_in
 
 from spectgan.cli import main as cli_main
 from spectgan.models.fastgan.recipe import bundle_recipe
 from spectgan.models.versions import CANDIDATES_FOLDER, VERSIONS_FOLDER
-from spectgan.serving.settings import DEFAULT_MODELS_DIR, SAMPLE_STUDIES_DIR
+from spectgan.serving.settings import DEFAULT_MODELS_DIR, REPOSITORY_ROOT, SAMPLE_STUDIES_DIR
 from spectgan.tools.server import ServerProcess
 
 MODEL = "spect_fastgan_A"
@@ -33,6 +37,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 STUDY = "study_normal_axial"
 SITE_COHORT = "site"  # the id of the imported cohort in the server's cohorts_dir
 TRAIN_TIMEOUT_S = 600.0
+SHA256_SHOWN = 12  # hex digits of a sha256 the page's Models panel shows
 SHIPPED = json.loads((DEFAULT_MODELS_DIR / MODEL / "configs" / "metadata.json").read_text())
 
 
@@ -44,11 +49,11 @@ def cohorts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, small_cohort, cohorts):
-    """The real server with a copy of the shipped model A, the small simulated cohort as its default cohort and an
-    API token."""
+    """The real server with a copy of the shipped model A (with its fidelity report), the small simulated cohort as its
+    default cohort and an API token."""
     root = tmp_path_factory.mktemp("lifecycle")
     models, studies = root / "models", root / "studies"
-    shutil.copytree(DEFAULT_MODELS_DIR / MODEL, models / MODEL, ignore=shutil.ignore_patterns("evaluation", "history"))
+    shutil.copytree(DEFAULT_MODELS_DIR / MODEL, models / MODEL, ignore=shutil.ignore_patterns("history"))
     shutil.copytree(SAMPLE_STUDIES_DIR, studies)
     with ServerProcess(studies, models, root / "server.log", cohort_dir=small_cohort, token=TOKEN,
                        conf={"cohorts_dir": str(cohorts), "keep_versions": "3"}) as process:
@@ -152,6 +157,27 @@ def test_a_bad_candidate_is_kept_back_force_publishes_it_and_rollback_restores(s
     assert _infer_version(server) == (before["version"], before["sha256"])
 
 
+def _open_page(server, browser) -> None:  # noqa: F811
+    """The spectgan page, logged in with the server's token; returns when its Models panel is filled."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server.url}/spectgan/")
+    wait_for(browser, lambda d: d.find_element(By.ID, "login").is_displayed()
+             or d.find_elements(By.CSS_SELECTOR, ".model-card"), 60)
+    if browser.find_element(By.ID, "login").is_displayed():
+        log_in(browser, TOKEN)
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".model-card"), 60)
+    assert text_of(browser, "error") == ""
+
+
+def _panel_state(browser) -> tuple[str, str]:  # noqa: F811
+    """(the training state the Models panel shows, whether it is polling)."""
+    from selenium.webdriver.common.by import By
+
+    section = browser.find_element(By.ID, "models-section")
+    return section.get_attribute("data-training"), section.get_attribute("data-polling")
+
+
 def _import_site_cohort(tmp_path: Path, out: Path) -> None:
     """``spectgan import`` of the sample studies written as NM multi-frame DICOM with made-up identities."""
     source, labels = tmp_path / "dicom", tmp_path / "labels.csv"
@@ -168,7 +194,10 @@ def _import_site_cohort(tmp_path: Path, out: Path) -> None:
     assert code == 0, console
 
 
-def test_site_adaptation_import_train_gate_serve(server, cohorts, tmp_path):
+def test_site_adaptation_import_train_gate_serve(server, cohorts, tmp_path, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    _open_page(server, browser)
     started = time.perf_counter()
     _import_site_cohort(tmp_path, cohorts / SITE_COHORT)
     imported_s = time.perf_counter() - started
@@ -180,6 +209,9 @@ def test_site_adaptation_import_train_gate_serve(server, cohorts, tmp_path):
     started = time.perf_counter()
     assert requests.post(f"{server.url}/train/{MODEL}", json={"cohort": SITE_COHORT, "iterations": 2, "batch": 4},
                          headers=AUTH, timeout=30).status_code == 200
+    browser.find_element(By.ID, "refresh-models").click()  # the page shows the training and reads it again
+    wait_for(browser, lambda d: _panel_state(d) == ("running", "true"), 60)
+    assert f"{MODEL} on cohort {SITE_COHORT}: running" in text_of(browser, "training")
     deadline = time.monotonic() + TRAIN_TIMEOUT_S
     while (status := requests.get(f"{server.url}/train/", headers=AUTH, timeout=30).json()).get("status") not in \
             ("DONE", "ERROR") and time.monotonic() < deadline:
@@ -194,4 +226,59 @@ def test_site_adaptation_import_train_gate_serve(server, cohorts, tmp_path):
     (tmp_path / "token").write_text(TOKEN)
     code, listing = _cli("models", "list", "--server", server.url, "--model", MODEL, "--token-file", tmp_path / "token")
     assert code == 0 and f"{served['version']}  served" in listing and f"cohort {SITE_COHORT}" in listing, listing
+    assert "quality gate: passed" in listing and "fidelity report: full evaluation" in listing, listing  # 4.0.0's
     print(f"site adaptation: import {imported_s:.0f} s, train + gate + publish {trained_s:.0f} s")
+    # the page saw the end on its own, stopped asking and shows the new version
+    wait_for(browser, lambda d: _panel_state(d) == ("done", "false"), 60)
+    assert f"published version {served['version']}" in text_of(browser, "training")
+    card = browser.find_element(By.CSS_SELECTOR, f".model-card[data-model='{MODEL}']")
+    wait_for(browser, lambda d: card.find_element(By.TAG_NAME, "h3").text == f"{MODEL} {served['version']}", 30)
+    assert "quality gate: passed" in card.find_element(By.CSS_SELECTOR, "dl.served").text
+
+
+def test_the_models_panel_lists_versions_and_opens_their_reports(server, browser, artifacts):  # noqa: F811
+    """The panel against the versions route (after the trainings above: the served, published and candidate
+    versions; alone: the shipped version with its fidelity report)."""
+    from selenium.webdriver.common.by import By
+
+    listed = requests.get(f"{server.url}/models/{MODEL}/versions", headers=AUTH, timeout=30).json()["versions"]
+    _open_page(server, browser)
+    card = browser.find_element(By.CSS_SELECTOR, f".model-card[data-model='{MODEL}']")
+    (served,) = [entry for entry in listed if entry["state"] == "served"]
+    assert card.find_element(By.TAG_NAME, "h3").text == f"{MODEL} {served['version']}"
+    summary = card.find_element(By.CSS_SELECTOR, "dl.served")
+    assert summary.find_element(By.CSS_SELECTOR, "code.sha256").text == served["sha256"][:SHA256_SHOWN]
+    assert served["cohort"] in summary.text and served["evaluation"]["summary"] in summary.text
+    rows = {row.get_attribute("data-version"): row.text for row in card.find_elements(By.CSS_SELECTOR, ".versions tr")
+            if row.get_attribute("data-version")}
+    others = [entry for entry in listed if entry is not served]
+    assert sorted(rows) == sorted(entry["version"] for entry in others)
+    for entry in others:
+        assert entry["state"] in rows[entry["version"]] and entry["sha256"][:SHA256_SHOWN] in rows[entry["version"]]
+    browser.execute_script("document.getElementById('models-section').scrollIntoView()")
+    browser.save_screenshot(str(artifacts / "models_panel.png"))
+
+    page_window = browser.current_window_handle
+    summary.find_element(By.CSS_SELECTOR, "a.report-link").click()  # the served version's report, in a new tab
+    wait_for(browser, lambda d: len(d.window_handles) == 2)
+    browser.switch_to.window([handle for handle in browser.window_handles if handle != page_window][0])
+    try:
+        wait_for(browser, lambda d: d.title == f"{MODEL} {served['version']}: evaluation report", 30)
+        wait_for(browser, lambda d: d.execute_script(
+            "const images = [...document.images]; return images.length > 0 && images.every(i => i.naturalWidth > 0)"),
+            30)  # its figures load
+        browser.save_screenshot(str(artifacts / "model_report.png"))
+        report = browser.page_source
+        assert "Evaluation" in browser.find_element(By.TAG_NAME, "h1").text and "<table>" in report
+        assert "/tmp/" not in report and str(REPOSITORY_ROOT) not in report and str(server.models_dir) not in report
+    finally:
+        browser.close()
+        browser.switch_to.window(page_window)
+
+    route = f"{server.url}/models/{MODEL}/versions"
+    assert requests.get(f"{route}/{served['version']}/report/", timeout=30).status_code == 401
+    for path, status, words in ((f"{route}/9.9.9/report/", 404, served["version"]),
+                                (f"{server.url}/models/no_such_model/versions/1.0.0/report/", 404, MODEL),
+                                (f"{route}/{served['version']}/report/figures/nothing.png", 404, "no figure")):
+        answer = requests.get(path, headers=AUTH, timeout=30)
+        assert answer.status_code == status and words in answer.json()["detail"], (path, answer.text)

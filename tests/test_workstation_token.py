@@ -11,8 +11,8 @@ import pytest
 import requests
 from dicom_builders import Identity
 from test_reader_study import text_of, wait_for
-from test_workstation_page import (MODEL, OBLIQUE, OHIF_LOAD_S, REFERENCES, browser, choose, generate,  # noqa: F401
-                                   open_page, pacs, workstation_server)
+from test_workstation_page import (MODEL, OBLIQUE, OHIF_LOAD_S, REFERENCES, artifacts, browser, choose,  # noqa: F401
+                                   generate, open_page, pacs, workstation_server)
 
 SESSION_COOKIE = "spectgan_session"
 REFUSED = ("/info/", "/spectgan/api/studies", "/spectgan/api/config", "/datastore/?output=all",

@@ -5,6 +5,10 @@ quality gate kept back (any family: only folders and ``configs/metadata.json`` a
     <models_dir>/versions/<name>/<version>/   published versions (the latest ``keep``; the served one stays)
     <models_dir>/candidates/<name>/<version>/ trained but not published, with the gate's report (the latest ``keep``)
 
+Each version lists its evaluation (``EvaluationSummary``): the quality gate's verdict when it was gated
+(``docs/gate/``), else its bundle's fidelity report (``spectgan evaluate --out <bundle>/docs/evaluation``), whose
+full report the server serves by model and version (``ModelStore.report``).
+
 Publishing and rolling back copy a version over the served folder by renames, so a running server loads the new
 version on its next request (bundles are cached per file modification time) and never sees half a bundle. Both hold
 a lock file, as the train task runs in a process of its own.
@@ -29,6 +33,70 @@ DEFAULT_KEEP = 5
 FIRST_VERSION = "1.0.0"
 GATE_KEY = "quality_gate"  # metadata: the gate's verdict on this version (``spectgan.evaluation.gate``)
 SERVED, PUBLISHED, CANDIDATE = "served", "published", "candidate"
+GATE_REPORT_DIR = "docs/gate"  # the quality gate's evaluation of a retrained bundle (report, figures)
+EVALUATION_DIR = "docs/evaluation"  # a bundle's fidelity report (``spectgan evaluate``), replaced by a new export
+REPORT_FILE, EVALUATION_FILE, FIGURES_FOLDER = "report.md", "evaluation.json", "figures"
+GATE_SOURCE, EVALUATION_SOURCE = "quality gate", "fidelity report"  # where an EvaluationSummary comes from
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """A version's evaluation in one line and its key numbers, as the server lists it and its clients show it."""
+
+    source: str  # GATE_SOURCE (the verdict of the gate that judged it) or EVALUATION_SOURCE (its fidelity report)
+    passed: bool | None  # the gate's verdict; None for a fidelity report (its targets are counted in ``summary``)
+    summary: str
+    measures: dict[str, float]  # c2st (accuracy; 0.5: indistinguishable), tstr, trtr, accuracies, memorization, ...
+    report: bool  # the bundle holds the full report (``ModelStore.report``)
+
+
+def report_dir(bundle_dir: Path, metadata: dict) -> Path:
+    """Where a bundle's evaluation lies: the gate's folder when the gate judged it, else its fidelity report's."""
+    return Path(bundle_dir) / (GATE_REPORT_DIR if metadata.get(GATE_KEY) else EVALUATION_DIR)
+
+
+def _gate_summary(gate: dict, has_report: bool) -> EvaluationSummary:
+    summary = str(gate.get("summary", "")) + ("; published by force" if gate.get("forced") else "")
+    measures = {measure["name"]: measure["candidate"] for measure in gate.get("measures", [])}
+    return EvaluationSummary(GATE_SOURCE, bool(gate.get("passed")), summary, measures, has_report)
+
+
+def _evaluation_summary(evaluation: dict, name: str, has_report: bool) -> EvaluationSummary | None:
+    """The key numbers of bundle ``name`` in a fidelity report's ``evaluation.json`` (None when it has none)."""
+    numbers = evaluation.get("bundles", {}).get(name)
+    if numbers is None:
+        return None
+    accuracy = numbers.get("conditional_accuracy", {})
+    measures = {"c2st": numbers.get("c2st_accuracy"), "tstr": numbers.get("tstr"), "trtr": numbers.get("trtr"),
+                "level_accuracy": accuracy.get("level"), "side_accuracy": accuracy.get("side"),
+                "memorization": numbers.get("memorization_fraction")}
+    measures = {key: value for key, value in measures.items() if value is not None}
+    targets = numbers.get("targets", [])
+    low, high = numbers.get("c2st", {}).get("ci95", (None, None))
+    parts = [f"{sum(bool(target.get('passed')) for target in targets)} of {len(targets)} fidelity targets met"]
+    if "c2st" in measures:
+        parts.append(f"C2ST {measures['c2st']:.3f}" + (f" (95 % CI {low:.3f}-{high:.3f})" if high is not None else ""))
+    if "tstr" in measures and "trtr" in measures:
+        parts.append(f"TSTR {measures['tstr']:.3f} against TRTR {measures['trtr']:.3f}")
+    if "memorization" in measures:
+        parts.append(f"memorization {100 * measures['memorization']:.1f} %")
+    cohort = Path(str(evaluation.get("cohort", {}).get("path", "?"))).name
+    summary = (f"{evaluation.get('mode', '?')} evaluation on {numbers.get('n_real', '?')} held-out slices of cohort "
+               f"{cohort}: " + "; ".join(parts))
+    return EvaluationSummary(EVALUATION_SOURCE, None, summary, measures, has_report)
+
+
+def evaluation_summary(bundle_dir: Path, metadata: dict) -> EvaluationSummary | None:
+    """The bundle's evaluation: the gate's verdict, else the numbers of its fidelity report; None when it has
+    neither."""
+    folder = report_dir(bundle_dir, metadata)
+    has_report = (folder / REPORT_FILE).is_file()
+    if metadata.get(GATE_KEY):
+        return _gate_summary(metadata[GATE_KEY], has_report)
+    if not (folder / EVALUATION_FILE).is_file():
+        return None
+    return _evaluation_summary(json.loads((folder / EVALUATION_FILE).read_text()), str(metadata.get("name")),
+                               has_report)
 
 
 @dataclass(frozen=True)
@@ -44,21 +112,27 @@ class VersionEntry:
     iterations: int | None
     note: str  # its changelog entry
     gate: dict | None  # the quality gate's verdict (passed, failed, summary, report, forced); None: not gated
+    evaluation: EvaluationSummary | None  # the gate's verdict or the fidelity report's numbers; None: neither
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, entry: dict) -> "VersionEntry":
-        return cls(**{name: entry.get(name) for name in cls.__dataclass_fields__})
+        values = {name: entry.get(name) for name in cls.__dataclass_fields__}
+        if values["evaluation"] is not None:
+            values["evaluation"] = EvaluationSummary(**values["evaluation"])
+        return cls(**values)
 
     @classmethod
-    def of_bundle(cls, model: str, metadata: dict, state: str) -> "VersionEntry":
+    def of_bundle(cls, model: str, bundle_dir: Path, state: str) -> "VersionEntry":
+        metadata = bundle_metadata(bundle_dir)
         training = metadata.get("training", {})
         version = str(metadata.get("version"))
         return cls(model, version, str(metadata.get("weights_sha256")), state, metadata.get("exported"),
                    training.get("cohort_name") or training.get("cohort", {}).get("source"), training.get("iterations"),
-                   str(metadata.get("changelog", {}).get(version, "")), metadata.get(GATE_KEY))
+                   str(metadata.get("changelog", {}).get(version, "")), metadata.get(GATE_KEY),
+                   evaluation_summary(bundle_dir, metadata))
 
 
 def version_key(version: str) -> tuple:
@@ -161,7 +235,7 @@ class ModelStore:
             os.replace(candidate, self.versions_dir / version)
             copy_folder(self.versions_dir / version, self.served_dir)
             self._prune()
-        return VersionEntry.of_bundle(self.name, bundle_metadata(self.served_dir), SERVED)
+        return VersionEntry.of_bundle(self.name, self.served_dir, SERVED)
 
     def rollback(self, version: str) -> VersionEntry:
         """Serve the published ``version`` again; NotFoundError naming the versions there are."""
@@ -172,7 +246,7 @@ class ModelStore:
                 raise NotFoundError(f"model {self.name} has no published version {version!r}; published: "
                                     f"{', '.join(sorted(published, key=version_key)) or 'none'}")
             copy_folder(published[version], self.served_dir)
-        return VersionEntry.of_bundle(self.name, bundle_metadata(self.served_dir), SERVED)
+        return VersionEntry.of_bundle(self.name, self.served_dir, SERVED)
 
     def _prune(self) -> None:
         served = self.served_version()
@@ -187,14 +261,48 @@ class ModelStore:
         with self._locked():
             self._prune()
 
-    def list(self) -> list[VersionEntry]:
-        """The served version, the published ones and the candidates, newest first."""
+    def _listed(self) -> list[tuple[str, Path]]:
+        """(state, folder) of the served version, then the published ones and the candidates; a published copy of the
+        served version (the same version and weights) is left out."""
         served = bundle_metadata(self.served_dir) if is_bundle(self.served_dir) else None
-        entries = [VersionEntry.of_bundle(self.name, served, SERVED)] if served else []
+        listed = [(SERVED, self.served_dir)] if served else []
         for state, parent in ((PUBLISHED, self.versions_dir), (CANDIDATE, self.candidates_dir)):
             for version, folder in self._folders(parent).items():
-                metadata = bundle_metadata(folder)
                 if not (served and state == PUBLISHED and version == str(served.get("version"))
-                        and metadata.get("weights_sha256") == served.get("weights_sha256")):
-                    entries.append(VersionEntry.of_bundle(self.name, metadata, state))
+                        and bundle_metadata(folder).get("weights_sha256") == served.get("weights_sha256")):
+                    listed.append((state, folder))
+        return listed
+
+    def list(self) -> list[VersionEntry]:
+        """The served version, the published ones and the candidates, newest first."""
+        entries = [VersionEntry.of_bundle(self.name, folder, state) for state, folder in self._listed()]
         return sorted(entries, key=lambda entry: version_key(entry.version), reverse=True)
+
+    def _folder(self, version: str) -> Path:
+        """The bundle folder of a listed version (the served one first); NotFoundError naming the listed versions."""
+        folders = {}
+        for _, folder in reversed(self._listed()):
+            folders[str(bundle_metadata(folder).get("version"))] = folder
+        if version not in folders:
+            raise NotFoundError(f"model {self.name} has no version {version!r}; it has: "
+                                f"{', '.join(sorted(folders, key=version_key)) or 'none'}")
+        return folders[version]
+
+    def report(self, version: str) -> Path:
+        """The full evaluation report (Markdown, figures in ``FIGURES_FOLDER`` beside it) of a listed version: the
+        quality gate's, else its fidelity report; NotFoundError when the version or its report does not exist."""
+        folder = self._folder(version)
+        report = report_dir(folder, bundle_metadata(folder)) / REPORT_FILE
+        if not report.is_file():
+            raise NotFoundError(f"version {version} of model {self.name} has no evaluation report (neither the "
+                                f"quality gate's nor a fidelity report of `spectgan evaluate`)")
+        return report
+
+    def report_figure(self, version: str, name: str) -> Path:
+        """A figure of a version's report, by its file name among the report's figures (never a path);
+        NotFoundError otherwise."""
+        figures = self.report(version).parent / FIGURES_FOLDER
+        available = {figure.name: figure for figure in figures.glob("*.png")} if figures.is_dir() else {}
+        if name not in available:
+            raise NotFoundError(f"the report of version {version} of model {self.name} has no figure {name!r}")
+        return available[name]

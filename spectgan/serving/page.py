@@ -8,16 +8,19 @@ aside (``monai_app.asgi`` has the routes).
 - ``PageExport``: DICOM (NM, hemisphere SEG, SR; ``spectgan.export.dicom``) of chosen results, sent to the server's
   PACS through the outbox of ``spectgan.export.pacs``; the scans of one page run over one reference land in one
   synthetic study, which the bundled OHIF shows when the PACS is the server's own DICOMweb datastore;
-- ``describe_page``: what the page may offer, and the statistics it shows, as declared.
+- ``describe_page``: what the page may offer, and the statistics it shows, as declared;
+- ``report_page``: a model version's evaluation report (``spectgan.models.versions.ModelStore.report``) as HTML;
+- ``training_state``: the server's latest train task, for the page's Models panel.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import secrets
 import threading
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import quote
@@ -36,6 +39,9 @@ RESULT_STORE_SIZE = 512  # results the page can still export (a 64 x 64 slice ta
 MAX_EXPORT_RESULTS = 64
 REGION_CODES = {"left": 1, "right": 2}  # ``regions`` of a slice view: 0 outside the brain
 OHIF_VIEWER = "/ohif/viewer?StudyInstanceUIDs="
+PAGE_STYLESHEET = "/spectgan/static/page.css"
+NO_TRAINING = "NONE"  # TrainingState.status when the server has run no train task since it started
+TRAINING_UNDER_WAY = ("SUBMITTED", "RUNNING")  # MONAI Label's task states while a training is queued or runs
 
 
 def _base64(array: np.ndarray, dtype: str) -> str:
@@ -174,3 +180,44 @@ def describe_page(export: PageExport) -> dict:
     """What the page may offer (``PageExport.describe``) and the hemisphere statistics it shows: their declarations
     (``spectgan.geometry.roi.STATISTICS``: key, label, unit, digits, region, whether on the cards and table)."""
     return {**export.describe(), "statistics": [statistic.to_dict() for statistic in STATISTICS]}
+
+
+def report_page(markdown_text: str, title: str) -> str:
+    """An evaluation report (Markdown with tables; figures linked as ``figures/<name>.png``, relative to the page)
+    as one HTML page in the spectgan page's style. HTML in the Markdown is shown as text, never run."""
+    import markdown
+
+    body = markdown.markdown(html.escape(markdown_text, quote=False), extensions=["tables"], output_format="html")
+    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+            f'<link rel="stylesheet" href="{PAGE_STYLESHEET}">\n</head>\n<body class="report">\n'
+            f'<p class="note">{html.escape(title)}. Research use only: the model makes synthetic images.</p>\n'
+            f"{body}\n</body>\n</html>\n")
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """The server's latest train task (MONAI Label's task record, ``GET /train/``) as the page shows it."""
+
+    status: str  # NO_TRAINING, or MONAI Label's: SUBMITTED, RUNNING, DONE, ERROR, STOPPED
+    running: bool  # queued or running: the page asks again until it is not
+    model: str | None
+    cohort: str | None  # the cohort id the request named (None: the server's default cohort)
+    started: str | None  # server local time, "YYYY-mm-dd HH:MM:SS" as MONAI Label records it
+    ended: str | None
+    latest: str  # the task's latest line of its own ("<model>: ..."): what it is doing, or how it ended
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def training_state(task: dict | None) -> TrainingState:
+    """The page's view of MONAI Label's latest train task record (None: no training since the server started)."""
+    if task is None:
+        return TrainingState(NO_TRAINING, False, None, None, None, None, "")
+    request = task.get("request") or {}
+    model = request.get("model")
+    prefix = f"{model}: "
+    own = [line[line.index(prefix):] for line in task.get("details") or () if model and prefix in line]
+    status = str(task.get("status", NO_TRAINING))
+    return TrainingState(status, status in TRAINING_UNDER_WAY, model, request.get("cohort"), task.get("start_ts"),
+                         task.get("end_ts"), own[-1] if own else "")

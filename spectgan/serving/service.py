@@ -40,7 +40,8 @@ from spectgan.geometry.roi import read_image
 from spectgan.geometry.template import canonical_image
 from spectgan.models.synthesizer import (INIT_SERVED, Synthesizer, TrainPlan, family_of, find_bundles, is_bundle,
                                          load_synthesizer)
-from spectgan.models.versions import CANDIDATES_FOLDER, DEFAULT_KEEP, GATE_KEY, ModelStore, update_metadata
+from spectgan.models.versions import (CANDIDATES_FOLDER, DEFAULT_KEEP, GATE_KEY, GATE_REPORT_DIR, ModelStore,
+                                      update_metadata)
 from spectgan.counterfactual import physics
 from spectgan.results import Derivation, GenerationResult, LevelPlane, ModelVersion, RegistrationSummary
 from spectgan.serving.request import (BASE_REFERENCE, GenerationRequest, TrainRequest, check_param_names, infer_client_config,
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RUNS_FOLDER = "runs"  # <models_dir>/runs/<model>: the training run behind the latest retrained bundle
-GATE_REPORT_DIR = "docs/gate"  # the quality gate's report inside a candidate bundle
 REGISTRATION_CACHE_SIZE = 32
 RESULT_SUFFIX = ".nii.gz"
 SERVER_THREADS_ENV = "SPECTGAN_SERVER_TORCH_THREADS"

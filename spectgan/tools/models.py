@@ -11,12 +11,12 @@ from spectgan.models.versions import VersionEntry
 
 
 def describe_version(version: VersionEntry) -> str:
-    """One line per version: version, state, sha256 (shortened), cohort, iterations and the gate's verdict."""
-    gate = version.gate
-    verdict = ("not gated" if gate is None else
-               ("FORCED, " if gate.get("forced") else "") + str(gate.get("summary", "")))
+    """One line per version: version, state, sha256 (shortened), cohort, iterations and its evaluation (the quality
+    gate's verdict, else the summary of its fidelity report), as the spectgan page's Models panel shows them."""
+    evaluation = version.evaluation
+    shown = f"{evaluation.source}: {evaluation.summary}" if evaluation else "not evaluated"
     return (f"{version.version:>8}  {version.state:<9}  {version.sha256[:12]}  cohort {version.cohort or '?'}, "
-            f"{version.iterations if version.iterations is not None else '?'} iterations  gate: {verdict}")
+            f"{version.iterations if version.iterations is not None else '?'} iterations  {shown}")
 
 
 def add_models_command(subparsers) -> None:

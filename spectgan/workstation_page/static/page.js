@@ -1,6 +1,8 @@
 // The spectgan page: request synthetic slices over a reference study, review them with their hemisphere statistics,
 // download the table and export chosen results to the PACS. Everything the page offers comes from the server: the
-// studies (its datastore), the models and the conditions each allows (GET /info/); nothing is copied here.
+// studies (its datastore), the models and the conditions each allows (GET /info/); nothing is copied here. The Models
+// panel shows each model's versions as the server lists them (GET /models/{model}/versions: version, sha256, cohort,
+// evaluation summary, a link to the full report) and the latest training (read again while it runs).
 // On a server with an API token the page first asks for it (a login form): the server answers a session cookie that
 // authorises the page's calls and OHIF's; the page keeps no token.
 "use strict";
@@ -15,8 +17,11 @@ const REGION_COLOURS = { 1: "#ff7f0e", 2: "#3d9bff" };  // patient left, right (
 const CSV_COLUMNS = ["study", "model", "version", "sha256", "level", "pattern", "side", "territory", "severity", "seed",
                      "psi"];
 const CSV_TAIL = ["size_unit", "stats_error"];
+const SHA256_SHOWN = 12;             // hex digits of a version's sha256 the Models panel shows
+const TRAINING_POLL_MS = 2000;       // how often the state of a running training is read again
 
-const state = { models: {}, results: [], conditions: [], peak: 0, run: null, busy: false, config: {} };
+const state = { models: {}, results: [], conditions: [], peak: 0, run: null, busy: false, config: {},
+                trainingTimer: null };
 const $ = (id) => document.getElementById(id);
 
 // ------------------------------------------------------------------------------------------------------- errors
@@ -97,7 +102,8 @@ function guarded(action) {
 
 function showLogin(message) {
   showError("");
-  $("workspace").hidden = $("table-section").hidden = true;
+  stopWatchingTraining();
+  $("workspace").hidden = $("table-section").hidden = $("models-section").hidden = true;
   $("login").hidden = false;
   $("login-error").textContent = message;
   $("login-error").hidden = !message;
@@ -106,7 +112,7 @@ function showLogin(message) {
 
 function hideLogin() {
   $("login").hidden = true;
-  $("workspace").hidden = $("table-section").hidden = false;
+  $("workspace").hidden = $("table-section").hidden = $("models-section").hidden = false;
 }
 
 // Where to go after the login: OHIF's page that sent the browser here (?next=/ohif/...), else this page.
@@ -617,7 +623,147 @@ function showExportedStudy(study) {
   $("exported").appendChild(item);
 }
 
+// ------------------------------------------------------------------------------------------------ models panel
+
+function element(tag, className, text) {
+  const item = document.createElement(tag);
+  if (className) item.className = className;
+  if (text !== undefined) item.textContent = text;
+  return item;
+}
+
+const reportUrl = (model, version) =>
+  `/models/${encodeURIComponent(model)}/versions/${encodeURIComponent(version)}/report/`;
+
+// A version's evaluation: the gate's verdict or the fidelity report's summary, its key numbers, a link to the report.
+function evaluationOf(model, entry) {
+  const box = element("span", "evaluation");
+  const evaluation = entry.evaluation;
+  if (!evaluation) {
+    box.textContent = "not evaluated";
+    return box;
+  }
+  const verdict = evaluation.passed === null ? "" : evaluation.passed ? "passed" : "failed";
+  box.appendChild(element("span", verdict, `${evaluation.source}: ${evaluation.summary}`));
+  if (evaluation.report) {
+    const link = element("a", "report-link", "Full report");
+    Object.assign(link, { href: reportUrl(model, entry.version), target: "_blank", rel: "noopener" });
+    link.setAttribute("aria-label", `Full evaluation report of ${model} ${entry.version}`);
+    box.append(" ", link);
+  }
+  const numbers = Object.entries(evaluation.measures).map(([name, value]) => `${name} ${number(value, 3)}`);
+  if (numbers.length) box.appendChild(element("span", "measures", numbers.join("  ")));
+  return box;
+}
+
+const cohortOf = (entry) => `${entry.cohort ?? "unknown"}, ${entry.iterations ?? "?"} iterations` +
+  (entry.exported ? `, exported ${entry.exported.slice(0, 10)}` : "");
+
+function versionsTable(model, entries) {
+  const table = element("table", "versions");
+  const head = table.createTHead().insertRow();
+  for (const title of ["Version", "State", "sha256", "Training cohort", "Evaluation"]) {
+    head.appendChild(element("th", "", title)).scope = "col";
+  }
+  const body = table.createTBody();
+  for (const entry of entries) {
+    const row = body.insertRow();
+    row.dataset.version = entry.version;
+    row.insertCell().textContent = entry.version;
+    row.insertCell().textContent = entry.state;
+    row.insertCell().appendChild(element("code", "", entry.sha256.slice(0, SHA256_SHOWN)));
+    row.insertCell().textContent = cohortOf(entry);
+    row.insertCell().appendChild(evaluationOf(model, entry));
+  }
+  return table;
+}
+
+// One model: its served version (sha256, training cohort, evaluation) and its other kept versions.
+function modelCard(model, entries) {
+  const card = element("article", "model-card");
+  card.dataset.model = model;
+  const served = entries.find((entry) => entry.state === "served");
+  card.appendChild(element("h3", "", served ? `${model} ${served.version}` : `${model}: no served version`));
+  if (served) {
+    const list = element("dl", "served");
+    list.dataset.version = served.version;
+    const version = element("dd");
+    version.append(`${served.version}, sha256 `, element("code", "sha256", served.sha256.slice(0, SHA256_SHOWN)));
+    const evaluation = element("dd");
+    evaluation.appendChild(evaluationOf(model, served));
+    list.append(element("dt", "", "Served version"), version, element("dt", "", "Training cohort"),
+                element("dd", "", cohortOf(served)), element("dt", "", "Evaluation"), evaluation);
+    card.appendChild(list);
+  }
+  const others = entries.filter((entry) => entry !== served);
+  card.appendChild(element("h4", "hint", others.length ? "Other kept versions (published ones can be rolled back " +
+    "to; candidates were kept back by the quality gate)" : "No other version kept."));
+  if (others.length) card.appendChild(versionsTable(model, others));
+  return card;
+}
+
+async function showModels() {
+  const models = Object.keys(state.models);
+  const listings = await Promise.all(models.map((model) => call(`/models/${encodeURIComponent(model)}/versions`,
+                                                                `Listing the versions of ${model}`)));
+  $("models").replaceChildren(...listings.map((listing, index) => modelCard(models[index], listing.versions)));
+}
+
+function describeTraining(training) {
+  if (training.status === "NONE") return "Training: none since the server started.";
+  const what = `${training.model}${training.cohort ? ` on cohort ${training.cohort}` : ""}`;
+  const when = training.running ? `since ${training.started}` : `${training.started} to ${training.ended || "?"}`;
+  return `Training ${what}: ${training.status.toLowerCase()} (${when})${training.latest ? `. ${training.latest}` : ""}`;
+}
+
+async function showTraining() {
+  const training = await call(`${API}/training`, "Reading the state of the training");
+  $("training").textContent = describeTraining(training);
+  $("models-section").dataset.training = training.status.toLowerCase();
+  return training;
+}
+
+function stopWatchingTraining() {
+  clearTimeout(state.trainingTimer);
+  state.trainingTimer = null;
+  $("models-section").dataset.polling = "false";
+}
+
+// While a training is queued or runs, its state is read again every TRAINING_POLL_MS; when it has ended, the
+// models are read again (a published version is served from then on) and the polling stops.
+function watchTraining(training) {
+  stopWatchingTraining();
+  if (!training.running) return;
+  $("models-section").dataset.polling = "true";
+  state.trainingTimer = setTimeout(guarded(async () => {
+    const next = await showTraining();
+    if (next.running) {
+      watchTraining(next);
+      return;
+    }
+    try {
+      await readModels();
+      await showModels();
+    } finally {
+      stopWatchingTraining();
+    }
+  }), TRAINING_POLL_MS);
+}
+
+async function refreshModels() {
+  const training = await showTraining();
+  await showModels();
+  watchTraining(training);
+}
+
 // ------------------------------------------------------------------------------------------------------- start
+
+// The served models as /info/ lists them, in the model choice (a new version shows in its label).
+async function readModels() {
+  const info = await call("/info/", "Reading the server's models");
+  state.models = info.models || {};
+  fill($("model"), Object.keys(state.models), (name) => `${name} ${state.models[name].bundle?.version || ""}`.trim());
+}
 
 async function start() {
   const session = await call(`${API}/session`, "Checking the login");
@@ -626,19 +772,18 @@ async function start() {
     showLogin("");
     return;
   }
-  const [info, studies, config] = await Promise.all([
-    call("/info/", "Reading the server's models"), call(`${API}/studies`, "Listing the datastore's studies"),
+  const [, studies, config] = await Promise.all([
+    readModels(), call(`${API}/studies`, "Listing the datastore's studies"),
     call(`${API}/config`, "Reading the page's settings")]);
   state.config = config;
   showStatisticsHead();
-  state.models = info.models || {};
   fill($("study"), studies.studies);
-  fill($("model"), Object.keys(state.models), (name) => `${name} ${state.models[name].bundle?.version || ""}`.trim());
   if (!studies.studies.length) throw new PageError("The server's datastore holds no reference study.");
   if (!Object.keys(state.models).length) throw new PageError("The server serves no trained model.");
   buildAxisControls();
   if (!config.export) $("export-status").textContent = "Export is off: this server has no PACS configured.";
   $("generate").disabled = false;
+  await refreshModels();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -652,6 +797,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("export").addEventListener("click", guarded(exportSelected));
   $("login").addEventListener("submit", guarded(login));
   $("logout").addEventListener("click", guarded(logout));
+  $("refresh-models").addEventListener("click", guarded(refreshModels));
   $("select-all").addEventListener("change", (event) => {
     document.querySelectorAll(".select-result:not(:disabled)").forEach((box) => { box.checked = event.target.checked; });
     updateExportButton();
