@@ -13,10 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import SHIPPED_MODEL as MODEL
 from pacs_server import offline_proxy, pacs_backed_server, pacs_studies  # noqa: F401 (fixtures)
 from slicer_fixtures import slicer_module  # noqa: F401 (a fixture)
 from test_pacs_datastore import GENERATED_STATS_RTOL
-from test_slicer_logic import MODEL, REFERENCE, nm_series_as_slicer_loads_them, patient_sides_in_ras
+from test_slicer_logic import REFERENCE, nm_series_as_slicer_loads_them, patient_sides_in_ras
 from test_slicer_logic import pytestmark  # noqa: F401 (skipped where model A has no trained weights)
 from spectgan.serving.settings import DEFAULT_MODELS_DIR, SAMPLE_STUDIES_DIR
 
