@@ -137,7 +137,7 @@ class GenerationResult:
         family, version, sha256, the options at top level and under ``options``, output space, reference
         (``image``), statistics (or ``stats_error``), midline, the image's geometry with the level plane,
         registration, timings, ``synthetic: true``, ``base`` (model or reference) with the ``derivation`` of a result
-        made from the reference and, on the page, ``result_id``."""
+        made from the reference (its ``description`` in words, as the DICOM export's Derivation Description) and, on the page, ``result_id``."""
         image = self.image
         geometry = {"size": list(image.GetSize()), "origin": list(image.GetOrigin()),
                     "spacing": list(image.GetSpacing()), "direction": list(image.GetDirection()),
@@ -156,7 +156,8 @@ class GenerationResult:
             "registration": self.registration.to_dict() if self.registration is not None else None,
             "timings_s": dict(self.timings_s), "synthetic": True,
             "base": "reference" if self.derivation else "model",
-            "derivation": self.derivation.to_dict() if self.derivation else None,
+            "derivation": {**self.derivation.to_dict(), "description": self.derivation.describe(self.condition)}
+            if self.derivation else None,
         }
         if self.result_id is not None:
             values["result_id"] = self.result_id

@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 from requests_toolbelt import MultipartEncoder
 
+from conftest import SHIPPED_MODEL
 from gan_toy_cohort import toy_cohort  # noqa: F401 (a fixture)
 from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
 from scripted_server import MIDLINE, MODEL, ScriptedServer
@@ -290,6 +291,24 @@ def test_generate_command_exports_and_the_pacs_gives_back_the_same_scans(protoco
         slope = counts_slope(_header(next(folder.glob("NM_*.dcm"))))
         assert np.abs(sitk.GetArrayFromImage(image) - sitk.GetArrayFromImage(written)).max() <= slope / 2 + 1e-5
         assert stats == {key: entry["stats"][key] for key in stats}
+
+
+def test_generate_command_makes_scans_from_the_reference_patients_own_slice(shipped_server, tmp_path):
+    """``spectgan generate --base reference`` through the real server with model A: a left MCA defect added to a
+    normal study's slice, and the left MCA defect of a study that has one taken away (``--remove left``)."""
+    command = ["generate", "--server", shipped_server.url, "--model", SHIPPED_MODEL, "--level", "BG",
+               "--base", "reference", "--territory", "MCA", "--seeds", "0", "--no-progress"]
+    assert main([*command, "--image", "study_normal_axial", "--pattern", "unilateral", "--side", "left",
+                 "--severity", "0.3", "--out", str(tmp_path / "added")]) == 0
+    assert main([*command, "--image", "study_unilateral_left_oblique", "--pattern", "normal", "--remove", "left",
+                 "--severity", "0.27", "--out", str(tmp_path / "removed")]) == 0
+    (added,), (removed,) = (json.loads((tmp_path / name / "stats.json").read_text()) for name in ("added", "removed"))
+    assert (added["file"], removed["file"]) == ("BG-unilateral-left_reference.nii.gz", "BG-normal_reference.nii.gz")
+    assert added["derivation"]["removed"] == [] and added["stats"]["ai"] < -5  # the defect at the patient's left
+    assert removed["derivation"]["removed"] == [{"side": "left", "territory": "MCA", "severity": 0.27}]
+    assert abs(removed["stats"]["ai"]) < 5  # the study's own left defect (27 %) is gone
+    assert all(entry["base"] == "reference" and entry["synthetic"] for entry in (added, removed))
+    assert [row["file"] for row in read_rows(tmp_path / "added" / "stats.csv")] == [added["file"]]
 
 
 def _header(path):

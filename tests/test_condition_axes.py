@@ -14,7 +14,8 @@ import requests
 from slicer_fixtures import slicer_module  # noqa: F401 (a fixture)
 from stand_in_family import MODULE, NAME, write_bundle
 from test_reader_study import text_of
-from test_workstation_page import browser, choose, generate, open_page  # noqa: F401 (browser: a fixture)
+from test_workstation_page import artifacts, browser  # noqa: F401 (fixtures)
+from test_workstation_page import choose, generate, open_page, record_sent_params, sent_params
 
 from spectgan.conditions import AxisKind, ConditionAxis
 from spectgan.models.synthesizer import FAMILIES_ENV
@@ -80,16 +81,10 @@ def test_the_page_builds_a_control_for_each_declared_axis(server, browser):  # n
     choose(browser, "side", "right")
     choose(browser, "tracer", "ECD")
     age.send_keys("70")
-    browser.execute_script("""  // what the page sends: the params of each generation
-        window.sentParams = [];
-        const send = window.fetch;
-        window.fetch = (url, options) => {
-          if (options && options.body instanceof FormData) window.sentParams.push(options.body.get("params"));
-          return send(url, options);
-        };""")
+    record_sent_params(browser)
     generate(browser, "4", expected=1)
-    assert [json.loads(params) for params in browser.execute_script("return window.sentParams")] == [
-        {"level": "BG", "pattern": "unilateral", "side": "right", "tracer": "ECD", "age": "70", "seed": 4}]
+    assert sent_params(browser) == [{"level": "BG", "pattern": "unilateral", "side": "right", "tracer": "ECD",
+                                     "age": "70", "seed": 4, "base": "model"}]
     assert text_of(browser, "error") == ""
 
 

@@ -140,6 +140,29 @@ def test_logic_end_to_end_upload_generate_table_export_and_the_side_in_ras(slice
         assert left < right, (tags, left, right)  # still at the patient's left from the PACS
 
 
+def test_logic_offers_made_from_and_sends_base_reference(slicer_module, shipped_server):
+    """The "Made from" control comes from the model's declared base param; with ``reference`` chosen, Generate
+    sends it: the scan is the reference patient's own slice with the requested defect added, on its side."""
+    slicer, logic = slicer_module.slicer, slicer_module.SpectGANLogic()
+    parameters = logic.getParameterNode()
+    logic.connect(shipped_server.url)
+    base = logic.requestControls(SHIPPED_MODEL, parameters)[-1]
+    assert (base.name, base.label, base.kind, base.items) == ("base", "Made from", "categorical", ["model", "reference"])
+    assert parameters.GetParameter("base") == "model" and "reference patient's own slice" in base.toolTip
+    reference = slicer.util.loadVolume(str(SAMPLE_STUDIES_DIR / "study_normal_axial.nii.gz"))
+    for name, value in (("model", SHIPPED_MODEL), ("level", "BG"), ("pattern", "unilateral"), ("side", "left"),
+                        ("territory", "MCA"), ("severity", "0.3"), ("base", "reference"), ("seed", "0"),
+                        ("count", "1")):
+        parameters.SetParameter(name, value)
+    parameters.SetNodeReferenceID("reference", reference.GetID())
+    _, nodes = logic.generateFromParameters(parameters)
+    (result,) = logic.results
+    assert [node.GetName() for node in nodes] == ["BG-unilateral-left_reference"]
+    assert result.derivation is not None and result.derivation.removed == ()
+    assert "left MCA 30% added" in result.derivation.describe(result.condition)
+    assert result.stats.left < result.stats.right  # the added defect is at the patient's left
+
+
 def test_the_modules_own_test_case_runs_over_the_stand_in(slicer_module, shipped_server, monkeypatch):
     """SpectGANTest (Developer mode > Reload and Test in Slicer), with SPECTGAN_SERVER_URL set."""
     monkeypatch.setenv("SPECTGAN_SERVER_URL", shipped_server.url)

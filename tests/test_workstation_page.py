@@ -138,6 +138,22 @@ def generate(browser, seeds: str, expected: int) -> None:
     assert text_of(browser, "progress-text").startswith(f"Done: {expected} slice"), text_of(browser, "error")
 
 
+def record_sent_params(browser) -> None:
+    """From now on, the page's browser keeps the params of each generation it sends (read by ``sent_params``)."""
+    browser.execute_script("""
+        window.sentParams = [];
+        const send = window.fetch;
+        window.fetch = (url, options) => {
+          if (options && options.body instanceof FormData) window.sentParams.push(options.body.get("params"));
+          return send(url, options);
+        };""")
+
+
+def sent_params(browser) -> list[dict]:
+    """The params of each generation sent since ``record_sent_params``."""
+    return [json.loads(params) for params in browser.execute_script("return window.sentParams")]
+
+
 def table_rows(browser) -> list[list[str]]:
     from selenium.webdriver.common.by import By
 
@@ -319,6 +335,47 @@ def test_page_shows_errors_as_readable_messages(server, pacs, browser):
     message = text_of(browser, "error")
     assert "HTTP 503" in message and "the generation worker process serving this request ended" in message, message
     generate(browser, "2", expected=1)  # the server replaced its worker: the same request works again
+
+
+def test_page_makes_a_slice_from_the_patients_own_and_says_what_it_was_derived_from(server, browser):
+    """"Made from" as the model's base param declares it; from the patient's slice (base reference) the page asks
+    for the defect's territory and severity before sending, shows the server's refusal of what it cannot make, and
+    the card names the derivation."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(browser, server)
+    choose(browser, "study", OBLIQUE)
+    choose(browser, "model", MODEL)
+    base = requests.get(f"{server.url}/info/", timeout=30).json()["models"][MODEL]["params"]["base"]
+    offered = [option.get_attribute("value") for option in browser.find_elements(By.CSS_SELECTOR, "#base option")]
+    assert offered == base["allowed"] == ["model", "reference"]
+    assert browser.find_element(By.ID, "base").get_attribute("value") == base["default"]
+    assert text_of(browser, "base-hint") == base["description"]
+    record_sent_params(browser)
+    choose(browser, "base", "reference")
+    choose(browser, "level", "BG")
+    choose(browser, "pattern", "unilateral")
+    choose(browser, "side", "left")
+    press_on(browser, "seeds", Keys.ENTER)  # territory and severity left to draw: only the model draws
+    wait_for(browser, lambda d: text_of(d, "error"))
+    assert "Made from reference: BG-unilateral-left needs territory and severity" in text_of(browser, "error")
+    assert sent_params(browser) == []
+
+    choose(browser, "territory", "MCA")
+    press_on(browser, "severity", Keys.CONTROL, "a", Keys.NULL, "0.3")
+    generate(browser, "1", expected=1)
+    assert sent_params(browser) == [{"level": "BG", "pattern": "unilateral", "side": "left", "territory": "MCA",
+                                     "severity": "0.3", "seed": 1, "base": "reference"}]
+    (card,) = browser.find_elements(By.CSS_SELECTOR, ".result")
+    assert "Made from the reference patient's own slice with the defect left MCA 30% added (physics method)." \
+        in card.find_element(By.CSS_SELECTOR, ".derivation").text
+
+    choose(browser, "pattern", "normal")  # removing a defect needs the defect named: the server says so (422)
+    press_on(browser, "seeds", Keys.ENTER)
+    wait_for(browser, lambda d: text_of(d, "progress-text").startswith("Stopped"), 60)
+    assert "HTTP 422" in text_of(browser, "error") and "needs the defect the study has" in text_of(browser, "error")
+    assert sent_params(browser)[-1] == {"level": "BG", "pattern": "normal", "seed": 1, "base": "reference"}
 
 
 def test_page_and_api_refuse_what_the_server_does_not_allow(server):

@@ -31,7 +31,7 @@ ALL = "all"
 # The parameter node: the request as strings (each condition axis the model declares under its own name), the
 # reference volume and the statistics table as node references.
 SERVER_URL, PACS_URL, IMAGE_ID, MODEL = "serverUrl", "pacsUrl", "imageId", "model"
-SEED, COUNT = "seed", "count"
+SEED, COUNT, BASE = "seed", "count", "base"  # base: what a scan is made from (the model's ``base`` param)
 REFERENCE_ROLE, TABLE_ROLE = "reference", "statistics"
 DEFAULT_PARAMETERS = {SEED: "0", COUNT: "1"}  # seed -1: the server draws; the axes a Generate expands over: all
 
@@ -189,7 +189,8 @@ class SpectGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onModelChanged()  # _setItems blocked the box's signals: read the chosen model's conditions
 
     def onModelChanged(self):
-        """Build one control per condition axis the chosen model declares (SpectGANLogic.axisControls)."""
+        """Build one control per condition axis the chosen model declares and its "Made from" choice
+        (SpectGANLogic.requestControls)."""
         self._parameterNode.SetParameter(MODEL, self.ui.modelComboBox.currentText)
         layout = self.ui.conditionAxesWidget.layout()
         while layout.rowCount():
@@ -197,7 +198,7 @@ class SpectGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.axisWidgets = {}
         model = self.ui.modelComboBox.currentText
         with slicer.util.tryWithErrorDisplay(f"Cannot read the condition axes of {model}.", waitCursor=True):
-            for control in self.logic.axisControls(model, self._parameterNode) if model else []:
+            for control in self.logic.requestControls(model, self._parameterNode) if model else []:
                 categorical = control.kind == "categorical"
                 widget = qt.QComboBox() if categorical else qt.QLineEdit()
                 widget.toolTip = control.toolTip
@@ -213,7 +214,7 @@ class SpectGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onAxisChanged(self):
         """A condition axis changed: the axes after it offer what the model allows with it (and apply or not)."""
         self.updateParameterNodeFromGUI()
-        for control in self.logic.axisControls(self._parameterNode.GetParameter(MODEL), self._parameterNode):
+        for control in self.logic.requestControls(self._parameterNode.GetParameter(MODEL), self._parameterNode):
             widget = self.axisWidgets[control.name]
             if control.kind == "categorical":
                 self._setItems(widget, control.items, control.name)
@@ -335,6 +336,25 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
                                         placeholder, " ".join(filter(None, (axis.description, axis.unit))), enabled))
         return controls
 
+    def baseControl(self, model, parameterNode):
+        """The "Made from" control (an AxisControl named ``base``) from the ``base`` param ``model`` declares in
+        ``/info/`` (its allowed values, default and description: a new brain from the model or the reference patient's
+        own slice), or None for a model without it; a value in the node that it does not allow is set to its
+        default."""
+        spec = (self._connected().model_info(model).get("params") or {}).get(BASE)
+        if not spec:
+            return None
+        items = list(spec["allowed"])
+        if parameterNode.GetParameter(BASE) not in items:
+            parameterNode.SetParameter(BASE, spec["default"])
+        return AxisControl(BASE, "Made from", "categorical", items, None, None, "", spec.get("description", ""), True)
+
+    def requestControls(self, model, parameterNode):
+        """The Generate panel's controls: one per condition axis (axisControls), then the "Made from" choice
+        (baseControl) when the model declares one."""
+        base = self.baseControl(model, parameterNode)
+        return self.axisControls(model, parameterNode) + ([base] if base else [])
+
     def referenceImageId(self, volumeNode):
         """Upload a volume of the scene to the server's datastore (once per version of it); its image id."""
         key = (volumeNode.GetID(), volumeNode.GetMTime(), volumeNode.GetImageData().GetMTime())
@@ -354,8 +374,8 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
         return imageId
 
     def generateFromParameters(self, parameterNode):
-        """What Generate does: the request of the parameter node (each axis's value where it applies); the
-        reference's image id and the loaded nodes."""
+        """What Generate does: the request of the parameter node (each axis's value where it applies, what the scans
+        are made from); the reference's image id and the loaded nodes."""
         model = parameterNode.GetParameter(MODEL)
         if not model:
             raise ValueError("Connect to a server and choose a model first.")
@@ -363,14 +383,16 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
                   for control in self.axisControls(model, parameterNode)}
         imageId = self.requestedImageId(parameterNode)
         nodes = self.generate(imageId, model, values, int(parameterNode.GetParameter(SEED)),
-                              int(parameterNode.GetParameter(COUNT)))
+                              int(parameterNode.GetParameter(COUNT)), parameterNode.GetParameter(BASE) or "model")
         return imageId, nodes
 
-    def generate(self, imageId, model, values, seed, count):
+    def generate(self, imageId, model, values, seed, count, base="model"):
         """Every requested scan, each loaded as a scalar volume, and their statistics in the table; the nodes.
 
         ``values``: by axis name; the axes a Generate expands over take ``all`` (every value the model offers), the
-        others one value (empty: drawn), sent with each condition it applies to.
+        others one value (empty: drawn), sent with each condition it applies to. ``base``: ``model`` (new brains) or
+        ``reference`` (the reference patient's own slice with each condition's defect added: territory and severity
+        required).
         """
         client, axes, expanded = spectganClient(), self.conditionAxes(model), expandedAxes()
         conditions = client.expand_conditions(axes.conditions(), *(values.get(name) for name in expanded))
@@ -392,7 +414,8 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
         self.results = []
         for applying, batch in batches.items():
             job = client.GenerationJob(self._connected(), imageId, model, batch,
-                                       client.seeds_from_spinboxes(seed, count), axis_values=dict(applying))
+                                       client.seeds_from_spinboxes(seed, count), axis_values=dict(applying),
+                                       base=base)
             self.results += job.run(self.batchFolder, on_result=load)
         parameterNode = self.getParameterNode()
         tableNode = parameterNode.GetNodeReference(TABLE_ROLE)  # None before the first batch or after a new scene

@@ -15,7 +15,7 @@ const ROBUST_PEAK_PERCENTILE = 99.5; // the grey scale's top: this percentile of
 const REGION_COLOURS = { 1: "#ff7f0e", 2: "#3d9bff" };  // patient left, right (the overview's, right lighter)
 // The CSV's columns before the statistics (which the server declares: GET /spectgan/api/config) and after them.
 const CSV_COLUMNS = ["study", "model", "version", "sha256", "level", "pattern", "side", "territory", "severity", "seed",
-                     "psi"];
+                     "psi", "base"];
 const CSV_TAIL = ["size_unit", "stats_error"];
 const SHA256_SHOWN = 12;             // hex digits of a version's sha256 the Models panel shows
 const TRAINING_POLL_MS = 2000;       // how often the state of a running training is read again
@@ -222,18 +222,50 @@ function updateAxisChoices() {
   }
 }
 
-// The chosen condition: the value of every offered axis that has one, and a label such as "BG-unilateral-left
-// (MCA 0.2)" (the required axes joined, the optional ones in brackets).
+// The chosen condition: the value of every offered axis that has one, a label such as "BG-unilateral-left
+// (MCA 0.2)" (the required axes joined, the optional ones in brackets) and the offered axes left empty (missing).
 function selectedCondition() {
-  const values = {}, named = [], optional = [];
+  const values = {}, named = [], optional = [], missing = [];
   for (const axis of axesOf($("model").value)) {
     const value = $(`${axis.name}-box`).hidden ? "" : $(axis.name).value.trim();
-    if (!value) continue;
+    if (!value) {
+      if (!$(`${axis.name}-box`).hidden) missing.push(axis.name);
+      continue;
+    }
     values[axis.name] = value;
     (axis.required ? named : optional).push(value);
   }
   const label = named.join("-");
-  return { values, label: optional.length ? `${label} (${optional.join(" ")})` : label };
+  return { values, missing, label: optional.length ? `${label} (${optional.join(" ")})` : label };
+}
+
+// The "Made from" choice: the model's declared "base" param (/info/ params: its allowed values, default and
+// description), e.g. a new brain from the model or this patient's own slice; hidden for a model without one.
+const baseOf = (model) => state.models[model]?.params?.base;
+
+function buildBaseChoice() {
+  const spec = baseOf($("model").value), select = $("base"), previous = select.value;
+  $("base-box").hidden = !spec;
+  if (!spec) return;
+  fill(select, spec.allowed);
+  if (!spec.allowed.includes(previous)) select.value = spec.default;
+  select.title = $("base-hint").textContent = spec.description;
+}
+
+// The chosen base ({} for a model without the choice), sent with each request. Only the model draws an axis left
+// empty: made from anything else (the patient's own slice), every offered axis of each condition needs a value.
+function selectedBase(conditions) {
+  const spec = baseOf($("model").value);
+  if (!spec) return {};
+  const base = $("base").value;
+  if (base !== spec.default) {
+    const incomplete = conditions.find((condition) => condition.missing.length);
+    if (incomplete) {
+      throw new PageError(`Made from ${base}: ${incomplete.label} needs ${incomplete.missing.join(" and ")} (only ` +
+                          `the model draws what is left empty). Choose them, or make it from ${spec.default}.`);
+    }
+  }
+  return { base };
 }
 
 function showConditions() {
@@ -463,6 +495,9 @@ function addResult(answer, study) {
     stats.classList.add("stats-error");
   }
   card.append(title, canvas, stats);
+  if (entry.result.derivation) {
+    card.appendChild(element("p", "derivation", `Made from ${entry.result.derivation.description}.`));
+  }
   $("results").appendChild(card);
   entry.canvas = canvas;
   state.results.push(entry);
@@ -526,7 +561,7 @@ function downloadCsv() {
     const values = { study: entry.study, model: r.model, version: r.version, sha256: r.sha256,
                      level: r.condition.level, pattern: r.condition.pattern, side: r.condition.side || "",
                      territory: lesionText(r.condition.territory), severity: lesionText(r.condition.severity),
-                     seed: r.seed, psi: r.psi, stats_error: r.stats_error || "", ...stats };
+                     seed: r.seed, psi: r.psi, base: r.base, stats_error: r.stats_error || "", ...stats };
     lines.push(columns.map((column) => csvField(values[column])).join(","));
   }
   const link = document.createElement("a");
@@ -549,6 +584,7 @@ async function generate() {
   const study = $("study").value, model = $("model").value;
   if (!study) throw new PageError("Choose a reference study first (the server's datastore lists none?).");
   const conditions = state.conditions.length ? state.conditions : [selectedCondition()];
+  const base = selectedBase(conditions);
   const seeds = requestedSeeds();
   const jobs = conditions.flatMap((condition) => seeds.map((seed) => ({ condition, seed })));
   if (jobs.length > MAX_REQUESTS) {
@@ -563,7 +599,7 @@ async function generate() {
     for (const [index, job] of jobs.entries()) {
       $("progress-text").textContent = `Generating ${index + 1} of ${jobs.length}: ${job.condition.label}` +
         (job.seed === null ? ", random seed" : `, seed ${job.seed}`);
-      const params = { ...job.condition.values, seed: job.seed };
+      const params = { ...job.condition.values, seed: job.seed, ...base };
       const form = new FormData();
       form.append("params", JSON.stringify(params));
       const answer = await call(`${API}/generate/${encodeURIComponent(model)}?image=${encodeURIComponent(study)}`,
@@ -781,6 +817,7 @@ async function start() {
   if (!studies.studies.length) throw new PageError("The server's datastore holds no reference study.");
   if (!Object.keys(state.models).length) throw new PageError("The server serves no trained model.");
   buildAxisControls();
+  buildBaseChoice();
   if (!config.export) $("export-status").textContent = "Export is off: this server has no PACS configured.";
   $("generate").disabled = false;
   await refreshModels();
@@ -788,7 +825,12 @@ async function start() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("generate").disabled = true;
-  $("model").addEventListener("change", () => { state.conditions = []; showConditions(); buildAxisControls(); });
+  $("model").addEventListener("change", () => {
+    state.conditions = [];
+    showConditions();
+    buildAxisControls();
+    buildBaseChoice();
+  });
   $("add-condition").addEventListener("click", addCondition);
   $("seeds").addEventListener("focus", () => { $("mode-seeds").checked = true; });
   $("count").addEventListener("focus", () => { $("mode-count").checked = true; });
