@@ -10,6 +10,7 @@ evaluation's quick mode.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -39,6 +40,7 @@ SITE_COHORT = "site"  # the id of the imported cohort in the server's cohorts_di
 TRAIN_TIMEOUT_S = 600.0
 SHA256_SHOWN = 12  # hex digits of a sha256 the page's Models panel shows
 SHIPPED = json.loads((DEFAULT_MODELS_DIR / MODEL / "configs" / "metadata.json").read_text())
+NEXT_VERSION = ".".join(SHIPPED["version"].split(".")[:2] + [str(int(SHIPPED["version"].split(".")[2]) + 1)])
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +57,9 @@ def server(tmp_path_factory, small_cohort, cohorts):
     models, studies = root / "models", root / "studies"
     shutil.copytree(DEFAULT_MODELS_DIR / MODEL, models / MODEL, ignore=shutil.ignore_patterns("history"))
     shutil.copytree(SAMPLE_STUDIES_DIR, studies)
+    # keep_versions 8: every version this module makes stays listed beside the shipped one
     with ServerProcess(studies, models, root / "server.log", cohort_dir=small_cohort, token=TOKEN,
-                       conf={"cohorts_dir": str(cohorts), "keep_versions": "3"}) as process:
+                       conf={"cohorts_dir": str(cohorts), "keep_versions": "8"}) as process:
         process.models_dir = models
         yield process
 
@@ -93,22 +96,26 @@ def _cli(*args) -> tuple[int, str]:
 
 
 def test_a_bundle_without_recorded_settings_gets_its_recipe_from_its_command_and_network():
-    assert "settings" not in SHIPPED["training"]
-    recipe = bundle_recipe(SHIPPED)
-    generator = SHIPPED["network"]["generator"]
-    assert (recipe.image_size, recipe.generator_width, recipe.latent_dim, recipe.condition_dim) == (64, 16, 128, 32)
-    assert recipe.output_floor == generator["output_floor"] == 0.01
-    assert recipe.output_filter_fwhm_mm == pytest.approx(8.0, abs=0.01)
-    assert recipe.output_noise == generator["output_noise"] and recipe.defect_axes
-    assert recipe.generator_classification_weight == 0.25 and recipe.levels == ("CER", "BG", "COR")
-    assert recipe.cohort == "default" and recipe.discriminator_width == 16
+    """An older bundle (before the recipe travelled with it) is the shipped one without ``training.settings``: its
+    recipe, read back from the run's defining command (not the resumes after it) and its network, is the one the
+    shipped bundle records."""
+    old = copy.deepcopy(SHIPPED)
+    recorded = old["training"].pop("settings")
+    assert any("--resume" in command for command in old["training"]["commands"])  # the resumes must not mislead
+    recipe = bundle_recipe(old)
+    for name in ("image_size", "generator_width", "discriminator_width", "latent_dim", "condition_dim",
+                 "output_floor", "output_noise", "defect_axes", "calibrated_severity",
+                 "generator_classification_weight", "classification_weight", "seed"):
+        assert getattr(recipe, name) == recorded[name], name
+    assert recipe.levels == tuple(recorded["levels"]) and recipe.cohort == "default"
+    assert recipe.output_filter_fwhm_mm == pytest.approx(recorded["output_filter_fwhm_mm"], abs=0.01)
 
 
 def test_retraining_keeps_the_served_recipe_and_reestimates_the_noise_stage(server, small_cohort):
     result = _train(server, {"iterations": 2, "batch": 4})
-    assert result["version"] == "4.0.1" and result["init"] == "served" and result["gate"] is not None
+    assert result["version"] == NEXT_VERSION and result["init"] == "served" and result["gate"] is not None
     folder = VERSIONS_FOLDER if result["published"] else CANDIDATES_FOLDER
-    candidate = _metadata(server, folder, "4.0.1")
+    candidate = _metadata(server, folder, NEXT_VERSION)
     settings, shipped = candidate["training"]["settings"], bundle_recipe(SHIPPED)
     for name in ("image_size", "generator_width", "discriminator_width", "latent_dim", "condition_dim",
                  "output_floor", "generator_classification_weight", "defect_axes", "defect_weight",
@@ -119,7 +126,7 @@ def test_retraining_keeps_the_served_recipe_and_reestimates_the_noise_stage(serv
     noise = candidate["network"]["generator"]["output_noise"]
     assert set(noise) == set(shipped.output_noise) and noise != shipped.output_noise  # estimated on the new cohort
     assert candidate["training"]["count_scale"] == candidate["count_scale"]
-    assert (server.models_dir / folder / MODEL / "4.0.1" / "docs" / "gate" / "report.md").is_file()
+    assert (server.models_dir / folder / MODEL / NEXT_VERSION / "docs" / "gate" / "report.md").is_file()
 
 
 def test_a_bad_candidate_is_kept_back_force_publishes_it_and_rollback_restores(server):
@@ -143,7 +150,7 @@ def test_a_bad_candidate_is_kept_back_force_publishes_it_and_rollback_restores(s
     states = {entry["version"]: entry["state"] for entry in listed}
     assert states[forced["version"]] == "served" and states[bad_version] == "candidate"
     assert states[before["version"]] == "published"
-    assert all(entry["gate"]["summary"] for entry in listed if entry["version"] != before["version"])
+    assert all(entry["gate"]["summary"] for entry in listed if entry["version"] != SHIPPED["version"])  # gated
 
     refused = requests.post(f"{server.url}/models/{MODEL}/rollback", json={"version": before["version"]}, timeout=30)
     assert refused.status_code == 401 and _served(server)["sha256"] == forced["sha256"]

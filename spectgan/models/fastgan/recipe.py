@@ -2,9 +2,9 @@
 
 A bundle exported since the recipe travels with it records every setting under ``training.settings``
 (``bundle.recorded_settings``). Older bundles (models A and B 4.0.0) record only the generator's ``network`` and the
-``training.commands`` that ran the run: their recipe is the last ``spectgan train`` command, read with the train
-command's own parser, over the training defaults. Either way the exported ``network`` has the last word on what the
-generator is (image size, widths, output and noise stages, defect axes).
+``training.commands`` that ran the run: their recipe is the last ``spectgan train`` command that is not a
+``--resume``, read with the train command's own parser, over the training defaults. Either way the exported
+``network`` has the last word on what the generator is (image size, widths, output and noise stages, defect axes).
 """
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ def bundle_recipe(metadata: dict) -> TrainSettings:
     if recorded is None:
         recorded = {}
         for command in reversed(training.get("commands", [])):
+            if "--resume" in shlex.split(command):  # a resume changes the schedule only: the run's first command
+                continue  # defines it
             recorded = _parsed_command(command)
             if recorded:
                 break
