@@ -70,3 +70,13 @@ def test_augmentation_is_differentiable():
     image = torch.rand(4, 1, 32, 32, requires_grad=True)
     diff_augment(image).sum().backward()
     assert image.grad is not None and torch.isfinite(image.grad).all()
+
+
+def test_without_colour_changes_the_count_level_of_what_survives_stays_true():
+    torch.manual_seed(3)
+    images = torch.rand(64, 1, 16, 16) * 1.5 - 0.75  # no pixel at the background value
+    augmented = diff_augment(images, colour_probability=0.0)
+    kept = augmented != BACKGROUND  # translation and cutout only fill background; no pixel's value changes
+    assert kept.any() and set(augmented[kept].tolist()) <= set(images.flatten().tolist())
+    coloured = diff_augment(images, colour_probability=1.0)
+    assert not set(coloured[coloured != BACKGROUND].tolist()) <= set(images.flatten().tolist())

@@ -135,9 +135,9 @@ def test_run_with_defect_axes_fine_tunes_a_run_without_them(toy_lesion_cohort, t
     train(tmp_path / "plain", iterations=1, **common)
     plain = load_checkpoint(tmp_path / "plain")
     train(tmp_path / "axes", iterations=1, defect_axes=True, generator_classification_weight=0.0,
-          calibrated_severity=True, init_from=str(tmp_path / "plain"), **common)
+          calibrated_severity=True, colour_augment_probability=0.0, init_from=str(tmp_path / "plain"), **common)
     axes = load_checkpoint(tmp_path / "axes")
-    assert axes["settings"]["calibrated_severity"] is True
+    assert axes["settings"]["calibrated_severity"] is True and axes["settings"]["colour_augment_probability"] == 0
     assert axes["severity_calibration"]["sums"][:, 0].sum() > 0  # the real batch's hemispheres are counted
     train(tmp_path / "axes", resume=True, iterations=2, **{key: common[key] for key in ("progress",)})
     resumed = load_checkpoint(tmp_path / "axes")

@@ -33,7 +33,7 @@ from spectgan.cohorts.noise import estimate_noise_model
 from spectgan.conditions import parse_levels, valid_conditions
 from spectgan.errors import SpectganError
 from spectgan.lesions import LesionDistribution
-from spectgan.models.fastgan.augment import diff_augment
+from spectgan.models.fastgan.augment import COLOUR_PROBABILITY, diff_augment
 from spectgan.models.fastgan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHTS_FILE, export_bundle, load_bundle
 from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
 from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
@@ -73,6 +73,9 @@ class TrainSettings:
     # with defect_axes: reward the generator for the head's reading of REAL defects of the requested territory and
     # severity (``SeverityCalibration``) instead of for SEVERITY_SCALE x the severity
     calibrated_severity: bool = False
+    # share of the discriminator's inputs whose brightness and contrast DiffAugment changes (0: none, so the
+    # discriminator sees every image's true count level)
+    colour_augment_probability: float = COLOUR_PROBABILITY
     output_filter_fwhm_mm: float | None = None  # the generator's fixed post-filter; None: the cohort's, 0: none
     output_floor: float = 0.001  # share of the range the generator's output stage sets to zero (0: none)
     # the generator's noise stage (ReconstructionNoise: gain, exponent, sigma_px) estimated from the train split when
@@ -332,9 +335,10 @@ class Trainer:
         # Discriminator: hinge loss on real and generated images plus reconstruction of the real ones.
         self.discriminator.requires_grad_(True)
         with autocast(self.device):
-            real = diff_augment(real)
+            real = diff_augment(real, self.settings.colour_augment_probability)
             real_logits, real_classes, reconstructions = self.discriminator_step(real, condition, quadrant)
-            fake_logits, _ = self.discriminator_step(diff_augment(fake.detach()), condition)
+            fake_logits, _ = self.discriminator_step(
+                diff_augment(fake.detach(), self.settings.colour_augment_probability), condition)
         losses = {"d_real": F.relu(1.0 - real_logits.float()).mean(),
                   "d_fake": F.relu(1.0 + fake_logits.float()).mean(),
                   "reconstruction": reconstruction_loss(reconstructions, real, quadrant),
@@ -352,7 +356,8 @@ class Trainer:
         # Generator: through the bare discriminator, whose gradients this step does not need.
         self.discriminator.requires_grad_(False)
         with autocast(self.device):
-            fake_logits, fake_classes = self.discriminator(diff_augment(fake), condition)
+            fake_logits, fake_classes = self.discriminator(
+                diff_augment(fake, self.settings.colour_augment_probability), condition)
         losses["g"] = -fake_logits.float().mean()
         losses["g_classes"] = condition_classification_loss(fake_classes, condition)
         if axes:
@@ -618,6 +623,9 @@ def add_train_command(subparsers) -> None:
                         help="with --defect-axes: reward the generator for the defect head's reading of real defects "
                              "of the requested territory and severity, not for the severity itself (the head reads "
                              "mild defects as milder than they are; default: off)")
+    parser.add_argument("--colour-augment-probability", type=float,
+                        help="share of the discriminator's inputs whose brightness and contrast DiffAugment changes "
+                             f"(default {COLOUR_PROBABILITY}; 0: the discriminator sees every true count level)")
     parser.add_argument("--output-filter-fwhm-mm", type=float,
                         help="the generator's fixed post-filter, FWHM in mm (default: the cohort's reconstruction "
                              "post-filter; 0: none)")
