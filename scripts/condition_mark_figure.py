@@ -19,13 +19,13 @@ import numpy as np
 from spectgan.cohorts.format import read_cohort_info
 from spectgan.conditions import Level, Pattern, Side
 from spectgan.evaluation.data import SliceSet, class_indices, read_split
+from spectgan.evaluation.defects import MODERATE_AI
 from spectgan.evaluation.features import CONDITION_HEADS, saliency, to_inputs, train_classifier
 from spectgan.evaluation.pipeline import EvaluationSettings
 from spectgan.evaluation.statistics import measure
 from spectgan.figures import pyplot, save_figure
 from spectgan.models.synthesizer import load_synthesizer
 
-MODERATE_AI = 8.0  # % |AI|: below it, a unilateral defect is mild or moderate
 DIFFERENCE_RANGE = 0.15  # colour range of the difference maps, share of the normal mean slice's maximum
 
 

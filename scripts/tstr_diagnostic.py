@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from spectgan.cohorts.format import read_cohort_info
 from spectgan.evaluation.data import SliceSet, class_indices, read_split
+from spectgan.evaluation.defects import MODERATE_AI
 from spectgan.evaluation.features import (CONDITION_HEADS, classify, recalibrate_batch_norm, to_inputs,
                                           train_classifier)
 from spectgan.evaluation.pipeline import EvaluationSettings
@@ -32,7 +33,6 @@ from spectgan.evaluation.statistics import measure
 from spectgan.models.synthesizer import load_synthesizer
 
 SMOOTHING_PX = 1.5
-MODERATE_AI = 8.0  # % |AI|: below it, a unilateral defect is mild or moderate
 
 
 def predicted_patterns(model, inputs) -> np.ndarray:

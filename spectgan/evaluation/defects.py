@@ -25,6 +25,7 @@ from spectgan.lesions import SEVERITY_DECIMALS, DefectAxes
 
 PERCENTILES = (10, 50, 90)  # of |AI| and LR
 MILD_AI = 5.0  # %: a slice with |AI| below this shows a mild defect (or none)
+MODERATE_AI = 8.0  # %: below this, a unilateral defect is mild or moderate (the diagnostics' mild-defect probe)
 SEVERITY_EDGES = (0.25, 0.35)  # inner edges of the severity bins; the outer bins are open
 SEVERITY_BINS = ("< 0.25", "0.25-0.35", ">= 0.35")
 ALL = "all"  # the group of every slice of a pattern, whatever its severity
