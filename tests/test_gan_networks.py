@@ -141,3 +141,31 @@ def test_severity_calibration_learns_the_heads_reading_of_real_hemispheres():
     restored = SeverityCalibration(slots)
     restored.load_state_dict(calibration.state_dict())
     assert torch.equal(restored.sums, calibration.sums)
+
+
+def test_locality_frees_the_defect_footprint_on_its_side_and_nothing_else():
+    from spectgan.geometry.template import canonical_image
+    from spectgan.lesions import Lesion
+    from spectgan.models.fastgan.locality import DefectFootprints, has_defect, locality_loss, normal_twin
+
+    territories = ("ACA", "MCA", "PCA")
+    conditions = [Condition(Level.BG, Pattern.UNILATERAL, Side.LEFT, lesions=(Lesion(Side.LEFT, "MCA", 0.2),)),
+                  Condition(Level.BG, Pattern.UNILATERAL, Side.RIGHT, lesions=(Lesion(Side.RIGHT, "MCA", 0.4),)),
+                  Condition(Level.BG, Pattern.NORMAL)]
+    encoded = encode_conditions(conditions, territories)
+    twin = normal_twin(encoded)
+    assert twin.tolist() == [encode_conditions([Condition(Level.BG, Pattern.NORMAL)], territories)[0].tolist()] * 3
+    assert has_defect(encoded).tolist() == [True, True, False]
+    allowed = DefectFootprints(territories, 64).allowed(encoded)
+    assert allowed.shape == (3, 1, 64, 64) and allowed[2].sum() == 0
+    # patient left is +x: the left defect's footprint lies at larger x than the right one's, mirror images apart
+    grid = canonical_image(torch.zeros(64, 64).numpy(), Level.BG)
+    x = torch.tensor([grid.TransformIndexToPhysicalPoint((i, 0, 0))[0] for i in range(64)])
+    left_x, right_x = ((mask[0] * x).sum() / mask[0].sum() for mask in allowed[:2])
+    assert left_x > 20 and right_x < -20
+    assert 0.1 < allowed[0].mean() < 0.5  # a territory, not a hemisphere or the whole slice
+    # the loss sees a change outside the footprint and ignores one inside it
+    fake = torch.zeros(2, 1, 64, 64)
+    inside, outside = fake + allowed[:2], fake + (1 - allowed[:2])
+    assert locality_loss(inside, fake, allowed[:2]) == 0
+    assert torch.isclose(locality_loss(outside, fake, allowed[:2]), torch.tensor(1.0))

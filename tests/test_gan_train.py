@@ -135,9 +135,11 @@ def test_run_with_defect_axes_fine_tunes_a_run_without_them(toy_lesion_cohort, t
     train(tmp_path / "plain", iterations=1, **common)
     plain = load_checkpoint(tmp_path / "plain")
     train(tmp_path / "axes", iterations=1, defect_axes=True, generator_classification_weight=0.0,
-          calibrated_severity=True, colour_augment_probability=0.0, init_from=str(tmp_path / "plain"), **common)
+          calibrated_severity=True, colour_augment_probability=0.0, defect_locality_weight=1.0,
+          init_from=str(tmp_path / "plain"), log_every=1, **common)
     axes = load_checkpoint(tmp_path / "axes")
     assert axes["settings"]["calibrated_severity"] is True and axes["settings"]["colour_augment_probability"] == 0
+    assert axes["settings"]["defect_locality_weight"] == 1.0 and "locality" in axes["history"][-1]
     assert axes["severity_calibration"]["sums"][:, 0].sum() > 0  # the real batch's hemispheres are counted
     train(tmp_path / "axes", resume=True, iterations=2, **{key: common[key] for key in ("progress",)})
     resumed = load_checkpoint(tmp_path / "axes")
@@ -166,6 +168,9 @@ def test_cli_errors_are_messages(toy_cohort, tmp_path, capsys):
     assert "not a spectgan cohort" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "other"), "--cohort", str(toy_cohort), "--batch", "1"]) == 2
     assert "at least 2 images per process" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "local"), "--cohort", str(toy_cohort),
+                 "--defect-locality-weight", "1"]) == 2
+    assert "needs --defect-axes" in capsys.readouterr().err
 
 
 def replaced(path: Path) -> Callable[[], bool]:

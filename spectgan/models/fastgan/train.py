@@ -37,6 +37,7 @@ from spectgan.models.fastgan.augment import COLOUR_PROBABILITY, diff_augment
 from spectgan.models.fastgan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHTS_FILE, export_bundle, load_bundle
 from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
 from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
+from spectgan.models.fastgan.locality import DefectFootprints, has_defect, locality_loss, normal_twin
 from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
                                    SeverityCalibration, condition_classification_loss, crop_quadrant, defect_loss,
                                    encode_conditions, minibatch_group, to_counts, to_network_range)
@@ -73,6 +74,9 @@ class TrainSettings:
     # with defect_axes: reward the generator for the head's reading of REAL defects of the requested territory and
     # severity (``SeverityCalibration``) instead of for SEVERITY_SCALE x the severity
     calibrated_severity: bool = False
+    # with defect_axes: weight of the locality loss (``spectgan.models.fastgan.locality``): a defect slice and its normal twin from the
+    # same latent must agree outside the defect's footprint, so a condition changes its territory and nothing else
+    defect_locality_weight: float = 0.0
     # share of the discriminator's inputs whose brightness and contrast DiffAugment changes (0: none, so the
     # discriminator sees every image's true count level)
     colour_augment_probability: float = COLOUR_PROBABILITY
@@ -264,6 +268,8 @@ class Trainer:
         territories = network["discriminator"].get("territories") or ()
         self.severity_calibration = (SeverityCalibration(len(territories) + 2).to(self.device)
                                      if settings.calibrated_severity and territories else None)
+        self.footprints = (DefectFootprints(tuple(territories), network["generator"]["image_size"])
+                           if settings.defect_locality_weight > 0 and territories else None)
         if processes.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.generator_step = DistributedDataParallel(self.generator, device_ids=device_ids)
@@ -330,8 +336,7 @@ class Trainer:
         hinge."""
         latent = torch.randn(real.shape[0], self.settings.latent_dim, device=self.device)
         quadrant = int(torch.randint(QUADRANTS, ()))
-        with autocast(self.device):
-            fake = self.generator_step(latent, condition)
+        fake, twin, defects = self._generate(latent, condition)
         # Discriminator: hinge loss on real and generated images plus reconstruction of the real ones.
         self.discriminator.requires_grad_(True)
         with autocast(self.device):
@@ -363,16 +368,37 @@ class Trainer:
         if axes:
             losses["g_defects"] = defect_loss(fake_classes, condition, self.severity_calibration)
         losses["diversity"] = diversity_shortfall(fake, pair_spread)
+        if twin is not None:
+            losses["locality"] = locality_loss(fake[defects], twin, self.footprints.allowed(condition[defects]))
         generator_weight = weight if self.settings.generator_classification_weight is None \
             else self.settings.generator_classification_weight
         self.optimizer_generator.zero_grad(set_to_none=True)
         self.grad_scaler.scale(losses["g"] + generator_weight * losses["g_classes"]
                                + (self.settings.defect_weight * losses["g_defects"] if axes else 0.0)
-                               + self.settings.diversity_weight * losses["diversity"]).backward()
+                               + self.settings.diversity_weight * losses["diversity"]
+                               + (self.settings.defect_locality_weight * losses["locality"] if twin is not None
+                                  else 0.0)).backward()
         self.grad_scaler.step(self.optimizer_generator)
         self.grad_scaler.update()
         self.update_ema(step)
         return {name: loss.detach() for name, loss in losses.items()}
+
+    def _generate(self, latent: torch.Tensor, condition: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Generated images [B, 1, S, S] of ``condition``; with the locality loss on, also the normal twins
+        [D, 1, S, S] of the D defect conditions (``defects``, bool [B]) from the same latents and noise maps, in the
+        same forward pass (one set of batch statistics)."""
+        defects = has_defect(condition)
+        if self.footprints is None or not defects.any():
+            with autocast(self.device):
+                return self.generator_step(latent, condition), None, defects
+        batch = latent.shape[0]
+        noise = [torch.randn(shape, device=self.device) for shape in self.generator.noise_shapes(batch)]
+        with autocast(self.device):
+            images = self.generator_step(torch.cat([latent, latent[defects]]),
+                                         torch.cat([condition, normal_twin(condition[defects])]),
+                                         [torch.cat([maps, maps[defects]]) for maps in noise])
+        return images[:batch], images[batch:], defects
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:
@@ -471,6 +497,9 @@ def _check_settings(settings: TrainSettings, world_size: int) -> None:
     if settings.batch_size < 2 * world_size or settings.batch_size % world_size:
         raise SpectganError(f"--batch {settings.batch_size} must be a multiple of the {world_size} process(es) "
                             "with at least 2 images per process (batch norm)")
+    if settings.defect_locality_weight and not settings.defect_axes:
+        raise SpectganError("--defect-locality-weight needs --defect-axes (the footprint comes from each "
+                            "hemisphere's territory)")
     for name in SCHEDULE_FIELDS:
         if getattr(settings, name) < 1:
             raise SpectganError(f"{_flag(name)} must be positive, got {getattr(settings, name)}")
@@ -623,6 +652,10 @@ def add_train_command(subparsers) -> None:
                         help="with --defect-axes: reward the generator for the defect head's reading of real defects "
                              "of the requested territory and severity, not for the severity itself (the head reads "
                              "mild defects as milder than they are; default: off)")
+    parser.add_argument("--defect-locality-weight", type=float,
+                        help="with --defect-axes: weight of the locality loss, the difference between a defect slice "
+                             "and its normal twin from the same latent outside the defect territory's footprint (a "
+                             "condition may change its territory and nothing else; default 0: off)")
     parser.add_argument("--colour-augment-probability", type=float,
                         help="share of the discriminator's inputs whose brightness and contrast DiffAugment changes "
                              f"(default {COLOUR_PROBABILITY}; 0: the discriminator sees every true count level)")
