@@ -41,11 +41,13 @@ def save_image_grid(rows: Sequence[tuple[str, np.ndarray]], path: Path, count_sc
 
 
 def save_loss_curves(history: Sequence[dict], path: Path) -> None:
-    """Loss curves from the training history (dicts with ``step`` and one value per loss), written atomically."""
+    """Loss curves from the training history (dicts with ``step`` and one value per logged loss), written
+    atomically."""
     figure, axis = pyplot().subplots(figsize=(7, 3.5))
-    steps = [entry["step"] for entry in history]
-    for name in [key for key in (history[0] if history else {}) if key != "step"]:
-        axis.plot(steps, [entry[name] for entry in history], label=name, linewidth=1)
+    names = list(dict.fromkeys(key for entry in history for key in entry if key != "step"))
+    for name in names:  # a loss a fine-tuning run added starts where it was added
+        logged = [entry for entry in history if name in entry]
+        axis.plot([entry["step"] for entry in logged], [entry[name] for entry in logged], label=name, linewidth=1)
     axis.set_xlabel("step")
     axis.set_ylabel("loss")
     axis.grid(alpha=0.3)

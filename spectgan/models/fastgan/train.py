@@ -368,8 +368,9 @@ class Trainer:
         if axes:
             losses["g_defects"] = defect_loss(fake_classes, condition, self.severity_calibration)
         losses["diversity"] = diversity_shortfall(fake, pair_spread)
-        if twin is not None:
-            losses["locality"] = locality_loss(fake[defects], twin, self.footprints.allowed(condition[defects]))
+        if self.footprints is not None:  # logged at every step, 0 for a batch without defects
+            losses["locality"] = (locality_loss(fake[defects], twin, self.footprints.allowed(condition[defects]))
+                                  if twin is not None else fake.new_zeros((), dtype=torch.float32))
         generator_weight = weight if self.settings.generator_classification_weight is None \
             else self.settings.generator_classification_weight
         self.optimizer_generator.zero_grad(set_to_none=True)
@@ -593,7 +594,7 @@ def _run(run_dir: Path, settings: TrainSettings, data: TrainingData, checkpoint:
         step += 1
         picks = draw_batch(data.condition_ids, per_process).to(device)
         losses = trainer.step(images[picks], conditions[picks], step, data.summary["pair_spread"])
-        sums = {name: sums.get(name, 0.0) + loss for name, loss in losses.items()}
+        sums = {**sums, **{name: sums.get(name, 0.0) + loss for name, loss in losses.items()}}
         count += 1
         bar.update(1)
         last = step == settings.iterations
