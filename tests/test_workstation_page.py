@@ -16,6 +16,7 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import requests
 import SimpleITK as sitk
@@ -23,6 +24,7 @@ from dicom_builders import Identity, nm_multiframe
 from test_reader_study import CHROMEDRIVER, CHROMIUM, text_of, wait_for
 
 from spectgan.client.http import SpectGANClient
+from spectgan.export.dicom import SYNTHETIC_DATA_TAG
 from spectgan.export.orthanc import LocalOrthanc
 from spectgan.serving.settings import DEFAULT_MODELS_DIR, SAMPLE_STUDIES_DIR
 from spectgan.tools.server import ServerProcess
@@ -188,11 +190,18 @@ def export_selected(browser) -> None:
     wait_for(browser, lambda d: text_of(d, "export-status").startswith(("Exported", "Export failed")), 120)
 
 
+def study_datasets(pacs, study_uid: str) -> list[pydicom.Dataset]:
+    """Every instance Orthanc holds for a study, read from its files."""
+    (study,) = [study for study in pacs.get("/studies?expand")
+                if study["MainDicomTags"]["StudyInstanceUID"] == study_uid]
+    return [pydicom.dcmread(io.BytesIO(requests.get(f"{pacs.rest_url}/instances/{instance}/file",
+                                                    auth=(pacs.username, pacs.password), timeout=30).content))
+            for series in study["Series"] for instance in pacs.get(f"/series/{series}")["Instances"]]
+
+
 def study_instances(pacs, study_uid: str) -> list[str]:
     """Modalities of the instances Orthanc holds for a study."""
-    (study,) = [study for study in pacs.get("/studies?expand") if study["MainDicomTags"]["StudyInstanceUID"] == study_uid]
-    return sorted(pacs.get(f"/series/{series}")["MainDicomTags"]["Modality"] for series in study["Series"]
-                  for _ in pacs.get(f"/series/{series}")["Instances"])
+    return sorted(dataset.Modality for dataset in study_datasets(pacs, study_uid))
 
 
 def exported_via_api(server, conditions: list[dict]) -> tuple[list[dict], dict]:
@@ -396,6 +405,55 @@ def test_page_and_api_refuse_what_the_server_does_not_allow(server):
     assert page.status_code == 200 and "default-src 'self'" in page.headers["Content-Security-Policy"]
     assert "http" not in "".join(line for line in page.text.splitlines() if "src=" in line or "href=" in line
                                  if "/ohif/" not in line)  # nothing loaded from elsewhere
+
+
+def test_a_slice_from_the_reference_names_its_source_instances_and_is_filed_where_asked(server, pacs):
+    """base=reference over a PACS series: the NM stored in Orthanc carries a Source Image Sequence naming the
+    reference's instance; by default it is filed under a synthetic patient with none of the reference's identifiers
+    (in the PACS, in the answers, in the log); file_with=source files it as new series of the reference's own study,
+    under its patient, still marked synthetic; file_with=source of a new brain is a 422 naming why."""
+    identity = Identity(1)  # the reference: one NM multi-frame instance
+    added = {"level": "BG", "pattern": "unilateral", "side": "left", "territory": "MCA", "severity": "0.3",
+             "seed": 1, "base": "reference"}
+    (result,), exported = exported_via_api(server, [added])
+    assert result["derivation"]["source"]["series_instance_uid"] == identity.series_uid
+    assert result["derivation"]["source"]["instances"] == [["1.2.840.10008.5.1.4.1.1.20", identity.sop_uid(0)]]
+    assert result["derivation"]["file_with"] == "synthetic" and "filed_with" not in result["derivation"]
+    (study,) = exported["studies"]
+    assert study["study_instance_uid"] != identity.study_uid and study["patient_id"].startswith("SYN")
+    datasets = study_datasets(pacs, study["study_instance_uid"])
+    assert sorted(ds.Modality for ds in datasets) == ["NM", "SEG", "SR"]
+    (nm,) = [ds for ds in datasets if ds.Modality == "NM"]
+    assert [(item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID) for item in nm.SourceImageSequence] == \
+        [("1.2.840.10008.5.1.4.1.1.20", identity.sop_uid(0))]
+    assert nm.SourceImageSequence[0].PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+    secret = [identity.patient_name, identity.patient_id, identity.birth_date, identity.accession_number]
+    stored = "".join(str(ds) for ds in datasets)  # the reference's UIDs only in the Source Image Sequence
+    assert not [value for value in secret + [identity.study_uid, identity.frame_of_reference_uid] if value in stored]
+    told = json.dumps([result, exported]) + server.log_tail(10 ** 7)  # the UIDs, as the datastore lists them
+    assert not [value for value in secret if value in told]
+
+    (result,), exported = exported_via_api(server, [{**added, "file_with": "source"}])
+    assert result["derivation"]["file_with"] == "source"
+    (study,) = exported["studies"]
+    assert study["study_instance_uid"] == identity.study_uid and "patient_id" not in study
+    filed = [ds for ds in study_datasets(pacs, identity.study_uid) if ds.SeriesInstanceUID != identity.series_uid]
+    assert sorted(ds.Modality for ds in filed) == ["NM", "SEG", "SR"]
+    for ds in filed:
+        assert (str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber) == \
+            (identity.patient_name, identity.patient_id, identity.birth_date, identity.accession_number)
+        assert ds[SYNTHETIC_DATA_TAG].value == "YES" and ds.SeriesDescription.startswith("SYNTHETIC")
+        assert ds.ContentQualification == "RESEARCH" and ds.PatientIdentityRemoved == "NO"
+    (nm,) = [ds for ds in filed if ds.Modality == "NM"]
+    assert nm.SourceImageSequence[0].ReferencedSOPInstanceUID == identity.sop_uid(0)
+    assert nm.FrameOfReferenceUID == identity.frame_of_reference_uid and "file_with source" in \
+        nm.DerivationDescription
+    assert identity.patient_name not in server.log_tail(10 ** 7)
+
+    from_model = requests.post(f"{server.url}/spectgan/api/generate/{MODEL}", params={"image": OBLIQUE},
+                               data={"params": json.dumps({"level": "BG", "pattern": "normal", "file_with": "source"})},
+                               timeout=60)
+    assert from_model.status_code == 422 and "needs base reference" in from_model.json()["detail"]
 
 
 # ------------------------------------------------------------------------------------------------------------- OHIF

@@ -43,6 +43,11 @@ def add_generate_command(subparsers) -> None:
                              "--pattern normal the defect that --remove, --territory and --severity name removed")
     parser.add_argument("--remove", choices=("left", "right", "both"),
                         help="with --base reference and --pattern normal: the side of the defect to remove")
+    parser.add_argument("--file-with", choices=("synthetic", "source"), default="synthetic",
+                        help="where the DICOM export (--pacs) files the scans: synthetic (default) under a synthetic "
+                             "patient and study; source, with --base reference over a DICOM reference (a PACS "
+                             "series), in the reference's own study under its patient, as new series still marked "
+                             "synthetic")
     parser.add_argument("--seeds", help="seeds such as 0-9 or 1,5,7 (default: --count seeds drawn by the server)")
     parser.add_argument("--count", type=int, default=1, help="scans per condition without --seeds (default 1)")
     parser.add_argument("--psi", type=float, help="truncation in [0, 1] (default: the model's, 1: none)")
@@ -100,7 +105,8 @@ def run_generate(args: argparse.Namespace) -> int:
                                                      args.side), *defect)
         image = client.upload(args.image) if Path(args.image).is_file() else args.image
         job = GenerationJob(client, image, args.model, conditions, seeds, psi=args.psi, base=args.base,
-                            removed=removed_lesions(args.remove, args.territory, args.severity))
+                            removed=removed_lesions(args.remove, args.territory, args.severity),
+                            file_with=args.file_with)
         print(job.run_to_folder(out, progress=not args.no_progress))
     if args.pacs:
         print(export_results(job.results, out / DICOM_DIR, args.pacs, run))

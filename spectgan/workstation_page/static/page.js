@@ -642,7 +642,8 @@ function showExportedStudy(study) {
   const id = `exported-${study.study_instance_uid}`;
   const item = document.getElementById(id) || document.createElement("li");
   item.id = id;
-  item.replaceChildren(`Synthetic study ${study.patient_id} over ${study.reference} ` +
+  const where = study.filed_with === "source" ? "Filed with the source study" : `Synthetic study ${study.patient_id}`;
+  item.replaceChildren(`${where} over ${study.reference} ` +
                        `(${study.scans} scan${study.scans > 1 ? "s" : ""} in this export) `);
   if (study.ohif_url) {
     const link = document.createElement("a");
