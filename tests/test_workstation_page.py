@@ -346,10 +346,10 @@ def test_page_shows_errors_as_readable_messages(server, pacs, browser):
     generate(browser, "2", expected=1)  # the server replaced its worker: the same request works again
 
 
-def test_page_makes_a_slice_from_the_patients_own_and_says_what_it_was_derived_from(server, browser):
+def test_page_makes_a_slice_from_the_patients_own_and_says_what_it_was_derived_from(server, browser, artifacts):
     """"Made from" as the model's base param declares it; from the patient's slice (base reference) the page asks
-    for the defect's territory and severity before sending, shows the server's refusal of what it cannot make, and
-    the card names the derivation."""
+    for the defect's territory and severity before sending, offers the removal of the study's defect with a normal
+    pattern (the controls the base param declares), and the card names the derivation."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -380,11 +380,35 @@ def test_page_makes_a_slice_from_the_patients_own_and_says_what_it_was_derived_f
     assert "Made from the reference patient's own slice with the defect left MCA 30% added (physics method)." \
         in card.find_element(By.CSS_SELECTOR, ".derivation").text
 
-    choose(browser, "pattern", "normal")  # removing a defect needs the defect named: the server says so (422)
-    press_on(browser, "seeds", Keys.ENTER)
-    wait_for(browser, lambda d: text_of(d, "progress-text").startswith("Stopped"), 60)
-    assert "HTTP 422" in text_of(browser, "error") and "needs the defect the study has" in text_of(browser, "error")
-    assert sent_params(browser)[-1] == {"level": "BG", "pattern": "normal", "seed": 1, "base": "reference"}
+    # removing the study's defect (pattern normal): the controls the base param declares under "removes"
+    removes = base["removes"]
+    assert not browser.find_element(By.ID, "removal-box").is_displayed()
+    choose(browser, "pattern", "normal")
+    assert browser.find_element(By.ID, "removal-box").is_displayed()
+    assert not browser.find_element(By.ID, "territory-box").is_displayed()
+    sides = browser.find_elements(By.CSS_SELECTOR, "#remove-side option")
+    assert [(o.get_attribute("value"), o.text) for o in sides] == [("", "both sides"), ("left", "left"),
+                                                                   ("right", "right")]
+    offered = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#remove-territory option")]
+    assert offered == removes["params"]["territory"]["per_level"]["BG"]
+    assert browser.find_element(By.ID, "remove-severity").get_attribute("placeholder") == "0.15-0.5"
+    press_on(browser, "seeds", Keys.ENTER)  # no severity yet: the page asks for it before sending
+    wait_for(browser, lambda d: "needs the severity of the defect to remove" in text_of(d, "error"))
+    assert len(sent_params(browser)) == 1
+    choose(browser, "remove-side", "left")
+    choose(browser, "remove-territory", "MCA")
+    press_on(browser, "remove-severity", Keys.CONTROL, "a", Keys.NULL, "0.3")
+    generate(browser, "1", expected=1)
+    assert sent_params(browser)[-1] == {"level": "BG", "pattern": "normal", "side": "left", "territory": "MCA",
+                                        "severity": "0.3", "seed": 1, "base": "reference"}
+    added, removed = browser.find_elements(By.CSS_SELECTOR, ".result")
+    assert "Made from the reference patient's own slice with the defect left MCA 30% removed (physics method)." \
+        in removed.find_element(By.CSS_SELECTOR, ".derivation").text
+    # the study's own left MCA defect (27 %) taken away: its slice, unchanged, reads AI -9.8 %
+    ai = [float(row[10]) for row in table_rows(browser)]
+    assert ai[0] < -15 and ai[1] > -3, ai
+    browser.execute_script("window.scrollTo(0, 0)")
+    browser.save_screenshot(str(artifacts / "page_removal.png"))
 
 
 def test_page_and_api_refuse_what_the_server_does_not_allow(server):

@@ -13,7 +13,7 @@ from spectgan.client.http import SpectGANClient
 from spectgan.client.overview import OVERVIEW_PNG, OVERVIEW_TITLE, draw_overview
 from spectgan.client.result_files import save_result, write_stats
 from spectgan.conditions import Condition, Lesion, Pattern, Side, parse_levels, parse_member, takes_side
-from spectgan.lesions import LESION_AXES, lesion_text
+from spectgan.lesions import LESION_AXES, lesion_text, parse_lesions
 from spectgan.results import GenerationResult
 
 
@@ -80,6 +80,15 @@ def seeds_from_spinboxes(seed: int, count: int) -> list[int | None]:
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     return [None] * count if seed < 0 else list(range(seed, seed + count))
+
+
+def removal_lesions(side: str | None, territory, severity) -> tuple[Lesion, ...]:
+    """The defect to remove from the reference patient's slice (base reference, pattern normal): on ``side``
+    (``left`` or ``right``; empty or None: both sides) with ``territory`` and ``severity`` (the forms of
+    ``spectgan.lesions``); ValueError naming what is allowed."""
+    if not side:
+        return parse_lesions(Pattern.BILATERAL, None, territory, severity)
+    return parse_lesions(Pattern.UNILATERAL, parse_member(Side, side, "side"), territory, severity)
 
 
 @dataclass

@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spectgan.client.batch import GenerationJob, expand_conditions, parse_seeds
+from spectgan.client.batch import GenerationJob, expand_conditions, parse_seeds, removal_lesions
 from spectgan.client.http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, SpectGANClient
 from spectgan.client.overview import OVERVIEW_PNG
 from spectgan.client.result_files import DICOM_DIR, STATS_CSV, STATS_JSON
 from spectgan.export.scans import export_results, require_new_dicom_folder
-from spectgan.conditions import Lesion, Pattern, Side
-from spectgan.lesions import apply_lesions, parse_lesions
+from spectgan.lesions import apply_lesions
 from spectgan.serving.settings import API_TOKEN_ENV
 
 
@@ -77,16 +76,6 @@ def token_from_file(path: Path | None) -> str | None:
     return path.read_text().strip() if path else None
 
 
-def removed_lesions(side: str | None, territory, severity) -> tuple[Lesion, ...]:
-    """The defect ``--remove`` names (``left``, ``right`` or ``both``) with ``--territory`` and ``--severity``; none
-    without ``--remove``."""
-    if side is None:
-        return ()
-    if side == "both":
-        return parse_lesions(Pattern.BILATERAL, None, territory, severity)
-    return parse_lesions(Pattern.UNILATERAL, Side(side), territory, severity)
-
-
 def run_generate(args: argparse.Namespace) -> int:
     """The ``generate`` command; prints where everything went."""
     if args.seeds is None and args.count < 1:
@@ -105,7 +94,8 @@ def run_generate(args: argparse.Namespace) -> int:
                                                      args.side), *defect)
         image = client.upload(args.image) if Path(args.image).is_file() else args.image
         job = GenerationJob(client, image, args.model, conditions, seeds, psi=args.psi, base=args.base,
-                            removed=removed_lesions(args.remove, args.territory, args.severity),
+                            removed=() if args.remove is None else removal_lesions(
+                                None if args.remove == "both" else args.remove, args.territory, args.severity),
                             file_with=args.file_with)
         print(job.run_to_folder(out, progress=not args.no_progress))
     if args.pacs:

@@ -298,9 +298,26 @@ def infer_param_spec(axes: ConditionAxes, options: Sequence[Option]) -> dict:
         "base": {"allowed": list(BASES), "default": BASE_MODEL,
                  "description": "model: a new brain made by the model; reference: the reference patient's own slice "
                                 "with the requested defect added (side, territory, severity required), or with "
-                                "pattern normal the named defect removed (physics method)"},
+                                "pattern normal the named defect removed (physics method)",
+                 "removes": removal_spec()},
         "file_with": {"allowed": list(FILE_WITH), "default": FILE_WITH_SYNTHETIC, "description": FILE_WITH_HELP},
     }
+
+
+def removal_spec() -> dict:
+    """How a client asks for a defect to be removed (``parse_reference_condition``), for front ends to build their
+    controls from: when it applies (base reference, pattern normal) and the params naming the defect the study has,
+    sent under these names: ``side`` (empty: a defect on both sides), ``territory`` (per level) and ``severity``."""
+    low, high = PHYSICS_AXES.severity_range
+    return {"applies_when": {"base": [BASE_REFERENCE], "pattern": [Pattern.NORMAL.value]},
+            "description": "the defect the study has, to remove: its side (empty: both sides), territory and "
+                           "severity",
+            "params": {"side": {"allowed": [side.value for side in Side], "required": False, "empty": "both sides"},
+                       "territory": {"per_level": {level: list(names)
+                                                   for level, names in PHYSICS_AXES.territories.items()},
+                                     "required": True},
+                       "severity": {"type": "number", "minimum": low, "maximum": high, "required": True,
+                                    "unit": "fractional CBF reduction"}}}
 
 
 def infer_client_config(spec: Mapping[str, dict]) -> dict:
