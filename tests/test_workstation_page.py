@@ -199,6 +199,11 @@ def study_datasets(pacs, study_uid: str) -> list[pydicom.Dataset]:
             for series in study["Series"] for instance in pacs.get(f"/series/{series}")["Instances"]]
 
 
+def instance_uids(pacs, study_uid: str) -> set[str]:
+    """The SOP Instance UIDs Orthanc holds for a study."""
+    return {dataset.SOPInstanceUID for dataset in study_datasets(pacs, study_uid)}
+
+
 def study_instances(pacs, study_uid: str) -> list[str]:
     """Modalities of the instances Orthanc holds for a study."""
     return sorted(dataset.Modality for dataset in study_datasets(pacs, study_uid))
@@ -346,10 +351,12 @@ def test_page_shows_errors_as_readable_messages(server, pacs, browser):
     generate(browser, "2", expected=1)  # the server replaced its worker: the same request works again
 
 
-def test_page_makes_a_slice_from_the_patients_own_and_says_what_it_was_derived_from(server, browser, artifacts):
+def test_page_makes_a_slice_from_the_patients_own_and_says_what_it_was_derived_from(server, pacs, browser,
+                                                                                    artifacts):
     """"Made from" as the model's base param declares it; from the patient's slice (base reference) the page asks
     for the defect's territory and severity before sending, offers the removal of the study's defect with a normal
-    pattern (the controls the base param declares), and the card names the derivation."""
+    pattern (the controls the base param declares) and where to file the export (file_with), and the card names the
+    derivation; a result filed with the source lands in the reference's own study."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -361,8 +368,11 @@ def test_page_makes_a_slice_from_the_patients_own_and_says_what_it_was_derived_f
     assert offered == base["allowed"] == ["model", "reference"]
     assert browser.find_element(By.ID, "base").get_attribute("value") == base["default"]
     assert text_of(browser, "base-hint") == base["description"]
+    assert not browser.find_element(By.ID, "file-with-box").is_displayed()  # a new brain: always synthetic
     record_sent_params(browser)
     choose(browser, "base", "reference")
+    offered = [option.get_attribute("value") for option in browser.find_elements(By.CSS_SELECTOR, "#file_with option")]
+    assert browser.find_element(By.ID, "file-with-box").is_displayed() and offered == ["synthetic", "source"]
     choose(browser, "level", "BG")
     choose(browser, "pattern", "unilateral")
     choose(browser, "side", "left")
@@ -398,9 +408,10 @@ def test_page_makes_a_slice_from_the_patients_own_and_says_what_it_was_derived_f
     choose(browser, "remove-side", "left")
     choose(browser, "remove-territory", "MCA")
     press_on(browser, "remove-severity", Keys.CONTROL, "a", Keys.NULL, "0.3")
+    choose(browser, "file_with", "source")
     generate(browser, "1", expected=1)
     assert sent_params(browser)[-1] == {"level": "BG", "pattern": "normal", "side": "left", "territory": "MCA",
-                                        "severity": "0.3", "seed": 1, "base": "reference"}
+                                        "severity": "0.3", "seed": 1, "base": "reference", "file_with": "source"}
     added, removed = browser.find_elements(By.CSS_SELECTOR, ".result")
     assert "Made from the reference patient's own slice with the defect left MCA 30% removed (physics method)." \
         in removed.find_element(By.CSS_SELECTOR, ".derivation").text
@@ -408,7 +419,16 @@ def test_page_makes_a_slice_from_the_patients_own_and_says_what_it_was_derived_f
     ai = [float(row[10]) for row in table_rows(browser)]
     assert ai[0] < -15 and ai[1] > -3, ai
     browser.execute_script("window.scrollTo(0, 0)")
+    browser.set_window_size(WINDOW[0], 1000)  # the request panel down to the defect to remove
     browser.save_screenshot(str(artifacts / "page_removal.png"))
+    browser.set_window_size(*WINDOW)
+    before = instance_uids(pacs, Identity(1).study_uid)
+    export_selected(browser)  # the added defect to a synthetic study, the removal to the reference's own study
+    exported = [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#exported li")]
+    assert exported[-2].startswith("Synthetic study SYN") and \
+        exported[-1].startswith("Filed with the source study over "), exported
+    assert sorted(ds.Modality for ds in study_datasets(pacs, Identity(1).study_uid)
+                  if ds.SOPInstanceUID not in before) == ["NM", "SEG", "SR"]
 
 
 def test_page_and_api_refuse_what_the_server_does_not_allow(server):
@@ -457,11 +477,12 @@ def test_a_slice_from_the_reference_names_its_source_instances_and_is_filed_wher
     told = json.dumps([result, exported]) + server.log_tail(10 ** 7)  # the UIDs, as the datastore lists them
     assert not [value for value in secret if value in told]
 
+    before = instance_uids(pacs, identity.study_uid)
     (result,), exported = exported_via_api(server, [{**added, "file_with": "source"}])
     assert result["derivation"]["file_with"] == "source"
     (study,) = exported["studies"]
     assert study["study_instance_uid"] == identity.study_uid and "patient_id" not in study
-    filed = [ds for ds in study_datasets(pacs, identity.study_uid) if ds.SeriesInstanceUID != identity.series_uid]
+    filed = [ds for ds in study_datasets(pacs, identity.study_uid) if ds.SOPInstanceUID not in before]
     assert sorted(ds.Modality for ds in filed) == ["NM", "SEG", "SR"]
     for ds in filed:
         assert (str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber) == \

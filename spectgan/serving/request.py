@@ -300,7 +300,8 @@ def infer_param_spec(axes: ConditionAxes, options: Sequence[Option]) -> dict:
                                 "with the requested defect added (side, territory, severity required), or with "
                                 "pattern normal the named defect removed (physics method)",
                  "removes": removal_spec()},
-        "file_with": {"allowed": list(FILE_WITH), "default": FILE_WITH_SYNTHETIC, "description": FILE_WITH_HELP},
+        "file_with": {"allowed": list(FILE_WITH), "default": FILE_WITH_SYNTHETIC, "description": FILE_WITH_HELP,
+                      "applies_when": {"base": [BASE_REFERENCE]}},
     }
 
 

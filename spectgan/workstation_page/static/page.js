@@ -298,16 +298,30 @@ function selectedRemoval() {
 
 // The "Made from" choice: the model's declared "base" param (/info/ params: its allowed values, default and
 // description), e.g. a new brain from the model or this patient's own slice; hidden for a model without one.
+// Made from the patient's slice, "File the export with" offers the model's declared "file_with" param (a synthetic
+// patient, or the reference's own study) where it applies.
 const baseOf = (model) => state.models[model]?.params?.base;
+const fileWithOf = (model) => state.models[model]?.params?.file_with;
 
-function buildBaseChoice() {
-  const spec = baseOf($("model").value), select = $("base"), previous = select.value;
-  $("base-box").hidden = !spec;
-  buildRemovalControls();
-  if (!spec) return;
+function fillChoice(spec, select, hint) {
+  const previous = select.value;
   fill(select, spec.allowed);
   if (!spec.allowed.includes(previous)) select.value = spec.default;
-  select.title = $("base-hint").textContent = spec.description;
+  select.title = hint.textContent = spec.description;
+}
+
+function buildBaseChoice() {
+  const model = $("model").value, spec = baseOf(model), fileWith = fileWithOf(model);
+  $("base-box").hidden = !spec;
+  buildRemovalControls();
+  if (fileWith) fillChoice(fileWith, $("file_with"), $("file-with-hint"));
+  if (spec) fillChoice(spec, $("base"), $("base-hint"));
+  showFileWith();
+}
+
+function showFileWith() {
+  const spec = fileWithOf($("model").value);
+  $("file-with-box").hidden = !spec || !applies(spec, { base: $("base").value });
 }
 
 // The chosen base ({} for a model without the choice), sent with each request. Only the model draws an axis left
@@ -323,7 +337,9 @@ function selectedBase(conditions) {
                           `the model draws what is left empty). Choose them, or make it from ${spec.default}.`);
     }
   }
-  return { base };
+  const filing = $("file-with-box").hidden || $("file_with").value === fileWithOf($("model").value).default ? {}
+    : { file_with: $("file_with").value };
+  return { base, ...filing };
 }
 
 function showConditions() {
@@ -884,7 +900,7 @@ async function start() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("generate").disabled = true;
-  $("base").addEventListener("change", updateAxisChoices);
+  $("base").addEventListener("change", () => { showFileWith(); updateAxisChoices(); });
   $("model").addEventListener("change", () => {
     state.conditions = [];
     showConditions();
