@@ -21,6 +21,7 @@ from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
 from conftest import SHIPPED_MODEL
 from slicer_fixtures import slicer_module  # noqa: F401 (a fixture)
 from test_plugin import assert_same_image
+from spectgan.client.http import RequestRejectedError
 from spectgan.geometry.roi import MidlinePlane
 from spectgan.serving.settings import DEFAULT_MODELS_DIR, SAMPLE_STUDIES_DIR
 
@@ -149,6 +150,9 @@ def test_logic_offers_made_from_and_sends_base_reference(slicer_module, shipped_
     (base,) = [control for control in logic.requestControls(SHIPPED_MODEL, parameters) if control.name == "base"]
     assert (base.name, base.label, base.kind, base.items) == ("base", "Made from", "categorical", ["model", "reference"])
     assert parameters.GetParameter("base") == "model" and "reference patient's own slice" in base.toolTip
+    (filing,) = [control for control in logic.requestControls(SHIPPED_MODEL, parameters) if control.name == "file_with"]
+    assert (filing.label, filing.items, filing.enabled) == ("File the export with", ["synthetic", "source"], False)
+    assert parameters.GetParameter("file_with") == "synthetic"
     reference = slicer.util.loadVolume(str(SAMPLE_STUDIES_DIR / "study_normal_axial.nii.gz"))
     for name, value in (("model", SHIPPED_MODEL), ("level", "BG"), ("pattern", "unilateral"), ("side", "left"),
                         ("territory", "MCA"), ("severity", "0.3"), ("base", "reference"), ("seed", "0"),
@@ -161,6 +165,11 @@ def test_logic_offers_made_from_and_sends_base_reference(slicer_module, shipped_
     assert result.derivation is not None and result.derivation.removed == ()
     assert "left MCA 30% added" in result.derivation.describe(result.condition)
     assert result.stats.left < result.stats.right  # the added defect is at the patient's left
+    assert [control.enabled for control in logic.requestControls(SHIPPED_MODEL, parameters)
+            if control.name == "file_with"] == [True]
+    parameters.SetParameter("file_with", "source")  # the volume is uploaded as NIfTI: no DICOM study to file with
+    with pytest.raises(RequestRejectedError, match="NIfTI without a DICOM study"):
+        logic.generateFromParameters(parameters)
 
 
 def test_logic_offers_the_removal_the_base_param_declares_and_takes_the_studys_defect_away(slicer_module,
