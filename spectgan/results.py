@@ -13,7 +13,7 @@ splits the image by the same midline once) and, for a result made from the refer
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 import SimpleITK as sitk
@@ -63,23 +63,78 @@ class LevelPlane:
 
 
 @dataclass(frozen=True)
+class SourceSeries:
+    """The DICOM identity of a reference study that came as DICOM (a PACS series, an uploaded DICOM file): its
+    study, series and frame of reference UIDs and its instances as (SOP Class UID, SOP Instance UID) pairs. A result
+    made from it names these in its Source Image Sequence; no patient identity here."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    instances: tuple[tuple[str, str], ...]
+    frame_of_reference_uid: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"study_instance_uid": self.study_instance_uid, "series_instance_uid": self.series_instance_uid,
+                "instances": [list(instance) for instance in self.instances],
+                "frame_of_reference_uid": self.frame_of_reference_uid}
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "SourceSeries":
+        return cls(str(values["study_instance_uid"]), str(values["series_instance_uid"]),
+                   tuple((str(sop_class), str(sop_instance)) for sop_class, sop_instance in values["instances"]),
+                   values.get("frame_of_reference_uid"))
+
+
+@dataclass(frozen=True)
+class SourcePatient:
+    """The patient and study of a DICOM reference study (DICOM keywords as names), which a result asked to be filed
+    with the source (``file_with=source``) is filed under; a result carries it only then."""
+
+    patient_id: str
+    patient_name: str
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    study_id: str = ""
+    accession_number: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    study_description: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "SourcePatient":
+        return cls(**{name: str(values.get(name) or "") for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
 class Derivation:
     """How a result was made from the reference patient's own slice at its level (``base=reference``) instead of
-    by the model: the ``method`` (``spectgan.counterfactual``) and the lesions it ``removed`` (pattern normal); the
-    lesions it added are the result's condition's."""
+    by the model: the ``method`` (``spectgan.counterfactual``), the lesions it ``removed`` (pattern normal; the
+    lesions it added are the result's condition's), the reference's DICOM identity (``source``; None for a
+    reference without one, such as a NIfTI) and, when the request asked to file the result with the source study
+    (``file_with=source``), that study's patient (``filed_with``; None: filed under a synthetic patient)."""
 
     method: str
     removed: tuple[Lesion, ...] = ()
+    source: SourceSeries | None = None
+    filed_with: SourcePatient | None = None
 
     def to_dict(self) -> dict:
         return {"base": "reference", "method": self.method,
                 "removed": [{"side": lesion.side.value, "territory": lesion.territory, "severity": lesion.severity}
-                            for lesion in self.removed]}
+                            for lesion in self.removed],
+                "source": self.source.to_dict() if self.source else None,
+                "file_with": "source" if self.filed_with else "synthetic",
+                **({"filed_with": self.filed_with.to_dict()} if self.filed_with else {})}
 
     @classmethod
     def from_dict(cls, values: Mapping) -> "Derivation":
         return cls(str(values["method"]), tuple(Lesion(Side(item["side"]), item["territory"], item["severity"])
-                                                for item in values.get("removed") or ()))
+                                                for item in values.get("removed") or ()),
+                   SourceSeries.from_dict(values["source"]) if values.get("source") else None,
+                   SourcePatient.from_dict(values["filed_with"]) if values.get("filed_with") else None)
 
     def describe(self, condition: Condition) -> str:
         """``the reference patient's own slice with a left MCA defect of 30 % added (physics method)``."""

@@ -21,6 +21,7 @@ from orthanc_fixtures import orthanc, pacs_login  # noqa: F401 (fixtures)
 from conftest import SHIPPED_MODEL
 from slicer_fixtures import slicer_module  # noqa: F401 (a fixture)
 from test_plugin import assert_same_image
+from spectgan.client.http import RequestRejectedError
 from spectgan.geometry.roi import MidlinePlane
 from spectgan.serving.settings import DEFAULT_MODELS_DIR, SAMPLE_STUDIES_DIR
 
@@ -146,9 +147,12 @@ def test_logic_offers_made_from_and_sends_base_reference(slicer_module, shipped_
     slicer, logic = slicer_module.slicer, slicer_module.SpectGANLogic()
     parameters = logic.getParameterNode()
     logic.connect(shipped_server.url)
-    base = logic.requestControls(SHIPPED_MODEL, parameters)[-1]
+    (base,) = [control for control in logic.requestControls(SHIPPED_MODEL, parameters) if control.name == "base"]
     assert (base.name, base.label, base.kind, base.items) == ("base", "Made from", "categorical", ["model", "reference"])
     assert parameters.GetParameter("base") == "model" and "reference patient's own slice" in base.toolTip
+    (filing,) = [control for control in logic.requestControls(SHIPPED_MODEL, parameters) if control.name == "file_with"]
+    assert (filing.label, filing.items, filing.enabled) == ("File the export with", ["synthetic", "source"], False)
+    assert parameters.GetParameter("file_with") == "synthetic"
     reference = slicer.util.loadVolume(str(SAMPLE_STUDIES_DIR / "study_normal_axial.nii.gz"))
     for name, value in (("model", SHIPPED_MODEL), ("level", "BG"), ("pattern", "unilateral"), ("side", "left"),
                         ("territory", "MCA"), ("severity", "0.3"), ("base", "reference"), ("seed", "0"),
@@ -161,6 +165,52 @@ def test_logic_offers_made_from_and_sends_base_reference(slicer_module, shipped_
     assert result.derivation is not None and result.derivation.removed == ()
     assert "left MCA 30% added" in result.derivation.describe(result.condition)
     assert result.stats.left < result.stats.right  # the added defect is at the patient's left
+    assert [control.enabled for control in logic.requestControls(SHIPPED_MODEL, parameters)
+            if control.name == "file_with"] == [True]
+    parameters.SetParameter("file_with", "source")  # the volume is uploaded as NIfTI: no DICOM study to file with
+    with pytest.raises(RequestRejectedError, match="NIfTI without a DICOM study"):
+        logic.generateFromParameters(parameters)
+
+
+def test_logic_offers_the_removal_the_base_param_declares_and_takes_the_studys_defect_away(slicer_module,
+                                                                                          shipped_server):
+    """The defect to remove (remove_side, remove_territory, remove_severity) comes from what the model's base param
+    declares under ``removes``, enabled only made from the reference with a normal pattern; Generate sends it: the
+    study's own right MCA defect (25.6 %) is taken away, and its hemispheres come out near symmetric."""
+    slicer, logic = slicer_module.slicer, slicer_module.SpectGANLogic()
+    parameters = logic.getParameterNode()
+    logic.connect(shipped_server.url)
+    removes = requests.get(f"{shipped_server.url}/info/", timeout=30).json()["models"][SHIPPED_MODEL]["params"][
+        "base"]["removes"]
+    for name, value in (("model", SHIPPED_MODEL), ("level", "BG"), ("pattern", "normal"), ("base", "model")):
+        parameters.SetParameter(name, value)
+
+    def removal():
+        return {control.name: control for control in logic.requestControls(SHIPPED_MODEL, parameters)
+                if control.name.startswith("remove_")}
+
+    controls = removal()
+    assert list(controls) == ["remove_side", "remove_territory", "remove_severity"]
+    assert not any(control.enabled for control in controls.values())  # made from the model: nothing to remove
+    side, territory, severity = controls.values()
+    assert (side.items, territory.items) == (["", "left", "right"], removes["params"]["territory"]["per_level"]["BG"])
+    assert (severity.kind, severity.minimum, severity.maximum) == ("continuous", 0.15, 0.5)
+    assert "empty: both sides" in side.toolTip
+    parameters.SetParameter("base", "reference")
+    assert all(control.enabled for control in removal().values())
+    parameters.SetParameter("pattern", "unilateral")
+    assert not any(control.enabled for control in removal().values())  # a defect is added, not removed
+
+    reference = slicer.util.loadVolume(str(SAMPLE_STUDIES_DIR / f"{REFERENCE}.nii.gz"))
+    for name, value in (("pattern", "normal"), ("remove_side", "right"), ("remove_territory", "MCA"),
+                        ("remove_severity", "0.256"), ("seed", "0"), ("count", "1")):
+        parameters.SetParameter(name, value)
+    parameters.SetNodeReferenceID("reference", reference.GetID())
+    _, nodes = logic.generateFromParameters(parameters)
+    (result,) = logic.results
+    assert [node.GetName() for node in nodes] == ["BG-normal_reference"]
+    assert "right MCA 26% removed" in result.derivation.describe(result.condition)
+    assert abs(result.stats.ai) < 5, result.stats.ai  # the study's right defect taken away
 
 
 def test_the_modules_own_test_case_runs_over_the_stand_in(slicer_module, shipped_server, monkeypatch):

@@ -16,6 +16,7 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import requests
 import SimpleITK as sitk
@@ -23,6 +24,7 @@ from dicom_builders import Identity, nm_multiframe
 from test_reader_study import CHROMEDRIVER, CHROMIUM, text_of, wait_for
 
 from spectgan.client.http import SpectGANClient
+from spectgan.export.dicom import SYNTHETIC_DATA_TAG
 from spectgan.export.orthanc import LocalOrthanc
 from spectgan.serving.settings import DEFAULT_MODELS_DIR, SAMPLE_STUDIES_DIR
 from spectgan.tools.server import ServerProcess
@@ -188,11 +190,23 @@ def export_selected(browser) -> None:
     wait_for(browser, lambda d: text_of(d, "export-status").startswith(("Exported", "Export failed")), 120)
 
 
+def study_datasets(pacs, study_uid: str) -> list[pydicom.Dataset]:
+    """Every instance Orthanc holds for a study, read from its files."""
+    (study,) = [study for study in pacs.get("/studies?expand")
+                if study["MainDicomTags"]["StudyInstanceUID"] == study_uid]
+    return [pydicom.dcmread(io.BytesIO(requests.get(f"{pacs.rest_url}/instances/{instance}/file",
+                                                    auth=(pacs.username, pacs.password), timeout=30).content))
+            for series in study["Series"] for instance in pacs.get(f"/series/{series}")["Instances"]]
+
+
+def instance_uids(pacs, study_uid: str) -> set[str]:
+    """The SOP Instance UIDs Orthanc holds for a study."""
+    return {dataset.SOPInstanceUID for dataset in study_datasets(pacs, study_uid)}
+
+
 def study_instances(pacs, study_uid: str) -> list[str]:
     """Modalities of the instances Orthanc holds for a study."""
-    (study,) = [study for study in pacs.get("/studies?expand") if study["MainDicomTags"]["StudyInstanceUID"] == study_uid]
-    return sorted(pacs.get(f"/series/{series}")["MainDicomTags"]["Modality"] for series in study["Series"]
-                  for _ in pacs.get(f"/series/{series}")["Instances"])
+    return sorted(dataset.Modality for dataset in study_datasets(pacs, study_uid))
 
 
 def exported_via_api(server, conditions: list[dict]) -> tuple[list[dict], dict]:
@@ -337,10 +351,12 @@ def test_page_shows_errors_as_readable_messages(server, pacs, browser):
     generate(browser, "2", expected=1)  # the server replaced its worker: the same request works again
 
 
-def test_page_makes_a_slice_from_the_patients_own_and_says_what_it_was_derived_from(server, browser):
+def test_page_makes_a_slice_from_the_patients_own_and_says_what_it_was_derived_from(server, pacs, browser,
+                                                                                    artifacts):
     """"Made from" as the model's base param declares it; from the patient's slice (base reference) the page asks
-    for the defect's territory and severity before sending, shows the server's refusal of what it cannot make, and
-    the card names the derivation."""
+    for the defect's territory and severity before sending, offers the removal of the study's defect with a normal
+    pattern (the controls the base param declares) and where to file the export (file_with), and the card names the
+    derivation; a result filed with the source lands in the reference's own study."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -352,8 +368,11 @@ def test_page_makes_a_slice_from_the_patients_own_and_says_what_it_was_derived_f
     assert offered == base["allowed"] == ["model", "reference"]
     assert browser.find_element(By.ID, "base").get_attribute("value") == base["default"]
     assert text_of(browser, "base-hint") == base["description"]
+    assert not browser.find_element(By.ID, "file-with-box").is_displayed()  # a new brain: always synthetic
     record_sent_params(browser)
     choose(browser, "base", "reference")
+    offered = [option.get_attribute("value") for option in browser.find_elements(By.CSS_SELECTOR, "#file_with option")]
+    assert browser.find_element(By.ID, "file-with-box").is_displayed() and offered == ["synthetic", "source"]
     choose(browser, "level", "BG")
     choose(browser, "pattern", "unilateral")
     choose(browser, "side", "left")
@@ -371,11 +390,45 @@ def test_page_makes_a_slice_from_the_patients_own_and_says_what_it_was_derived_f
     assert "Made from the reference patient's own slice with the defect left MCA 30% added (physics method)." \
         in card.find_element(By.CSS_SELECTOR, ".derivation").text
 
-    choose(browser, "pattern", "normal")  # removing a defect needs the defect named: the server says so (422)
-    press_on(browser, "seeds", Keys.ENTER)
-    wait_for(browser, lambda d: text_of(d, "progress-text").startswith("Stopped"), 60)
-    assert "HTTP 422" in text_of(browser, "error") and "needs the defect the study has" in text_of(browser, "error")
-    assert sent_params(browser)[-1] == {"level": "BG", "pattern": "normal", "seed": 1, "base": "reference"}
+    # removing the study's defect (pattern normal): the controls the base param declares under "removes"
+    removes = base["removes"]
+    assert not browser.find_element(By.ID, "removal-box").is_displayed()
+    choose(browser, "pattern", "normal")
+    assert browser.find_element(By.ID, "removal-box").is_displayed()
+    assert not browser.find_element(By.ID, "territory-box").is_displayed()
+    sides = browser.find_elements(By.CSS_SELECTOR, "#remove-side option")
+    assert [(o.get_attribute("value"), o.text) for o in sides] == [("", "both sides"), ("left", "left"),
+                                                                   ("right", "right")]
+    offered = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#remove-territory option")]
+    assert offered == removes["params"]["territory"]["per_level"]["BG"]
+    assert browser.find_element(By.ID, "remove-severity").get_attribute("placeholder") == "0.15-0.5"
+    press_on(browser, "seeds", Keys.ENTER)  # no severity yet: the page asks for it before sending
+    wait_for(browser, lambda d: "needs the severity of the defect to remove" in text_of(d, "error"))
+    assert len(sent_params(browser)) == 1
+    choose(browser, "remove-side", "left")
+    choose(browser, "remove-territory", "MCA")
+    press_on(browser, "remove-severity", Keys.CONTROL, "a", Keys.NULL, "0.3")
+    choose(browser, "file_with", "source")
+    generate(browser, "1", expected=1)
+    assert sent_params(browser)[-1] == {"level": "BG", "pattern": "normal", "side": "left", "territory": "MCA",
+                                        "severity": "0.3", "seed": 1, "base": "reference", "file_with": "source"}
+    added, removed = browser.find_elements(By.CSS_SELECTOR, ".result")
+    assert "Made from the reference patient's own slice with the defect left MCA 30% removed (physics method)." \
+        in removed.find_element(By.CSS_SELECTOR, ".derivation").text
+    # the study's own left MCA defect (27 %) taken away: its slice, unchanged, reads AI -9.8 %
+    ai = [float(row[10]) for row in table_rows(browser)]
+    assert ai[0] < -15 and ai[1] > -3, ai
+    browser.execute_script("window.scrollTo(0, 0)")
+    browser.set_window_size(WINDOW[0], 1000)  # the request panel down to the defect to remove
+    browser.save_screenshot(str(artifacts / "page_removal.png"))
+    browser.set_window_size(*WINDOW)
+    before = instance_uids(pacs, Identity(1).study_uid)
+    export_selected(browser)  # the added defect to a synthetic study, the removal to the reference's own study
+    exported = [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#exported li")]
+    assert exported[-2].startswith("Synthetic study SYN") and \
+        exported[-1].startswith("Filed with the source study over "), exported
+    assert sorted(ds.Modality for ds in study_datasets(pacs, Identity(1).study_uid)
+                  if ds.SOPInstanceUID not in before) == ["NM", "SEG", "SR"]
 
 
 def test_page_and_api_refuse_what_the_server_does_not_allow(server):
@@ -396,6 +449,56 @@ def test_page_and_api_refuse_what_the_server_does_not_allow(server):
     assert page.status_code == 200 and "default-src 'self'" in page.headers["Content-Security-Policy"]
     assert "http" not in "".join(line for line in page.text.splitlines() if "src=" in line or "href=" in line
                                  if "/ohif/" not in line)  # nothing loaded from elsewhere
+
+
+def test_a_slice_from_the_reference_names_its_source_instances_and_is_filed_where_asked(server, pacs):
+    """base=reference over a PACS series: the NM stored in Orthanc carries a Source Image Sequence naming the
+    reference's instance; by default it is filed under a synthetic patient with none of the reference's identifiers
+    (in the PACS, in the answers, in the log); file_with=source files it as new series of the reference's own study,
+    under its patient, still marked synthetic; file_with=source of a new brain is a 422 naming why."""
+    identity = Identity(1)  # the reference: one NM multi-frame instance
+    added = {"level": "BG", "pattern": "unilateral", "side": "left", "territory": "MCA", "severity": "0.3",
+             "seed": 1, "base": "reference"}
+    (result,), exported = exported_via_api(server, [added])
+    assert result["derivation"]["source"]["series_instance_uid"] == identity.series_uid
+    assert result["derivation"]["source"]["instances"] == [["1.2.840.10008.5.1.4.1.1.20", identity.sop_uid(0)]]
+    assert result["derivation"]["file_with"] == "synthetic" and "filed_with" not in result["derivation"]
+    (study,) = exported["studies"]
+    assert study["study_instance_uid"] != identity.study_uid and study["patient_id"].startswith("SYN")
+    datasets = study_datasets(pacs, study["study_instance_uid"])
+    assert sorted(ds.Modality for ds in datasets) == ["NM", "SEG", "SR"]
+    (nm,) = [ds for ds in datasets if ds.Modality == "NM"]
+    assert [(item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID) for item in nm.SourceImageSequence] == \
+        [("1.2.840.10008.5.1.4.1.1.20", identity.sop_uid(0))]
+    assert nm.SourceImageSequence[0].PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+    secret = [identity.patient_name, identity.patient_id, identity.birth_date, identity.accession_number]
+    stored = "".join(str(ds) for ds in datasets)  # the reference's UIDs only in the Source Image Sequence
+    assert not [value for value in secret + [identity.study_uid, identity.frame_of_reference_uid] if value in stored]
+    told = json.dumps([result, exported]) + server.log_tail(10 ** 7)  # the UIDs, as the datastore lists them
+    assert not [value for value in secret if value in told]
+
+    before = instance_uids(pacs, identity.study_uid)
+    (result,), exported = exported_via_api(server, [{**added, "file_with": "source"}])
+    assert result["derivation"]["file_with"] == "source"
+    (study,) = exported["studies"]
+    assert study["study_instance_uid"] == identity.study_uid and "patient_id" not in study
+    filed = [ds for ds in study_datasets(pacs, identity.study_uid) if ds.SOPInstanceUID not in before]
+    assert sorted(ds.Modality for ds in filed) == ["NM", "SEG", "SR"]
+    for ds in filed:
+        assert (str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber) == \
+            (identity.patient_name, identity.patient_id, identity.birth_date, identity.accession_number)
+        assert ds[SYNTHETIC_DATA_TAG].value == "YES" and ds.SeriesDescription.startswith("SYNTHETIC")
+        assert ds.ContentQualification == "RESEARCH" and ds.PatientIdentityRemoved == "NO"
+    (nm,) = [ds for ds in filed if ds.Modality == "NM"]
+    assert nm.SourceImageSequence[0].ReferencedSOPInstanceUID == identity.sop_uid(0)
+    assert nm.FrameOfReferenceUID == identity.frame_of_reference_uid and "file_with source" in \
+        nm.DerivationDescription
+    assert identity.patient_name not in server.log_tail(10 ** 7)
+
+    from_model = requests.post(f"{server.url}/spectgan/api/generate/{MODEL}", params={"image": OBLIQUE},
+                               data={"params": json.dumps({"level": "BG", "pattern": "normal", "file_with": "source"})},
+                               timeout=60)
+    assert from_model.status_code == 422 and "needs base reference" in from_model.json()["detail"]
 
 
 # ------------------------------------------------------------------------------------------------------------- OHIF

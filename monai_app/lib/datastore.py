@@ -12,7 +12,9 @@
   single-frame instances). MONAI Label converts a series with SimpleITK (GDCM), which keeps the geometry but reads
   the stored 16-bit values: the Real World Value Mapping that scales them to counts is lost. The series is read with
   ``spectgan.export.dicom.read_nm_volume`` instead (counts, origin, spacing, direction) and cached as
-  ``<SeriesInstanceUID>.nii.gz`` in the cache folder, so each series is fetched once.
+  ``<SeriesInstanceUID>.nii.gz`` in the cache folder, so each series is fetched once, with the series' DICOM
+  identity beside it (``spectgan.serving.dicom_source``: its UIDs, instances, patient and study), which a result made
+  from the study (``base=reference``) references.
 - **The listing names the series.** ``json()`` (``GET /datastore/?output=all``) lists every series the search filter
   finds, with its study, modality and description, not only those fetched so far.
 
@@ -41,6 +43,7 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from pydicom.dataset import Dataset
 
 from spectgan.export.dicom import read_nm_volume
+from spectgan.serving.dicom_source import write_sidecar
 from spectgan.serving.uploads import is_plain_id
 
 logger = logging.getLogger(__name__)
@@ -117,6 +120,7 @@ class PacsDatastore(DICOMWebDatastore):
                 dicom_web_download_series(None, image_id, folder, self._client, self._fetch_by_frame)
                 converted = Path(folder) / "volume.nii.gz"
                 sitk.WriteImage(read_nm_volume(folder), str(converted), useCompression=True)
+                write_sidecar(sorted(Path(folder).glob("*.dcm")), nifti)
                 self.add_image(image_id, str(converted), self._dicom_info(image_id))
         return str(nifti)
 

@@ -12,7 +12,7 @@ this package exports the names they use.
 
 ``result`` is a ``spectgan.results.GenerationResult``, the type the server built.
 """
-from spectgan.client.batch import (GenerationJob, expand_conditions, lesion_params, parse_seeds,
+from spectgan.client.batch import (GenerationJob, expand_conditions, lesion_params, parse_seeds, removal_lesions,
                                    seeds_from_spinboxes)
 from spectgan.client.http import (ClientError, InvalidResponseError, RequestRejectedError, ServerTimeoutError,
                                   ServerUnavailableError, SpectGANClient, model_axes, model_conditions,
@@ -25,5 +25,5 @@ from spectgan.results import GenerationResult
 __all__ = ["ClientError", "DICOM_DIR", "GenerationJob", "GenerationResult", "InvalidResponseError",
            "RequestRejectedError", "ServerTimeoutError", "ServerUnavailableError", "SpectGANClient", "draw_overview",
            "expand_conditions", "export_results", "lesion_params", "model_axes", "model_conditions",
-           "parse_multipart", "parse_seeds", "result_file", "result_row", "save_result", "seeds_from_spinboxes",
-           "send_to_pacs", "stats_table", "write_dicom", "write_stats"]
+           "parse_multipart", "parse_seeds", "removal_lesions", "result_file", "result_row", "save_result",
+           "seeds_from_spinboxes", "send_to_pacs", "stats_table", "write_dicom", "write_stats"]

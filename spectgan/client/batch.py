@@ -13,7 +13,7 @@ from spectgan.client.http import SpectGANClient
 from spectgan.client.overview import OVERVIEW_PNG, OVERVIEW_TITLE, draw_overview
 from spectgan.client.result_files import save_result, write_stats
 from spectgan.conditions import Condition, Lesion, Pattern, Side, parse_levels, parse_member, takes_side
-from spectgan.lesions import LESION_AXES, lesion_text
+from spectgan.lesions import LESION_AXES, lesion_text, parse_lesions
 from spectgan.results import GenerationResult
 
 
@@ -82,6 +82,15 @@ def seeds_from_spinboxes(seed: int, count: int) -> list[int | None]:
     return [None] * count if seed < 0 else list(range(seed, seed + count))
 
 
+def removal_lesions(side: str | None, territory, severity) -> tuple[Lesion, ...]:
+    """The defect to remove from the reference patient's slice (base reference, pattern normal): on ``side``
+    (``left`` or ``right``; empty or None: both sides) with ``territory`` and ``severity`` (the forms of
+    ``spectgan.lesions``); ValueError naming what is allowed."""
+    if not side:
+        return parse_lesions(Pattern.BILATERAL, None, territory, severity)
+    return parse_lesions(Pattern.UNILATERAL, parse_member(Side, side, "side"), territory, severity)
+
+
 @dataclass
 class GenerationJob:
     """Every scan of one request: conditions x seeds (None: the server draws one), over one reference image. A
@@ -96,6 +105,7 @@ class GenerationJob:
     axis_values: dict[str, Any] = field(default_factory=dict)  # further declared axes (``SpectGANClient.generate``)
     base: str = "model"  # or "reference": the reference patient's own slice changed to each condition
     removed: tuple[Lesion, ...] = ()  # base reference: the defect the normal conditions take away
+    file_with: str = "synthetic"  # base reference: "source" files the DICOM export with the reference's study
     results: list[GenerationResult] = field(default_factory=list)
 
     @property
@@ -109,7 +119,8 @@ class GenerationJob:
             for seed in self.seeds:
                 result = self.client.generate(self.image, self.model, condition.level, condition.pattern,
                                               **self._defect_params(condition), seed=seed, psi=self.psi,
-                                              axis_values=self.axis_values, base=self.base)
+                                              axis_values=self.axis_values, base=self.base,
+                                              file_with=self.file_with)
                 if out is not None:
                     save_result(result, out)
                 self.results.append(result)

@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spectgan.client.batch import GenerationJob, expand_conditions, parse_seeds
+from spectgan.client.batch import GenerationJob, expand_conditions, parse_seeds, removal_lesions
 from spectgan.client.http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, SpectGANClient
 from spectgan.client.overview import OVERVIEW_PNG
 from spectgan.client.result_files import DICOM_DIR, STATS_CSV, STATS_JSON
 from spectgan.export.scans import export_results, require_new_dicom_folder
-from spectgan.conditions import Lesion, Pattern, Side
-from spectgan.lesions import apply_lesions, parse_lesions
+from spectgan.lesions import apply_lesions
 from spectgan.serving.settings import API_TOKEN_ENV
 
 
@@ -43,6 +42,11 @@ def add_generate_command(subparsers) -> None:
                              "--pattern normal the defect that --remove, --territory and --severity name removed")
     parser.add_argument("--remove", choices=("left", "right", "both"),
                         help="with --base reference and --pattern normal: the side of the defect to remove")
+    parser.add_argument("--file-with", choices=("synthetic", "source"), default="synthetic",
+                        help="where the DICOM export (--pacs) files the scans: synthetic (default) under a synthetic "
+                             "patient and study; source, with --base reference over a DICOM reference (a PACS "
+                             "series), in the reference's own study under its patient, as new series still marked "
+                             "synthetic")
     parser.add_argument("--seeds", help="seeds such as 0-9 or 1,5,7 (default: --count seeds drawn by the server)")
     parser.add_argument("--count", type=int, default=1, help="scans per condition without --seeds (default 1)")
     parser.add_argument("--psi", type=float, help="truncation in [0, 1] (default: the model's, 1: none)")
@@ -72,16 +76,6 @@ def token_from_file(path: Path | None) -> str | None:
     return path.read_text().strip() if path else None
 
 
-def removed_lesions(side: str | None, territory, severity) -> tuple[Lesion, ...]:
-    """The defect ``--remove`` names (``left``, ``right`` or ``both``) with ``--territory`` and ``--severity``; none
-    without ``--remove``."""
-    if side is None:
-        return ()
-    if side == "both":
-        return parse_lesions(Pattern.BILATERAL, None, territory, severity)
-    return parse_lesions(Pattern.UNILATERAL, Side(side), territory, severity)
-
-
 def run_generate(args: argparse.Namespace) -> int:
     """The ``generate`` command; prints where everything went."""
     if args.seeds is None and args.count < 1:
@@ -100,7 +94,9 @@ def run_generate(args: argparse.Namespace) -> int:
                                                      args.side), *defect)
         image = client.upload(args.image) if Path(args.image).is_file() else args.image
         job = GenerationJob(client, image, args.model, conditions, seeds, psi=args.psi, base=args.base,
-                            removed=removed_lesions(args.remove, args.territory, args.severity))
+                            removed=() if args.remove is None else removal_lesions(
+                                None if args.remove == "both" else args.remove, args.territory, args.severity),
+                            file_with=args.file_with)
         print(job.run_to_folder(out, progress=not args.no_progress))
     if args.pacs:
         print(export_results(job.results, out / DICOM_DIR, args.pacs, run))

@@ -35,9 +35,14 @@ slope (7.6e-6 x the maximum). The slope travels in the Real World Value Mapping 
 not define: NM software reads the stored values (proportional to counts) or maps them. The statistics travel in the
 SR at full double precision.
 
-Every object says it is synthetic: Synthetic Data (0008,001C) YES, Content Qualification RESEARCH, Patient Identity
-Removed YES, "SYNTHETIC" in Patient Name and Series Description; every identifier is generated (derived from the
-reference's id and the run's, or random).
+A scan made from the reference patient's own slice (``base=reference``) names the reference series' instances in its
+NM's Source Image Sequence when the reference came as DICOM (``GenerationResult.derivation.source``), and is filed
+in the reference's own study, under its patient, only when its request asked so (``SourceStudy``,
+``file_with=source``).
+
+Every object says it is synthetic: Synthetic Data (0008,001C) YES, Content Qualification RESEARCH, "SYNTHETIC" in
+Series Description; in a synthetic study also Patient Identity Removed YES and "SYNTHETIC" in Patient Name, and
+every identifier is generated (derived from the reference's id and the run's, or random).
 """
 from __future__ import annotations
 
@@ -50,7 +55,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 import contourpy
 import highdicom as hd
@@ -69,7 +74,7 @@ from spectgan.conditions import Lesion, Side
 from spectgan.errors import InvalidImageError, SpectganError
 from spectgan.files import atomic_write_bytes
 from spectgan.geometry.roi import PRIVATE_SCHEME, SIZE_UNIT, STATISTICS, HemisphereStats, Statistic
-from spectgan.results import GenerationResult
+from spectgan.results import GenerationResult, SourcePatient, SourceSeries
 from spectgan.simulation.protocol import (COLLIMATOR_TYPE, DEFAULT_MATRIX, ENERGY_WINDOW_FRACTION, PHOTOPEAK_KEV,
                                           RADIUS_OF_ROTATION_CM, ROTATION_DIRECTION, SCAN_ARC_DEG, START_ANGLE_DEG,
                                           Protocol, energy_window_kev, protocol_for)
@@ -104,6 +109,12 @@ INTRAVENOUS = Code("47625008", "SCT", "Intravenous route")
 RECUMBENT, SUPINE = Code("102538003", "SCT", "recumbent"), Code("40199007", "SCT", "supine")
 HEAD_FIRST = Code("102540008", "SCT", "headfirst")
 PROPORTIONAL_TO_COUNTS = Code("{propcounts}", "UCUM", "Proportional to counts")
+# A scan made from the reference patient's own slice: its Source Image Sequence's purpose (CID 7202) and its
+# Derivation Codes (CID 7203): the reference resampled onto the level's slice, its counts multiplied by the defect's
+# factor (added) or divided by it (removed).
+SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
+DERIVATION_CODES = {"added": (codes.DCM.SpatialResampling, codes.DCM.PixelByPixelMultiplication),
+                    "removed": (codes.DCM.SpatialResampling, codes.DCM.PixelByPixelDivision)}
 
 
 class DicomError(SpectganError):
@@ -157,6 +168,18 @@ class SyntheticRun:
         series numbers keep counting)."""
         return self.studies.setdefault(reference_id, SyntheticStudy(reference_id, self))
 
+    def study_for(self, result: GenerationResult) -> "SyntheticStudy":
+        """Where ``result`` is filed: the synthetic study of its reference, or, for a result made from the
+        reference whose request asked to file it with the source (``Derivation.filed_with``), the reference's own
+        DICOM study (``SourceStudy``)."""
+        derivation = result.derivation
+        if derivation is None or derivation.filed_with is None or derivation.source is None:
+            return self.study(result.reference)
+        key = f"source:{derivation.source.study_instance_uid}"  # ':' is in no datastore id
+        return self.studies.setdefault(key, SourceStudy(result.reference, self,
+                                                        derivation.filed_with.study_description,
+                                                        source=derivation.source, patient=derivation.filed_with))
+
 
 @dataclass
 class SyntheticStudy:
@@ -169,6 +192,9 @@ class SyntheticStudy:
     run: SyntheticRun = field(default_factory=SyntheticRun)
     description: str = "SYNTHETIC 123I-IMP brain perfusion SPECT"
     series_count: int = 0
+    identity_removed: ClassVar[bool] = True  # Patient Identity Removed: its patient is no one
+    patient_birth_date: ClassVar[str] = ""
+    patient_sex: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         if not str(self.reference_id).strip():
@@ -208,21 +234,71 @@ class SyntheticStudy:
     def created(self) -> datetime:
         return self.run.started
 
+    @property
+    def study_date(self) -> str:
+        return self.created.strftime("%Y%m%d")
+
+    @property
+    def study_time(self) -> str:
+        return self.created.strftime("%H%M%S")
+
     def derivation(self, result: GenerationResult) -> str:
         """Derivation Description of a scan in this study: the model, the reference (by label) and the run; for a
         scan made from the reference patient's own slice (``result.derivation``) that slice, the defect added or
         removed and the method. Filed, like every scan, under this synthetic patient and study."""
         reference = reference_label(self.reference_id)
         if result.derivation is not None:
-            return (f"SYNTHETIC: derived from reference study {reference}: "
+            source = "" if result.derivation.source else " (a NIfTI without DICOM identity: no Source Image Sequence)"
+            return (f"SYNTHETIC: derived from reference study {reference}{source}: "
                     f"{result.derivation.describe(result.condition)}, on the grid of {result.model.name} (spectgan), "
-                    f"in run {self.run.run_id}; filed under a synthetic patient, not the reference's")
+                    f"in run {self.run.run_id}; {self.filed}")
         return (f"SYNTHETIC: generated by the GAN {result.model.name} (spectgan) and placed over reference study "
                 f"{reference} in run {self.run.run_id}; no real patient")
+
+    @property
+    def filed(self) -> str:
+        """Where a scan of this study is filed, for its Derivation Description."""
+        return "filed under a synthetic patient, not the reference's"
 
     def next_series_number(self) -> int:
         self.series_count += 1
         return self.series_count
+
+
+@dataclass
+class SourceStudy(SyntheticStudy):
+    """The reference's own DICOM study, for a result made from the reference patient's slice whose request asked to
+    file it there (``file_with=source``): the reference's patient (ID, name, birth date, sex), study (UID, ID,
+    accession number, date, time, description) and frame of reference (the result lies in the reference's space),
+    a new series. The scans stay marked synthetic (Synthetic Data, Series Description, Image Comments, Derivation
+    Description); only Patient Identity Removed is NO, for the identity is the patient's."""
+
+    source: SourceSeries | None = None
+    patient: SourcePatient | None = None
+    identity_removed: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.source is None or self.patient is None:
+            raise DicomError("filing with the source study needs the reference's DICOM series and patient")
+
+    patient_id = property(lambda self: self.patient.patient_id)
+    patient_name = property(lambda self: self.patient.patient_name)
+    patient_birth_date = property(lambda self: self.patient.patient_birth_date)
+    patient_sex = property(lambda self: self.patient.patient_sex)
+    study_instance_uid = property(lambda self: self.source.study_instance_uid)
+    study_id = property(lambda self: self.patient.study_id)
+    accession_number = property(lambda self: self.patient.accession_number)
+    study_date = property(lambda self: self.patient.study_date)
+    study_time = property(lambda self: self.patient.study_time)
+
+    @property
+    def frame_of_reference_uid(self) -> str:
+        return self.source.frame_of_reference_uid or super().frame_of_reference_uid
+
+    @property
+    def filed(self) -> str:
+        return "filed with the reference's own study, under its patient, at the user's request (file_with source)"
 
 
 def _series_description(result: GenerationResult, content: str) -> str:
@@ -308,7 +384,7 @@ def encode_reference(volume: sitk.Image, study: SyntheticStudy, name: str, frame
         ds.ImageType = ["ORIGINAL", "PRIMARY", "RECON TOMO", "EMISSION"]
         ds.ManufacturerModelName, ds.SoftwareVersions = "spectgan simulator", __version__
         ds.ImageComments = "SYNTHETIC reference study simulated by spectgan, no real patient"
-        _mark_synthetic(ds, f"SYNTHETIC reference {name}"[:64])
+        _mark_synthetic(ds, f"SYNTHETIC reference {name}"[:64], study)
         datasets.append(ds)
     return datasets
 
@@ -467,13 +543,17 @@ def _ds(value: float) -> DSfloat:
     return DSfloat(float(value), auto_format=True)
 
 
-def _mark_synthetic(dataset: Dataset, series_description: str) -> None:
-    """The attributes that say an object is synthetic and identifies no one."""
+def _mark_synthetic(dataset: Dataset, series_description: str, study: SyntheticStudy) -> None:
+    """The attributes that say an object is synthetic and (in a synthetic study) identifies no one; filed with a
+    source study (``SourceStudy``), its identity is that patient's: Patient Identity Removed NO."""
     dataset.add_new(SYNTHETIC_DATA_TAG, "CS", "YES")
     dataset.ContentQualification = "RESEARCH"
-    dataset.PatientIdentityRemoved = "YES"
-    dataset.DeidentificationMethod = "No real patient: synthetic data generated by spectgan"
     dataset.SeriesDescription = series_description
+    if study.identity_removed:
+        dataset.PatientIdentityRemoved = "YES"
+        dataset.DeidentificationMethod = "No real patient: synthetic data generated by spectgan"
+    else:
+        dataset.PatientIdentityRemoved = "NO"
 
 
 def _with_file_meta(dataset: Dataset) -> Dataset:
@@ -493,8 +573,24 @@ def _nm_image(image: sitk.Image, result: GenerationResult, study: SyntheticStudy
     ds.ManufacturerModelName, ds.SoftwareVersions = result.model.name, [__version__, result.model.version]
     ds.ImageComments = _comment(result)
     ds.DerivationDescription = study.derivation(result)
-    _mark_synthetic(ds, _series_description(result, "SPECT"))
+    if result.derivation is not None and result.derivation.source is not None:
+        _add_source_images(ds, result.derivation.source, "removed" if result.derivation.removed else "added")
+    _mark_synthetic(ds, _series_description(result, "SPECT"), study)
     return ds
+
+
+def _add_source_images(ds: Dataset, source: SourceSeries, change: str) -> None:
+    """Source Image Sequence (every instance of the reference series, each with the Purpose of Reference
+    ``SOURCE_IMAGE_PURPOSE``, CID 7202) and Derivation Code Sequence (``DERIVATION_CODES`` of the ``change``,
+    ``added`` or ``removed``; CID 7203) of a scan made from the reference patient's own slice."""
+    items = []
+    for sop_class_uid, sop_instance_uid in source.instances:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class_uid, sop_instance_uid
+        item.PurposeOfReferenceCodeSequence = [_code_item(SOURCE_IMAGE_PURPOSE)]
+        items.append(item)
+    ds.SourceImageSequence = DicomSequence(items)
+    ds.DerivationCodeSequence = [_code_item(code) for code in DERIVATION_CODES[change]]
 
 
 def _nm_instance(slab: sitk.Image, stored: np.ndarray, slope: float, study: SyntheticStudy, protocol: Protocol,
@@ -515,10 +611,11 @@ def _nm_instance(slab: sitk.Image, stored: np.ndarray, slope: float, study: Synt
     ds.SOPInstanceUID = sop_instance_uid
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     # Patient and study
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = study.patient_name, study.patient_id, "", ""
+    ds.PatientName, ds.PatientID = study.patient_name, study.patient_id
+    ds.PatientBirthDate, ds.PatientSex = study.patient_birth_date, study.patient_sex
     ds.StudyInstanceUID, ds.StudyID, ds.AccessionNumber = study.study_instance_uid, study.study_id, \
         study.accession_number
-    ds.StudyDate, ds.StudyTime = study.created.strftime("%Y%m%d"), study.created.strftime("%H%M%S")
+    ds.StudyDate, ds.StudyTime = study.study_date, study.study_time
     ds.StudyDescription, ds.ReferringPhysicianName = study.description, ""
     # Series, equipment, frame of reference
     ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "NM", series_instance_uid, series_number
@@ -707,7 +804,7 @@ def _hemisphere_segmentation(nm: Dataset, masks: list[np.ndarray], tracking: dic
         device_serial_number=result.model.sha256[:64], content_label="HEMISPHERES",
         content_description="Left and right hemisphere ROIs split at the midsagittal plane",
         omit_empty_frames=False)
-    _mark_synthetic(seg, _series_description(result, "ROIs"))
+    _mark_synthetic(seg, _series_description(result, "ROIs"), study)
     return _with_file_meta(seg)
 
 
@@ -808,7 +905,7 @@ def _measurement_report(nm: Dataset, seg: Dataset, masks: list[np.ndarray], trac
     scheme.CodingSchemeName = "spectgan hemisphere statistics and synthetic defects"
     scheme.CodingSchemeResponsibleOrganization = "spectgan"
     sr.CodingSchemeIdentificationSequence = [scheme]
-    _mark_synthetic(sr, _series_description(result, "stats"))
+    _mark_synthetic(sr, _series_description(result, "stats"), study)
     return _with_file_meta(sr)
 
 

@@ -32,7 +32,9 @@ def write_dicom(results: Sequence[GenerationResult], folder: str | Path, run: Sy
     """Encode each scan as DICOM (NM + hemisphere SEG + SR) into ``folder/<scan name>/``; ``folder`` must hold no
     files yet, and every scan must have its statistics (DicomError naming those without, before anything is written).
     The scans over one reference study go into the synthetic study of that reference and ``run`` (a new run when
-    None): pass the same run for the batches of several models to put them in one study."""
+    None; ``SyntheticRun.study_for``: a result made from the reference that asked to be filed with the source goes
+    into the reference's own study): pass the same run for the batches of several models to put them in one
+    study."""
     from spectgan.export.dicom import DicomError, SyntheticRun, encode_scan, write_series
 
     unmeasured = [f"{result.name} ({result.stats_error or 'no statistics'})" for result in results
@@ -42,7 +44,7 @@ def write_dicom(results: Sequence[GenerationResult], folder: str | Path, run: Sy
     folder = require_new_dicom_folder(folder)
     run = run or SyntheticRun()
     for result in results:
-        write_series(encode_scan(result, run.study(result.reference)), folder / result.name)
+        write_series(encode_scan(result, run.study_for(result)), folder / result.name)
     return folder
 
 

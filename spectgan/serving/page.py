@@ -165,11 +165,12 @@ class PageExport:
             raise UnavailableError(f"the PACS did not take the export: {str(error).splitlines()[0]} Nothing "
                                    "confirmed is sent twice: press Export again when the PACS is back.") from None
         studies = {}
-        for result in results:
-            study = run.study(result.reference)
+        for result in results:  # a study filed with the source names no patient: the answer tells no more
+            study = run.study_for(result)
             studies.setdefault(study.study_instance_uid, {
                 "study_instance_uid": study.study_instance_uid, "reference": result.reference,
-                "patient_id": study.patient_id, "scans": 0,
+                **({"patient_id": study.patient_id} if study.identity_removed else {"filed_with": "source"}),
+                "scans": 0,
                 **({"ohif_url": OHIF_VIEWER + quote(study.study_instance_uid)} if self.describe()["ohif"] else {})})
             studies[study.study_instance_uid]["scans"] += 1
         return {"run": run.run_id, "studies": list(studies.values()), "instances": sent.sent + sent.already_confirmed,

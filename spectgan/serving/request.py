@@ -5,7 +5,8 @@ An infer request (MONAI Label's form field ``params``, a JSON object) becomes a 
 forms of ``spectgan.lesions``), a seed (or None: drawn at generation and echoed back), the values of the model
 family's own options (FastGAN: ``psi``), the output space and the base: ``model`` (the model makes a new brain) or
 ``reference`` (the reference patient's own slice changed to the condition, ``spectgan.counterfactual``: a defect of
-the given side, territory and severity added, or with pattern ``normal`` the defect they name removed). A train
+the given side, territory and severity added, or with pattern ``normal`` the defect they name removed) and, for a
+result made from the reference, where its DICOM export is filed (``file_with``: ``synthetic`` or ``source``). A train
 request becomes a ``TrainRequest``. Errors
 are ``spectgan.errors`` domain errors whose message names what is allowed; ``monai_app`` maps them to HTTP.
 """
@@ -28,9 +29,11 @@ from spectgan.serving.uploads import check_id
 
 GENERATION_REQUEST = "spectgan_request"  # key of the checked GenerationRequest in MONAI Label's infer request dict
 CONDITION_PARAMS = ("level", "pattern", "side")
-BASE_INFER_PARAMS = (*CONDITION_PARAMS, "seed", "output_space", "base")  # plus the model family's options
+BASE_INFER_PARAMS = (*CONDITION_PARAMS, "seed", "output_space", "base", "file_with")  # plus the family options
 BASE_MODEL, BASE_REFERENCE = "model", "reference"  # what a generated slice is made of (param ``base``)
 BASES = (BASE_MODEL, BASE_REFERENCE)
+FILE_WITH_SYNTHETIC, FILE_WITH_SOURCE = "synthetic", "source"  # where a result's DICOM is filed (param ``file_with``)
+FILE_WITH = (FILE_WITH_SYNTHETIC, FILE_WITH_SOURCE)
 PER_SIDE_FORMS = ('a bilateral defect takes one value for both sides, a JSON object {"left": .., "right": ..} or '
                   "the text left=VALUE;right=VALUE (a side left out is drawn)")
 TRAIN_PARAMS = ("iterations", "batch", "levels", "cohort", "init", "force")
@@ -53,6 +56,7 @@ class GenerationRequest:
     output_space: str = OUTPUT_SPACES[0]
     base: str = BASE_MODEL
     removed: tuple[Lesion, ...] = ()  # base reference, pattern normal: the defect taken away from the patient's slice
+    file_with: str = FILE_WITH_SYNTHETIC  # base reference: ``source`` files the DICOM with the reference's study
 
     def resolved_seed(self) -> int:
         """The request's seed, or a fresh random one in [0, 2^31)."""
@@ -173,7 +177,8 @@ def parse_generation_request(model: str, params: Mapping[str, Any], synthesizer:
     if output_space not in OUTPUT_SPACES:
         raise InvalidRequestError(f"invalid output_space {output_space!r}; allowed: {', '.join(OUTPUT_SPACES)} "
                                   "(slice: the one-slice plane; reference: resampled onto the study's grid)")
-    return GenerationRequest(model, condition, seed, options, output_space, base, removed)
+    return GenerationRequest(model, condition, seed, options, output_space, base, removed,
+                             _parse_file_with(params.get("file_with"), base))
 
 
 def _parse_base(value) -> str:
@@ -184,6 +189,24 @@ def _parse_base(value) -> str:
                                   "the model; reference: the reference patient's own slice with the condition's "
                                   "defect added, or with pattern normal the named defect removed)")
     return value
+
+
+def _parse_file_with(value, base: str) -> str:
+    if is_empty(value):
+        return FILE_WITH_SYNTHETIC
+    if value not in FILE_WITH:
+        raise InvalidRequestError(f"invalid file_with {value!r}; allowed: {', '.join(FILE_WITH)} ({FILE_WITH_HELP})")
+    if value == FILE_WITH_SOURCE and base != BASE_REFERENCE:
+        raise InvalidRequestError("file_with source files a result with the reference's own study, so it needs base "
+                                  "reference (a result made from the patient's own slice); a new brain made by the "
+                                  "model is always filed under a synthetic patient: leave file_with empty or send "
+                                  "synthetic")
+    return value
+
+
+FILE_WITH_HELP = ("synthetic: the DICOM export is filed under a synthetic patient and study; source: in the "
+                  "reference's own DICOM study, under its patient, as a new series marked synthetic (base reference "
+                  "with a DICOM reference only)")
 
 
 def _physics_allowed() -> str:
@@ -275,8 +298,27 @@ def infer_param_spec(axes: ConditionAxes, options: Sequence[Option]) -> dict:
         "base": {"allowed": list(BASES), "default": BASE_MODEL,
                  "description": "model: a new brain made by the model; reference: the reference patient's own slice "
                                 "with the requested defect added (side, territory, severity required), or with "
-                                "pattern normal the named defect removed (physics method)"},
+                                "pattern normal the named defect removed (physics method)",
+                 "removes": removal_spec()},
+        "file_with": {"allowed": list(FILE_WITH), "default": FILE_WITH_SYNTHETIC, "description": FILE_WITH_HELP,
+                      "applies_when": {"base": [BASE_REFERENCE]}},
     }
+
+
+def removal_spec() -> dict:
+    """How a client asks for a defect to be removed (``parse_reference_condition``), for front ends to build their
+    controls from: when it applies (base reference, pattern normal) and the params naming the defect the study has,
+    sent under these names: ``side`` (empty: a defect on both sides), ``territory`` (per level) and ``severity``."""
+    low, high = PHYSICS_AXES.severity_range
+    return {"applies_when": {"base": [BASE_REFERENCE], "pattern": [Pattern.NORMAL.value]},
+            "description": "the defect the study has, to remove: its side (empty: both sides), territory and "
+                           "severity",
+            "params": {"side": {"allowed": [side.value for side in Side], "required": False, "empty": "both sides"},
+                       "territory": {"per_level": {level: list(names)
+                                                   for level, names in PHYSICS_AXES.territories.items()},
+                                     "required": True},
+                       "severity": {"type": "number", "minimum": low, "maximum": high, "required": True,
+                                    "unit": "fractional CBF reduction"}}}
 
 
 def infer_client_config(spec: Mapping[str, dict]) -> dict:

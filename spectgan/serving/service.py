@@ -44,8 +44,10 @@ from spectgan.models.versions import (CANDIDATES_FOLDER, DEFAULT_KEEP, GATE_KEY,
                                       update_metadata)
 from spectgan.counterfactual import physics
 from spectgan.results import Derivation, GenerationResult, LevelPlane, ModelVersion, RegistrationSummary
-from spectgan.serving.request import (BASE_REFERENCE, GenerationRequest, TrainRequest, check_param_names, infer_client_config,
-                                      infer_param_spec, parse_generation_request, parse_train_request)
+from spectgan.serving.dicom_source import source_of
+from spectgan.serving.request import (BASE_REFERENCE, FILE_WITH_SOURCE, GenerationRequest, TrainRequest,
+                                      check_param_names, infer_client_config, infer_param_spec,
+                                      parse_generation_request, parse_train_request)
 from spectgan.serving.settings import COHORT_ENV, models_dir_from
 
 if TYPE_CHECKING:
@@ -287,8 +289,8 @@ class GenerationService:
         registered = time.perf_counter()
         derivation = None
         if request.base == BASE_REFERENCE:
+            derivation = reference_derivation(request, image_path)
             canonical, seed, condition = self.reference_slice(synthesizer, request, study)
-            derivation = Derivation(physics.METHOD, request.removed)
         else:
             canonical, seed, condition = self.canonical_slice(synthesizer, request)
         generated = time.perf_counter()
@@ -318,6 +320,19 @@ class GenerationService:
         result = self.generate(request, image_path)
         return write_result_image(result.image, private_results_dir(), f"{request.model}_{result.name}"), \
             result.to_json()
+
+
+def reference_derivation(request: GenerationRequest, image_path: str | Path) -> Derivation:
+    """The derivation of a ``base=reference`` result: the method, the removed defect, the reference's DICOM identity
+    (``spectgan.serving.dicom_source``; None for a NIfTI) and, for ``file_with=source``, its patient and study;
+    InvalidRequestError when filing with the source is asked of a reference without DICOM identity."""
+    source = source_of(image_path)
+    if request.file_with == FILE_WITH_SOURCE and source is None:
+        raise InvalidRequestError("file_with source needs a reference study that came as DICOM (a PACS series or a "
+                                  "DICOM file) to file the result with; this reference is a NIfTI without a DICOM "
+                                  "study: leave file_with empty or send synthetic")
+    return Derivation(physics.METHOD, request.removed, source.series if source else None,
+                      source.patient if source and request.file_with == FILE_WITH_SOURCE else None)
 
 
 def without_folder(text: str, folder: Path) -> str:

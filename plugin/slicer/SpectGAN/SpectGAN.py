@@ -32,6 +32,8 @@ ALL = "all"
 # reference volume and the statistics table as node references.
 SERVER_URL, PACS_URL, IMAGE_ID, MODEL = "serverUrl", "pacsUrl", "imageId", "model"
 SEED, COUNT, BASE = "seed", "count", "base"  # base: what a scan is made from (the model's ``base`` param)
+FILE_WITH = "file_with"  # where the DICOM export files a scan made from the reference (the model's param)
+REMOVE = "remove_"  # remove_side, remove_territory, ...: the defect to remove (what the base param ``removes``)
 REFERENCE_ROLE, TABLE_ROLE = "reference", "statistics"
 DEFAULT_PARAMETERS = {SEED: "0", COUNT: "1"}  # seed -1: the server draws; the axes a Generate expands over: all
 
@@ -336,24 +338,60 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
                                         placeholder, " ".join(filter(None, (axis.description, axis.unit))), enabled))
         return controls
 
-    def baseControl(self, model, parameterNode):
-        """The "Made from" control (an AxisControl named ``base``) from the ``base`` param ``model`` declares in
-        ``/info/`` (its allowed values, default and description: a new brain from the model or the reference patient's
-        own slice), or None for a model without it; a value in the node that it does not allow is set to its
-        default."""
-        spec = (self._connected().model_info(model).get("params") or {}).get(BASE)
+    def choiceControl(self, model, parameterNode, name, label):
+        """The control (an AxisControl named ``name``) of a choice param ``model`` declares in ``/info/`` (its allowed
+        values, default, description and where it applies), or None for a model without it; a value in the node
+        that it does not allow is set to its default. ``base``: "Made from" a new brain from the model or the
+        reference patient's own slice; ``file_with``: where the export of a scan made from the reference is filed."""
+        spec = (self._connected().model_info(model).get("params") or {}).get(name)
         if not spec:
             return None
         items = list(spec["allowed"])
-        if parameterNode.GetParameter(BASE) not in items:
-            parameterNode.SetParameter(BASE, spec["default"])
-        return AxisControl(BASE, "Made from", "categorical", items, None, None, "", spec.get("description", ""), True)
+        if parameterNode.GetParameter(name) not in items:
+            parameterNode.SetParameter(name, spec["default"])
+        enabled = all(parameterNode.GetParameter(other) in values
+                      for other, values in (spec.get("applies_when") or {}).items())
+        return AxisControl(name, label, "categorical", items, None, None, "", spec.get("description", ""), enabled)
+
+    def removalControls(self, model, parameterNode):
+        """The controls of the defect to remove from the reference patient's slice (AxisControls named
+        ``remove_<param>``), from what the ``base`` param of ``model`` declares under ``removes``: when it applies
+        (made from the reference, pattern normal: enabled while the parameter node holds those values, or ``all``
+        for an axis a Generate expands over) and each param naming the study's defect (side: the empty item for both
+        sides; territory: the level's, every level's for ``all``; severity: its range). None for a model without it;
+        a categorical value in the node that is not among the items is set to the first item."""
+        spec = ((self._connected().model_info(model).get("params") or {}).get(BASE) or {}).get("removes")
+        if not spec:
+            return []
+        enabled = all(parameterNode.GetParameter(name) in [*values, ALL] for name, values in
+                      spec["applies_when"].items())
+        level = parameterNode.GetParameter("level")
+        controls = []
+        for name, param in spec["params"].items():
+            nodeName, kind = REMOVE + name, "continuous" if param.get("type") == "number" else "categorical"
+            if kind == "continuous":
+                items, placeholder = [], f"{param['minimum']:g} to {param['maximum']:g}"
+            else:
+                perLevel = param.get("per_level")
+                allowed = param["allowed"] if perLevel is None else perLevel.get(level) or list(
+                    dict.fromkeys(value for values in perLevel.values() for value in values))
+                items, placeholder = ([] if param.get("required") else [""]) + list(allowed), ""
+                if parameterNode.GetParameter(nodeName) not in items:
+                    parameterNode.SetParameter(nodeName, items[0])
+            toolTip = " ".join(filter(None, (spec["description"], param.get("empty") and
+                                             f"(empty: {param['empty']})", param.get("unit"))))
+            controls.append(AxisControl(nodeName, f"Remove {name}", kind, items, param.get("minimum"),
+                                        param.get("maximum"), placeholder, toolTip, enabled))
+        return controls
 
     def requestControls(self, model, parameterNode):
-        """The Generate panel's controls: one per condition axis (axisControls), then the "Made from" choice
-        (baseControl) when the model declares one."""
-        base = self.baseControl(model, parameterNode)
-        return self.axisControls(model, parameterNode) + ([base] if base else [])
+        """The Generate panel's controls: one per condition axis (axisControls), then the "Made from" and "File the
+        export with" choices (choiceControl) and the defect to remove (removalControls) when the model declares
+        them."""
+        choices = [self.choiceControl(model, parameterNode, BASE, "Made from"),
+                   self.choiceControl(model, parameterNode, FILE_WITH, "File the export with")]
+        return self.axisControls(model, parameterNode) + [choice for choice in choices if choice] + \
+            self.removalControls(model, parameterNode)
 
     def referenceImageId(self, volumeNode):
         """Upload a volume of the scene to the server's datastore (once per version of it); its image id."""
@@ -381,18 +419,25 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
             raise ValueError("Connect to a server and choose a model first.")
         values = {control.name: parameterNode.GetParameter(control.name) if control.enabled else None
                   for control in self.axisControls(model, parameterNode)}
+        removal = {control.name[len(REMOVE):]: parameterNode.GetParameter(control.name)
+                   for control in self.removalControls(model, parameterNode) if control.enabled}
+        removed = spectganClient().removal_lesions(**removal) if removal else ()
+        filing = self.choiceControl(model, parameterNode, FILE_WITH, "")
+        fileWith = parameterNode.GetParameter(FILE_WITH) if filing and filing.enabled else "synthetic"
         imageId = self.requestedImageId(parameterNode)
         nodes = self.generate(imageId, model, values, int(parameterNode.GetParameter(SEED)),
-                              int(parameterNode.GetParameter(COUNT)), parameterNode.GetParameter(BASE) or "model")
+                              int(parameterNode.GetParameter(COUNT)), parameterNode.GetParameter(BASE) or "model",
+                              removed, fileWith)
         return imageId, nodes
 
-    def generate(self, imageId, model, values, seed, count, base="model"):
+    def generate(self, imageId, model, values, seed, count, base="model", removed=(), fileWith="synthetic"):
         """Every requested scan, each loaded as a scalar volume, and their statistics in the table; the nodes.
 
         ``values``: by axis name; the axes a Generate expands over take ``all`` (every value the model offers), the
         others one value (empty: drawn), sent with each condition it applies to. ``base``: ``model`` (new brains) or
         ``reference`` (the reference patient's own slice with each condition's defect added: territory and severity
-        required).
+        required; from a normal condition, the ``removed`` lesions taken away: ``spectgan.client.removal_lesions``).
+        ``fileWith``: ``source`` files the export of scans made from a DICOM reference with its own study.
         """
         client, axes, expanded = spectganClient(), self.conditionAxes(model), expandedAxes()
         conditions = client.expand_conditions(axes.conditions(), *(values.get(name) for name in expanded))
@@ -415,7 +460,7 @@ class SpectGANLogic(ScriptedLoadableModuleLogic):
         for applying, batch in batches.items():
             job = client.GenerationJob(self._connected(), imageId, model, batch,
                                        client.seeds_from_spinboxes(seed, count), axis_values=dict(applying),
-                                       base=base)
+                                       base=base, removed=removed, file_with=fileWith)
             self.results += job.run(self.batchFolder, on_result=load)
         parameterNode = self.getParameterNode()
         tableNode = parameterNode.GetNodeReference(TABLE_ROLE)  # None before the first batch or after a new scene

@@ -220,6 +220,7 @@ function updateAxisChoices() {
     }
     chosen[axis.name] = $(axis.name).value;
   }
+  updateRemovalChoices(chosen);
 }
 
 // The chosen condition: the value of every offered axis that has one, a label such as "BG-unilateral-left
@@ -235,21 +236,92 @@ function selectedCondition() {
     values[axis.name] = value;
     (axis.required ? named : optional).push(value);
   }
+  const removal = selectedRemoval();
+  Object.assign(values, removal.values);
+  missing.push(...removal.missing);
+  if (removal.text) optional.push(`remove ${removal.text}`);
   const label = named.join("-");
   return { values, missing, label: optional.length ? `${label} (${optional.join(" ")})` : label };
 }
 
+// Removing a defect from the patient's own slice: the model's "base" param declares under "removes" when it applies
+// (made from the reference, pattern normal) and the params that name the study's defect (side: empty for both
+// sides; territory per level; severity and its range). Their controls are built here from that declaration and
+// shown while it applies; their values go with the condition.
+const removalOf = (model) => baseOf(model)?.removes;
+
+function buildRemovalControls() {
+  const spec = removalOf($("model").value);
+  const boxes = Object.entries(spec?.params || {}).map(([name, param]) => {
+    const box = document.createElement("span"), label = document.createElement("label");
+    const control = document.createElement(param.type === "number" ? "input" : "select");
+    if (param.type === "number") {
+      Object.assign(control, { type: "number", step: "any", min: param.minimum, max: param.maximum,
+                               autocomplete: "off", placeholder: `${param.minimum}-${param.maximum}` });
+    }
+    control.id = label.htmlFor = `remove-${name}`;
+    label.textContent = `Remove: ${name}`;
+    label.title = [spec.description, param.unit].filter(Boolean).join("; ");
+    box.append(label, control);
+    return box;
+  });
+  $("removal").replaceChildren(...boxes);
+  $("removal-hint").textContent = spec ? `Made from the reference with a normal pattern: ${spec.description}.` : "";
+}
+
+function updateRemovalChoices(chosen) {
+  const spec = removalOf($("model").value);
+  $("removal-box").hidden = !spec || !applies(spec, { base: $("base").value, ...chosen });
+  for (const [name, param] of Object.entries(spec?.params || {})) {
+    if (param.type === "number") continue;
+    const select = $(`remove-${name}`), previous = select.value;
+    const allowed = param.per_level ? param.per_level[chosen.level] || [] : param.allowed;
+    fill(select, [...(param.required ? [] : [""]), ...allowed], (value) => value || param.empty);
+    if (allowed.includes(previous)) select.value = previous;
+  }
+}
+
+// The removal params of the chosen condition ({} where no removal applies), those required but left empty
+// (missing) and their text for the condition's label.
+function selectedRemoval() {
+  if ($("removal-box").hidden) return { values: {}, missing: [], text: "" };
+  const spec = removalOf($("model").value), removal = {}, missing = [];
+  for (const [name, param] of Object.entries(spec.params)) {
+    const value = $(`remove-${name}`).value.trim();
+    if (value) removal[name] = value;
+    else if (param.required) missing.push(`the ${name} of the defect to remove`);
+  }
+  const text = Object.entries(spec.params).map(([name, param]) => removal[name] || param.empty || "")
+    .filter(Boolean).join(" ");
+  return { values: removal, missing, text };
+}
+
 // The "Made from" choice: the model's declared "base" param (/info/ params: its allowed values, default and
 // description), e.g. a new brain from the model or this patient's own slice; hidden for a model without one.
+// Made from the patient's slice, "File the export with" offers the model's declared "file_with" param (a synthetic
+// patient, or the reference's own study) where it applies.
 const baseOf = (model) => state.models[model]?.params?.base;
+const fileWithOf = (model) => state.models[model]?.params?.file_with;
 
-function buildBaseChoice() {
-  const spec = baseOf($("model").value), select = $("base"), previous = select.value;
-  $("base-box").hidden = !spec;
-  if (!spec) return;
+function fillChoice(spec, select, hint) {
+  const previous = select.value;
   fill(select, spec.allowed);
   if (!spec.allowed.includes(previous)) select.value = spec.default;
-  select.title = $("base-hint").textContent = spec.description;
+  select.title = hint.textContent = spec.description;
+}
+
+function buildBaseChoice() {
+  const model = $("model").value, spec = baseOf(model), fileWith = fileWithOf(model);
+  $("base-box").hidden = !spec;
+  buildRemovalControls();
+  if (fileWith) fillChoice(fileWith, $("file_with"), $("file-with-hint"));
+  if (spec) fillChoice(spec, $("base"), $("base-hint"));
+  showFileWith();
+}
+
+function showFileWith() {
+  const spec = fileWithOf($("model").value);
+  $("file-with-box").hidden = !spec || !applies(spec, { base: $("base").value });
 }
 
 // The chosen base ({} for a model without the choice), sent with each request. Only the model draws an axis left
@@ -265,7 +337,9 @@ function selectedBase(conditions) {
                           `the model draws what is left empty). Choose them, or make it from ${spec.default}.`);
     }
   }
-  return { base };
+  const filing = $("file-with-box").hidden || $("file_with").value === fileWithOf($("model").value).default ? {}
+    : { file_with: $("file_with").value };
+  return { base, ...filing };
 }
 
 function showConditions() {
@@ -642,7 +716,8 @@ function showExportedStudy(study) {
   const id = `exported-${study.study_instance_uid}`;
   const item = document.getElementById(id) || document.createElement("li");
   item.id = id;
-  item.replaceChildren(`Synthetic study ${study.patient_id} over ${study.reference} ` +
+  const where = study.filed_with === "source" ? "Filed with the source study" : `Synthetic study ${study.patient_id}`;
+  item.replaceChildren(`${where} over ${study.reference} ` +
                        `(${study.scans} scan${study.scans > 1 ? "s" : ""} in this export) `);
   if (study.ohif_url) {
     const link = document.createElement("a");
@@ -816,8 +891,8 @@ async function start() {
   fill($("study"), studies.studies);
   if (!studies.studies.length) throw new PageError("The server's datastore holds no reference study.");
   if (!Object.keys(state.models).length) throw new PageError("The server serves no trained model.");
-  buildAxisControls();
   buildBaseChoice();
+  buildAxisControls();
   if (!config.export) $("export-status").textContent = "Export is off: this server has no PACS configured.";
   $("generate").disabled = false;
   await refreshModels();
@@ -825,11 +900,12 @@ async function start() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("generate").disabled = true;
+  $("base").addEventListener("change", () => { showFileWith(); updateAxisChoices(); });
   $("model").addEventListener("change", () => {
     state.conditions = [];
     showConditions();
-    buildAxisControls();
     buildBaseChoice();
+    buildAxisControls();
   });
   $("add-condition").addEventListener("click", addCondition);
   $("seeds").addEventListener("focus", () => { $("mode-seeds").checked = true; });
