@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +158,11 @@ def test_run_with_defect_axes_fine_tunes_a_run_without_them(toy_lesion_cohort, t
     model = load_synthesizer(tmp_path / "bundle")
     assert model.defect_axes().territories == {"BG": ("ACA", "MCA", "PCA"), "COR": ("ACA", "MCA")}
     assert "## Defect axes" in (tmp_path / "bundle/docs/README.md").read_text()
+    (tmp_path / "bundle/docs/evaluation").mkdir()
+    (tmp_path / "bundle/docs/evaluation/report.md").write_text("the shipped version's evaluation")
+    export_bundle(tmp_path / "axes", tmp_path / "bundle", version="9.9.9")  # a new version over the shipped one
+    assert (tmp_path / "bundle/docs/evaluation/report.md").read_text() == "the shipped version's evaluation"
+    assert json.loads((tmp_path / "bundle/configs/metadata.json").read_text())["version"] == "9.9.9"
     with pytest.raises(SpectganError, match="does not fit"):  # another architecture is not a start
         train(tmp_path / "wide", iterations=1, init_from=str(tmp_path / "axes"), **{**common, "condition_dim": 4})
 

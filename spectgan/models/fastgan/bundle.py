@@ -303,9 +303,25 @@ def _example_condition(metadata: dict) -> tuple[str, str, str | None]:
     return chosen["level"], chosen["pattern"], chosen["side"]
 
 
+def _keep_reports(old_docs: Path, new_docs: Path) -> None:
+    """Copy what an earlier bundle's ``docs`` holds beside what an export writes (its evaluation, realism report and
+    history) into the new ``docs``: exporting a new version over a shipped bundle keeps its reports until
+    ``spectgan evaluate`` rewrites them."""
+    if not old_docs.is_dir():
+        return
+    for entry in old_docs.iterdir():
+        if (new_docs / entry.name).exists():
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, new_docs / entry.name, copy_function=shutil.copy)
+        else:
+            shutil.copy(entry, new_docs / entry.name)
+
+
 def export_bundle(run_dir: str | Path, bundle_dir: str | Path, name: str | None = None,
                   version: str = BUNDLE_VERSION) -> Path:
-    """Write the run's EMA generator as a MONAI bundle folder, atomically (staged beside it, then renamed)."""
+    """Write the run's EMA generator as a MONAI bundle folder, atomically (staged beside it, then renamed); the
+    reports of a bundle it replaces are kept (``_keep_reports``)."""
     checkpoint = load_checkpoint(Path(run_dir))
     bundle_dir = Path(bundle_dir)
     name = name or bundle_dir.name
@@ -334,6 +350,7 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, name: str | None 
                             staging / "docs" / "samples.png", lesions,
                             title=f"{name}: step {checkpoint['step']} (EMA)")
         (staging / README_FILE).write_text(_readme(metadata))
+        _keep_reports(bundle_dir / "docs", staging / "docs")
         replace_folder(staging, bundle_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
