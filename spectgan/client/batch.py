@@ -96,6 +96,7 @@ class GenerationJob:
     axis_values: dict[str, Any] = field(default_factory=dict)  # further declared axes (``SpectGANClient.generate``)
     base: str = "model"  # or "reference": the reference patient's own slice changed to each condition
     removed: tuple[Lesion, ...] = ()  # base reference: the defect the normal conditions take away
+    method: str | None = None  # base reference: the counterfactual method (None: the server's default)
     results: list[GenerationResult] = field(default_factory=list)
 
     @property
@@ -109,7 +110,8 @@ class GenerationJob:
             for seed in self.seeds:
                 result = self.client.generate(self.image, self.model, condition.level, condition.pattern,
                                               **self._defect_params(condition), seed=seed, psi=self.psi,
-                                              axis_values=self.axis_values, base=self.base)
+                                              axis_values=self.axis_values, base=self.base,
+                                              method=self.method)
                 if out is not None:
                     save_result(result, out)
                 self.results.append(result)

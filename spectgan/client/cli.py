@@ -12,6 +12,7 @@ from spectgan.client.overview import OVERVIEW_PNG
 from spectgan.client.result_files import DICOM_DIR, STATS_CSV, STATS_JSON
 from spectgan.export.scans import export_results, require_new_dicom_folder
 from spectgan.conditions import Lesion, Pattern, Side
+from spectgan.counterfactual import DEFAULT_METHOD, METHODS
 from spectgan.lesions import apply_lesions, parse_lesions
 from spectgan.serving.settings import API_TOKEN_ENV
 
@@ -41,6 +42,10 @@ def add_generate_command(subparsers) -> None:
                         help="model: new brains made by the model (default); reference: the reference patient's own "
                              "slice with the defect (--side, --territory, --severity, all required) added, or with "
                              "--pattern normal the defect that --remove, --territory and --severity name removed")
+    parser.add_argument("--method", choices=METHODS,
+                        help="with --base reference: how the patient's slice is changed; physics (the simulation's "
+                             "territory model) or learned (the model inverted on the patient's slice; a model with "
+                             f"defect axes) (default: the server's, {DEFAULT_METHOD})")
     parser.add_argument("--remove", choices=("left", "right", "both"),
                         help="with --base reference and --pattern normal: the side of the defect to remove")
     parser.add_argument("--seeds", help="seeds such as 0-9 or 1,5,7 (default: --count seeds drawn by the server)")
@@ -100,7 +105,7 @@ def run_generate(args: argparse.Namespace) -> int:
                                                      args.side), *defect)
         image = client.upload(args.image) if Path(args.image).is_file() else args.image
         job = GenerationJob(client, image, args.model, conditions, seeds, psi=args.psi, base=args.base,
-                            removed=removed_lesions(args.remove, args.territory, args.severity))
+                            method=args.method, removed=removed_lesions(args.remove, args.territory, args.severity))
         print(job.run_to_folder(out, progress=not args.no_progress))
     if args.pacs:
         print(export_results(job.results, out / DICOM_DIR, args.pacs, run))
