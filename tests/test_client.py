@@ -311,6 +311,19 @@ def test_generate_command_makes_scans_from_the_reference_patients_own_slice(ship
     assert [row["file"] for row in read_rows(tmp_path / "added" / "stats.csv")] == [added["file"]]
 
 
+def test_generate_command_takes_the_learned_method(shipped_server, tmp_path):
+    """``--method learned``: model A inverted on a normal study's BG slice adds the left MCA defect; the result
+    records the method."""
+    assert main(["generate", "--server", shipped_server.url, "--model", SHIPPED_MODEL, "--level", "BG", "--base",
+                 "reference", "--method", "learned", "--image", "study_normal_axial", "--pattern", "unilateral",
+                 "--side", "left", "--territory", "MCA", "--severity", "0.5", "--seeds", "0", "--no-progress",
+                 "--out", str(tmp_path)]) == 0
+    (added,) = json.loads((tmp_path / "stats.json").read_text())
+    assert (added["derivation"]["method"], added["derivation"]["removed"]) == ("learned", [])
+    assert "(learned method)" in added["derivation"]["description"]
+    assert added["stats"]["ai"] < -5 and added["synthetic"]  # the defect at the patient's left
+
+
 def _header(path):
     import pydicom
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from spectgan.conditions import Condition, Lesion, Level, Pattern, Side
-from spectgan.counterfactual import physics
+from spectgan.counterfactual import LEARNED, PHYSICS, check_lesions, physics
 from spectgan.counterfactual.paired import ADD, REMOVE, Method, measure_pair, paired_design, simulate_pairs
 from spectgan.errors import InvalidRequestError
 from spectgan.geometry.roi import TEMPLATE_MIDLINE
@@ -47,7 +47,8 @@ def test_removing_a_defect_undoes_adding_it():
 ])
 def test_incomplete_or_impossible_lesions_are_refused_naming_what_is_allowed(lesion, message):
     with pytest.raises(InvalidRequestError, match=message) as error:
-        physics.check_lesions(Condition(Level.BG, Pattern.UNILATERAL, Side.LEFT, (lesion,)))
+        check_lesions(Condition(Level.BG, Pattern.UNILATERAL, Side.LEFT, (lesion,)), physics.PHYSICS_AXES,
+                      "physics method")
     assert "MCA" in str(error.value) or "0.15" in str(error.value)
 
 
@@ -57,7 +58,7 @@ def test_on_paired_subjects_the_added_defect_matches_the_truth_and_leaves_the_re
                                                                                   (Level.COR, "ACA"))
               and item[3] == 0.5]
     assert len(design) == 2
-    method = Method(physics.METHOD, physics.add_defect, physics.remove_defect)
+    method = physics.PHYSICS_METHOD
     unchanged = Method("unchanged", lambda counts, *_: counts, lambda counts, *_: counts)
     for pair in simulate_pairs(design):
         added, removed = measure_pair(pair, method, ADD), measure_pair(pair, method, REMOVE)
@@ -69,10 +70,11 @@ def test_on_paired_subjects_the_added_defect_matches_the_truth_and_leaves_the_re
         assert added.inside_mae_pct < baseline.inside_mae_pct
 
 
-def test_a_derivation_reads_back_from_its_json_and_names_what_was_removed():
+@pytest.mark.parametrize("method", [PHYSICS, LEARNED])
+def test_a_derivation_reads_back_from_its_json_and_names_what_was_removed_and_how(method):
     from spectgan.results import Derivation
 
-    derivation = Derivation(physics.METHOD, (Lesion(Side.LEFT, "MCA", 0.5),))
+    derivation = Derivation(method, (Lesion(Side.LEFT, "MCA", 0.5),))
     assert Derivation.from_dict(derivation.to_dict()) == derivation
     text = derivation.describe(Condition(Level.BG, Pattern.NORMAL))
-    assert "left MCA 50% removed (physics method)" in text
+    assert f"left MCA 50% removed ({method} method)" in text

@@ -17,11 +17,12 @@ from spectgan.export.dicom import (DEFECT_SEVERITY, DEFECT_TERRITORY, SYNTHETIC_
                                    SyntheticStudy, counts_slope, encode_scan, reference_label,
                                    outline, quantize_counts, read_scan, real_world_counts,
                                    write_series)
-from spectgan.conditions import Condition, parse_condition
+from spectgan.conditions import Condition, Lesion, Side, parse_condition
+from spectgan.counterfactual import METHODS
 from spectgan.errors import InvalidImageError
 from spectgan.geometry.roi import TEMPLATE_MIDLINE, HemisphereMasks, HemisphereStats
 from spectgan.lesions import condition_from_dict
-from spectgan.results import GenerationResult, ModelVersion
+from spectgan.results import Derivation, GenerationResult, ModelVersion
 from spectgan.simulation.protocol import protocol_for
 
 # dciodvfy 2022-06 predates the Synthetic Data attribute (0008,001C) that every object must carry, so it reports
@@ -440,3 +441,13 @@ def test_every_sr_measurement_group_carries_coordinates_as_ohif_needs(tmp_path):
     values = {item.name.meaning: item.value for item in brain.get_measurements()}
     assert values["Hemisphere asymmetry index"] == pytest.approx(scan.stats.ai)
     assert values["Left to right hemisphere mean count ratio"] == pytest.approx(scan.stats.lr)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_scan_made_from_the_reference_names_the_method_in_its_derivation_description(method):
+    removed = (Lesion(Side.LEFT, "MCA", 0.3),)
+    result = replace(make_oblique_scan().result(), condition=parse_condition("BG", "normal"),
+                     derivation=Derivation(method, removed))
+    text = SyntheticStudy(REFERENCE).derivation(result)
+    assert f"left MCA 30% removed ({method} method)" in text and reference_label(REFERENCE) in text
+    assert text.startswith("SYNTHETIC") and "not the reference's" in text

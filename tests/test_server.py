@@ -361,6 +361,27 @@ ERROR_CASES.update({
 })
 
 
+LEARNED_CER_LEFT = {"level": "CER", "pattern": "unilateral", "side": "left", "base": "reference", "method": "learned"}
+ERROR_CASES.update({
+    "unknown method": ("spect_fastgan_A", OBLIQUE_STUDY, {**BG_LEFT_FROM_REFERENCE, "territory": "MCA",
+                                                          "severity": 0.3, "method": "magic"}, 422,
+                       "invalid method 'magic'; allowed: physics, learned"),
+    "learned method of a model without defect axes": ("spect_fastgan_A", OBLIQUE_STUDY,
+                                                      {**LEARNED_CER_LEFT, "territory": "MCA", "severity": 0.3}, 422,
+                                                      "the learned method needs a model with defect axes (territory, "
+                                                      "severity); spect_fastgan_A has none: use method physics"),
+    "learned method beyond the model's severities": (AXES_MODEL, OBLIQUE_STUDY,  # the physics method takes 0.5
+                                                     {**LEARNED_CER_LEFT, "territory": "MCA", "severity": 0.5}, 422,
+                                                     "severity 0.5 is outside the trained range; allowed: 0.15 to 0.49 "
+                                                     "(fractional CBF reduction) (learned method of toy_axes)"),
+    "learned method, a territory the model lacks at the level": (AXES_MODEL, OBLIQUE_STUDY,
+                                                                 {**LEARNED_CER_LEFT, "territory": "ACA",
+                                                                  "severity": 0.3}, 422,
+                                                                 "territory ACA is not available at CER; allowed: MCA, "
+                                                                 "PICA (learned method of toy_axes)"),
+})
+
+
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_bad_requests_get_a_4xx_naming_what_is_allowed(server, case):
     model, image, params, status, allowed = ERROR_CASES[case]
@@ -391,6 +412,19 @@ def test_a_defect_from_the_reference_lands_on_its_side_of_the_patients_own_slice
     assert np.corrcoef(kept, own)[0, 1] > 0.95
     assert abs(kept.mean() / own.mean() - 1) < 0.05
     assert (result["stats"]["ai"] < -5) == (side == "left") and abs(result["stats"]["ai"]) > 5
+
+
+def test_the_learned_method_inverts_the_model_and_says_so(server, tmp_path):
+    """method=learned with the model with defect axes: the patient's slice changed by the inverted model, the
+    derivation naming the method (the tiny model's defect itself means nothing after two training steps)."""
+    params = {"level": "BG", "pattern": "unilateral", "side": "left", "territory": "MCA", "severity": 0.3,
+              "base": "reference", "method": "learned", "seed": 3}
+    result, image = _parts(_infer(server.url, AXES_MODEL, "study_normal_axial", params), tmp_path)
+    assert result["base"] == "reference" and result["derivation"]["method"] == "learned" and result["seed"] == 3
+    assert result["synthetic"] is True and result["condition"]["territory"] == "MCA"
+    assert np.isfinite(sitk.GetArrayFromImage(image)).all() and sitk.GetArrayFromImage(image).max() > 0
+    info = requests.get(f"{server.url}/info/", timeout=30).json()["models"][AXES_MODEL]["params"]["method"]
+    assert info["allowed"] == ["physics", "learned"] and info["default"] == "physics"
 
 
 def test_the_official_client_with_its_default_temporary_folder_keeps_every_result(server):

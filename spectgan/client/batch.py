@@ -106,6 +106,7 @@ class GenerationJob:
     base: str = "model"  # or "reference": the reference patient's own slice changed to each condition
     removed: tuple[Lesion, ...] = ()  # base reference: the defect the normal conditions take away
     file_with: str = "synthetic"  # base reference: "source" files the DICOM export with the reference's study
+    method: str | None = None  # base reference: the counterfactual method (None: the server's default)
     results: list[GenerationResult] = field(default_factory=list)
 
     @property
@@ -120,7 +121,7 @@ class GenerationJob:
                 result = self.client.generate(self.image, self.model, condition.level, condition.pattern,
                                               **self._defect_params(condition), seed=seed, psi=self.psi,
                                               axis_values=self.axis_values, base=self.base,
-                                              file_with=self.file_with)
+                                              file_with=self.file_with, method=self.method)
                 if out is not None:
                     save_result(result, out)
                 self.results.append(result)

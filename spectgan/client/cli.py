@@ -11,6 +11,7 @@ from spectgan.client.http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, SpectGANCli
 from spectgan.client.overview import OVERVIEW_PNG
 from spectgan.client.result_files import DICOM_DIR, STATS_CSV, STATS_JSON
 from spectgan.export.scans import export_results, require_new_dicom_folder
+from spectgan.counterfactual import DEFAULT_METHOD, METHODS
 from spectgan.lesions import apply_lesions
 from spectgan.serving.settings import API_TOKEN_ENV
 
@@ -40,6 +41,10 @@ def add_generate_command(subparsers) -> None:
                         help="model: new brains made by the model (default); reference: the reference patient's own "
                              "slice with the defect (--side, --territory, --severity, all required) added, or with "
                              "--pattern normal the defect that --remove, --territory and --severity name removed")
+    parser.add_argument("--method", choices=METHODS,
+                        help="with --base reference: how the patient's slice is changed; physics (the simulation's "
+                             "territory model) or learned (the model inverted on the patient's slice; a model with "
+                             f"defect axes) (default: the server's, {DEFAULT_METHOD})")
     parser.add_argument("--remove", choices=("left", "right", "both"),
                         help="with --base reference and --pattern normal: the side of the defect to remove")
     parser.add_argument("--file-with", choices=("synthetic", "source"), default="synthetic",
@@ -96,7 +101,7 @@ def run_generate(args: argparse.Namespace) -> int:
         job = GenerationJob(client, image, args.model, conditions, seeds, psi=args.psi, base=args.base,
                             removed=() if args.remove is None else removal_lesions(
                                 None if args.remove == "both" else args.remove, args.territory, args.severity),
-                            file_with=args.file_with)
+                            file_with=args.file_with, method=args.method)
         print(job.run_to_folder(out, progress=not args.no_progress))
     if args.pacs:
         print(export_results(job.results, out / DICOM_DIR, args.pacs, run))

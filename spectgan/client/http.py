@@ -227,7 +227,7 @@ class SpectGANClient:
     def generate(self, image: str, model: str, level, pattern, side=None, seed: int | None = None,
                  psi: float | None = None, output_space: str = "slice", territory=None, severity=None,
                  axis_values: Mapping[str, Any] | None = None, base: str = "model",
-                 file_with: str = "synthetic") -> GenerationResult:
+                 file_with: str = "synthetic", method: str | None = None) -> GenerationResult:
         """One synthetic scan of a condition, registered over the reference ``image`` (a datastore id).
 
         ``seed=None`` lets the server draw one (it comes back in the result); ``psi=None``: the model's default.
@@ -237,9 +237,10 @@ class SpectGANClient:
         says what it drew. ``axis_values``: the values of any further axes the model declares (its ``/info/``
         ``axes``), by name. ``base``: ``model`` (a new brain) or ``reference`` (the reference patient's own slice
         with the defect that side, territory and severity give added; with pattern normal, that defect removed);
-        the result's ``derivation`` says which. ``file_with``: ``synthetic`` (the DICOM export files the result
-        under a synthetic patient) or, with base ``reference`` and a DICOM reference, ``source`` (in the reference's
-        own study, under its patient; the result's ``derivation`` then carries that patient and study).
+        the result's ``derivation`` says which, and by which ``method`` (``spectgan.counterfactual.METHODS``;
+        None: the server's default). ``file_with``: ``synthetic`` (the DICOM export files the result under a
+        synthetic patient) or, with base ``reference`` and a DICOM reference, ``source`` (in the reference's own
+        study, under its patient; the result's ``derivation`` then carries that patient and study).
         """
         if output_space not in OUTPUT_SPACES:
             raise ValueError(f"invalid output_space {output_space!r}; allowed: {', '.join(OUTPUT_SPACES)}")
@@ -247,7 +248,8 @@ class SpectGANClient:
                   "seed": seed, **({"psi": psi} if psi is not None else {}), "output_space": output_space,
                   **{axis: value for axis, value in zip(LESION_AXES, (territory, severity)) if value is not None},
                   **(axis_values or {}), **({"base": base} if base != "model" else {}),
-                  **({"file_with": file_with} if file_with != "synthetic" else {})}
+                  **({"file_with": file_with} if file_with != "synthetic" else {}),
+                  **({"method": method} if method is not None else {})}
         request = f"generation of {params['level']} {params['pattern']} {params['side'] or ''} with {model}"
         response = self._request("POST", f"/infer/{quote(model, safe='')}?image={quote(image, safe='')}&output=all",
                                  what=" ".join(request.split()), data={"params": json.dumps(params)})

@@ -18,7 +18,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from spectgan.conditions import Condition, Lesion, Level, Pattern
+from spectgan.conditions import Lesion, Level
+from spectgan.counterfactual import PHYSICS
+from spectgan.counterfactual.paired import Method
 from spectgan.errors import InvalidRequestError
 from spectgan.geometry.registration import MIN_LEVEL_COVERAGE, Registration, extract_level, level_coverage
 from spectgan.geometry.template import SLAB_THICKNESS_MM, canonical_grid, pixel_spacing
@@ -28,7 +30,7 @@ from spectgan.simulation.phantom import (DIASCHISIS_FRACTION, GREY_MATTER_CBF, G
 from spectgan.simulation.protocol import (DEFAULT_MATRIX, PLANE_HALF_DEPTH_MM, PLANE_STEP_MM, PROTOCOLS,
                                           axial_profile, system_fwhm_mm)
 
-METHOD = "physics"
+METHOD = PHYSICS
 FACTOR_FLOOR = 0.01  # below this fraction of the slab's maximum (outside the head) the factor is 1
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 # The territories per level and the severities the simulation draws: what this method can add or remove.
@@ -49,22 +51,6 @@ def resolution_fwhm_mm(matrix: int) -> float:
     matrix's protocol (the default matrix's for a matrix without one)."""
     post_filter = PROTOCOLS.get(matrix, PROTOCOLS[DEFAULT_MATRIX]).post_filter_fwhm_mm
     return math.hypot(system_fwhm_mm(), post_filter)
-
-
-def check_lesions(condition: Condition) -> None:
-    """InvalidRequestError unless every lesion of the condition names a territory the simulation has at its level
-    and a severity in its range (``PHYSICS_AXES``); the message names what is allowed."""
-    allowed = ", ".join(PHYSICS_AXES.territories[condition.level.value])
-    low, high = PHYSICS_AXES.severity_range
-    if not condition.lesions or any(lesion.territory is None or lesion.severity is None
-                                    for lesion in condition.lesions):
-        raise InvalidRequestError(f"a defect made from the reference ({METHOD} method) needs its territory and "
-                                  f"severity: at {condition.level.value} a territory among {allowed}, a severity "
-                                  f"from {low:g} to {high:g} (fractional CBF reduction)")
-    try:
-        PHYSICS_AXES.check(condition)
-    except ValueError as error:
-        raise InvalidRequestError(f"{error} ({METHOD} method)") from None
 
 
 def _template_subject(lesions: tuple[Lesion, ...]) -> Subject:
@@ -124,11 +110,4 @@ def patient_slice(study: sitk.Image, registration: Registration, level: Level, m
     return extract_level(study, registration.transform, level, matrix)
 
 
-def counterfactual_slice(study: sitk.Image, registration: Registration, condition: Condition,
-                         removed: Sequence[Lesion], matrix: int) -> np.ndarray:
-    """The patient's slice at the condition's level changed to the condition: its lesions added (a defect pattern)
-    or the ``removed`` lesions taken away (pattern normal); counts [H, W] on the ``matrix`` canonical grid."""
-    counts = patient_slice(study, registration, condition.level, matrix)
-    if condition.pattern is Pattern.NORMAL:
-        return remove_defect(counts, removed, condition.level)
-    return add_defect(counts, condition.lesions, condition.level)
+PHYSICS_METHOD = Method(METHOD, add_defect, remove_defect)

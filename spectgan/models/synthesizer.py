@@ -17,13 +17,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from spectgan.conditions import Condition, ConditionAxes, Level, parse_number
 from spectgan.errors import InvalidRequestError, SpectganError
 from spectgan.lesions import DefectAxes
+
+if TYPE_CHECKING:
+    from spectgan.counterfactual.paired import Method
 
 METADATA_FILE = "configs/metadata.json"
 DEFAULT_FAMILY = "conditional_fastgan"  # bundles without a ``family`` entry in their metadata
@@ -90,6 +93,10 @@ class Synthesizer(Protocol):
     def sample(self, conditions: Sequence[Condition], seed: int, options: Mapping[str, float]) -> np.ndarray:
         """Float32 counts [n, H, W] in the canonical orientation (column toward the patient's left, row toward
         posterior), one slice per condition; the same seed, conditions, options and weights give the same counts."""
+
+    def learned_counterfactual(self, seed: int) -> Method:
+        """A model with defect axes: the learned counterfactual method (``spectgan.counterfactual.learned``: the
+        model inverted on a patient's canonical slice, its change of condition applied to it) for a seed."""
 
 
 def check_lesions(synthesizer: Synthesizer, condition: Condition) -> None:

@@ -5,10 +5,10 @@ An infer request (MONAI Label's form field ``params``, a JSON object) becomes a 
 forms of ``spectgan.lesions``), a seed (or None: drawn at generation and echoed back), the values of the model
 family's own options (FastGAN: ``psi``), the output space and the base: ``model`` (the model makes a new brain) or
 ``reference`` (the reference patient's own slice changed to the condition, ``spectgan.counterfactual``: a defect of
-the given side, territory and severity added, or with pattern ``normal`` the defect they name removed) and, for a
-result made from the reference, where its DICOM export is filed (``file_with``: ``synthetic`` or ``source``). A train
-request becomes a ``TrainRequest``. Errors
-are ``spectgan.errors`` domain errors whose message names what is allowed; ``monai_app`` maps them to HTTP.
+the given side, territory and severity added, or with pattern ``normal`` the defect they name removed, by the
+``method`` physics or learned) and, for a result made from the reference, where its DICOM export is filed
+(``file_with``: ``synthetic`` or ``source``). A train request becomes a ``TrainRequest``. Errors are
+``spectgan.errors`` domain errors whose message names what is allowed; ``monai_app`` maps them to HTTP.
 """
 from __future__ import annotations
 
@@ -20,16 +20,18 @@ from typing import Any, Mapping, Sequence
 from spectgan.conditions import (CONDITION_AXES, AxisKind, Condition, ConditionAxes, ConditionAxis, Lesion, Level,
                                  Pattern, Side, describe_allowed, describe_conditions, is_empty, parse_condition,
                                  parse_levels, parse_member)
-from spectgan.counterfactual.physics import PHYSICS_AXES, check_lesions as check_physics_lesions
+from spectgan.counterfactual import DEFAULT_METHOD, LEARNED, METHODS, check_lesions as check_reference_lesions, \
+    describe_axes
+from spectgan.counterfactual.physics import PHYSICS_AXES
 from spectgan.errors import InvalidRequestError, MalformedRequestError
 from spectgan.geometry.registration import OUTPUT_SPACES
-from spectgan.lesions import LESION_AXES, parse_lesions, with_lesions
+from spectgan.lesions import LESION_AXES, DefectAxes, parse_lesions, with_lesions
 from spectgan.models.synthesizer import INIT_SERVED, INITS, Option, Synthesizer, check_lesions
 from spectgan.serving.uploads import check_id
 
 GENERATION_REQUEST = "spectgan_request"  # key of the checked GenerationRequest in MONAI Label's infer request dict
 CONDITION_PARAMS = ("level", "pattern", "side")
-BASE_INFER_PARAMS = (*CONDITION_PARAMS, "seed", "output_space", "base", "file_with")  # plus the family options
+BASE_INFER_PARAMS = (*CONDITION_PARAMS, "seed", "output_space", "base", "method", "file_with")  # plus family options
 BASE_MODEL, BASE_REFERENCE = "model", "reference"  # what a generated slice is made of (param ``base``)
 BASES = (BASE_MODEL, BASE_REFERENCE)
 FILE_WITH_SYNTHETIC, FILE_WITH_SOURCE = "synthetic", "source"  # where a result's DICOM is filed (param ``file_with``)
@@ -56,6 +58,7 @@ class GenerationRequest:
     output_space: str = OUTPUT_SPACES[0]
     base: str = BASE_MODEL
     removed: tuple[Lesion, ...] = ()  # base reference, pattern normal: the defect taken away from the patient's slice
+    method: str = DEFAULT_METHOD  # base reference: the counterfactual method (``spectgan.counterfactual.METHODS``)
     file_with: str = FILE_WITH_SYNTHETIC  # base reference: ``source`` files the DICOM with the reference's study
 
     def resolved_seed(self) -> int:
@@ -162,40 +165,39 @@ def parse_generation_request(model: str, params: Mapping[str, Any], synthesizer:
     its family's options; other keys are ignored: MONAI Label adds its own)."""
     if not isinstance(params, Mapping):
         raise MalformedRequestError(f"params must be a JSON object of named params, got {type(params).__name__}")
-    base = _parse_base(params.get("base"))
+    base = _parse_choice(params.get("base"), "base", BASES, BASE_MODEL,
+                         "model: a new brain made by the model; reference: the reference patient's own slice with the "
+                         "condition's defect added, or with pattern normal the named defect removed")
+    method = _parse_choice(params.get("method"), "method", METHODS, DEFAULT_METHOD,
+                           "how a slice made from the reference is changed, with base reference: physics, the "
+                           "simulation's territory model; learned, the model inverted on the patient's slice")
     removed: tuple[Lesion, ...] = ()
     if base == BASE_REFERENCE:
-        condition, removed = parse_reference_condition(params, synthesizer)
+        condition, removed = parse_reference_condition(params, synthesizer, method)
     else:
         condition = parse_condition_params(params, synthesizer)
     seed = params.get("seed")
     seed = None if is_empty(seed) else parse_integer(seed, "seed", 0, MAX_SEED, " (or empty for a random seed)")
     options = {**{option.name: option.parse(params.get(option.name)) for option in synthesizer.options()},
                **declared_axis_values(params, synthesizer.condition_axes(), condition)}
-    output_space = params.get("output_space")
-    output_space = OUTPUT_SPACES[0] if is_empty(output_space) else output_space
-    if output_space not in OUTPUT_SPACES:
-        raise InvalidRequestError(f"invalid output_space {output_space!r}; allowed: {', '.join(OUTPUT_SPACES)} "
-                                  "(slice: the one-slice plane; reference: resampled onto the study's grid)")
-    return GenerationRequest(model, condition, seed, options, output_space, base, removed,
+    output_space = _parse_choice(params.get("output_space"), "output_space", OUTPUT_SPACES, OUTPUT_SPACES[0],
+                                 "slice: the one-slice plane; reference: resampled onto the study's grid")
+    return GenerationRequest(model, condition, seed, options, output_space, base, removed, method,
                              _parse_file_with(params.get("file_with"), base))
 
 
-def _parse_base(value) -> str:
+def _parse_choice(value, name: str, allowed: Sequence[str], default: str, meaning: str) -> str:
+    """A param that takes one of ``allowed`` (empty: ``default``); InvalidRequestError naming them and ``meaning``."""
     if is_empty(value):
-        return BASE_MODEL
-    if value not in BASES:
-        raise InvalidRequestError(f"invalid base {value!r}; allowed: {', '.join(BASES)} (model: a new brain made by "
-                                  "the model; reference: the reference patient's own slice with the condition's "
-                                  "defect added, or with pattern normal the named defect removed)")
+        return default
+    if value not in allowed:
+        raise InvalidRequestError(f"invalid {name} {value!r}; allowed: {', '.join(allowed)} ({meaning})")
     return value
 
 
 def _parse_file_with(value, base: str) -> str:
-    if is_empty(value):
-        return FILE_WITH_SYNTHETIC
-    if value not in FILE_WITH:
-        raise InvalidRequestError(f"invalid file_with {value!r}; allowed: {', '.join(FILE_WITH)} ({FILE_WITH_HELP})")
+    """``file_with`` (``FILE_WITH``; empty: synthetic); ``source`` only with base reference."""
+    value = _parse_choice(value, "file_with", FILE_WITH, FILE_WITH_SYNTHETIC, FILE_WITH_HELP)
     if value == FILE_WITH_SOURCE and base != BASE_REFERENCE:
         raise InvalidRequestError("file_with source files a result with the reference's own study, so it needs base "
                                   "reference (a result made from the patient's own slice); a new brain made by the "
@@ -209,19 +211,28 @@ FILE_WITH_HELP = ("synthetic: the DICOM export is filed under a synthetic patien
                   "with a DICOM reference only)")
 
 
-def _physics_allowed() -> str:
-    territories = "; ".join(f"{level}: {', '.join(names)}" for level, names in PHYSICS_AXES.territories.items())
-    low, high = PHYSICS_AXES.severity_range
-    return f"territories {territories}; severities {low:g} to {high:g}"
+def reference_axes(synthesizer: Synthesizer, method: str) -> tuple[DefectAxes, str]:
+    """(the territories per level and severities ``method`` can add to or remove from the reference's slice, who
+    makes it: ``physics method`` or ``learned method of <model>``). The learned method inverts the model: one without
+    defect axes is an InvalidRequestError naming the method that works."""
+    if method != LEARNED:
+        return PHYSICS_AXES, f"{method} method"
+    axes = synthesizer.defect_axes()
+    if axes is None:
+        raise InvalidRequestError(f"the {LEARNED} method needs a model with defect axes (territory, severity); "
+                                  f"{synthesizer.name} has none: use method {DEFAULT_METHOD} or another model")
+    return axes, f"{LEARNED} method of {synthesizer.name}"
 
 
-def parse_reference_condition(params: Mapping[str, Any], synthesizer: Synthesizer
+def parse_reference_condition(params: Mapping[str, Any], synthesizer: Synthesizer, method: str = DEFAULT_METHOD
                               ) -> tuple[Condition, tuple[Lesion, ...]]:
     """``base=reference``: the condition to make from the patient's slice (a defect pattern: its side, territory
     and severity, all required) and, for pattern ``normal``, the lesions to remove (``side``: the defect's side, or
-    empty for a defect on both sides; ``territory``, ``severity``: required). The level must be one of the model's
-    (its grid makes the slice). InvalidRequestError naming what is allowed otherwise."""
+    empty for a defect on both sides; ``territory``, ``severity``: required), each within what ``method`` can add
+    or remove (``reference_axes``). The level must be one of the model's (its grid makes the slice).
+    InvalidRequestError naming what is allowed otherwise."""
     levels = synthesizer.levels
+    axes, made_by = reference_axes(synthesizer, method)
     for name in ("level", "pattern"):
         if is_empty(params.get(name)):
             raise InvalidRequestError(f"{name} is required. Valid conditions for {synthesizer.name}: "
@@ -233,19 +244,19 @@ def parse_reference_condition(params: Mapping[str, Any], synthesizer: Synthesize
         condition = parse_condition(params["level"], params["pattern"], None if removing else side, levels=levels)
         if not removing:
             condition = with_lesions(condition, territory, severity)
-            check_physics_lesions(condition)
+            check_reference_lesions(condition, axes, made_by)
             return condition, ()
         if is_empty(territory) or is_empty(severity):
             raise InvalidRequestError(
                 "removing a defect from the reference (pattern normal with base reference) needs the defect the "
-                "study has: side (empty for both sides), territory and severity; " + _physics_allowed())
+                f"study has: side (empty for both sides), territory and severity; {made_by}: {describe_axes(axes)}")
         side = None if side is None else parse_member(Side, side, "side")
         pattern = Pattern.UNILATERAL if side is not None else Pattern.BILATERAL
         lesions = parse_lesions(pattern, side, territory, severity)
-        check_physics_lesions(Condition(condition.level, pattern, side, lesions))
+        check_reference_lesions(Condition(condition.level, pattern, side, lesions), axes, made_by)
         return condition, lesions
     except ValueError as error:
-        raise InvalidRequestError(f"{error} (base reference: {_physics_allowed()}). Valid conditions for "
+        raise InvalidRequestError(f"{error} (base reference, {made_by}: {describe_axes(axes)}). Valid conditions for "
                                   f"{synthesizer.name}: {describe_allowed(levels)}") from None
 
 
@@ -298,8 +309,14 @@ def infer_param_spec(axes: ConditionAxes, options: Sequence[Option]) -> dict:
         "base": {"allowed": list(BASES), "default": BASE_MODEL,
                  "description": "model: a new brain made by the model; reference: the reference patient's own slice "
                                 "with the requested defect added (side, territory, severity required), or with "
-                                "pattern normal the named defect removed (physics method)",
+                                "pattern normal the named defect removed (see method)",
                  "removes": removal_spec()},
+        "method": {"allowed": list(METHODS), "default": DEFAULT_METHOD,
+                   "description": "base reference only: how the patient's slice is changed; physics: the "
+                                  "simulation's territory model blurred with the system's resolution; learned: the "
+                                  "model (one with defect axes covering the level and territory) inverted on the "
+                                  "patient's slice, its ratio of the target to the source condition applied",
+                   "applies_when": {"base": [BASE_REFERENCE]}},
         "file_with": {"allowed": list(FILE_WITH), "default": FILE_WITH_SYNTHETIC, "description": FILE_WITH_HELP,
                       "applies_when": {"base": [BASE_REFERENCE]}},
     }

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import SimpleITK as sitk
 import torch
 
-from spectgan.conditions import ALL_LEVELS, Condition, ConditionAxes, Level, valid_conditions
+from spectgan.conditions import ALL_LEVELS, Condition, ConditionAxes, Level, Pattern, valid_conditions
 from spectgan.errors import InvalidImageError, InvalidRequestError, NotFoundError, SpectganError, UnavailableError
 from spectgan.geometry.registration import Registration, level_plane, place_slice, register_to_template
 from spectgan.geometry.roi import read_image
@@ -42,7 +42,7 @@ from spectgan.models.synthesizer import (INIT_SERVED, Synthesizer, TrainPlan, fa
                                          load_synthesizer)
 from spectgan.models.versions import (CANDIDATES_FOLDER, DEFAULT_KEEP, GATE_KEY, GATE_REPORT_DIR, ModelStore,
                                       update_metadata)
-from spectgan.counterfactual import physics
+from spectgan.counterfactual import LEARNED, physics
 from spectgan.results import Derivation, GenerationResult, LevelPlane, ModelVersion, RegistrationSummary
 from spectgan.serving.dicom_source import source_of
 from spectgan.serving.request import (BASE_REFERENCE, FILE_WITH_SOURCE, GenerationRequest, TrainRequest,
@@ -259,12 +259,17 @@ class GenerationService:
     def reference_slice(synthesizer: Synthesizer, request: GenerationRequest, study: RegisteredStudy
                         ) -> tuple[sitk.Image, int, Condition]:
         """``base=reference``: the reference patient's own canonical slice at the level, on the model's grid, changed
-        to the request's condition by the physics method (``spectgan.counterfactual.physics``); the seed (the
-        request's, else 0: the method draws nothing) and the condition."""
+        to the request's condition by the request's method (``spectgan.counterfactual``: physics, or learned with
+        this model inverted for the seed); the seed (the request's, else 0) and the condition."""
         matrix = int(synthesizer.describe()["image_size"])
-        counts = physics.counterfactual_slice(study.image, study.registration, request.condition, request.removed,
-                                              matrix)
-        return canonical_image(counts, request.condition.level), request.seed or 0, request.condition
+        level, seed = request.condition.level, request.seed or 0
+        counts = physics.patient_slice(study.image, study.registration, level, matrix)
+        method = synthesizer.learned_counterfactual(seed) if request.method == LEARNED else physics.PHYSICS_METHOD
+        if request.condition.pattern is Pattern.NORMAL:
+            changed = method.remove(counts, request.removed, level)
+        else:
+            changed = method.add(counts, request.condition.lesions, level)
+        return canonical_image(changed, level), seed, request.condition
 
     def reference_study(self, image_path: str | Path | None) -> tuple[RegisteredStudy, bool]:
         """The registered study behind an image path (cached); NotFoundError / InvalidRequestError for a missing /
@@ -331,7 +336,7 @@ def reference_derivation(request: GenerationRequest, image_path: str | Path) -> 
         raise InvalidRequestError("file_with source needs a reference study that came as DICOM (a PACS series or a "
                                   "DICOM file) to file the result with; this reference is a NIfTI without a DICOM "
                                   "study: leave file_with empty or send synthetic")
-    return Derivation(physics.METHOD, request.removed, source.series if source else None,
+    return Derivation(request.method, request.removed, source.series if source else None,
                       source.patient if source and request.file_with == FILE_WITH_SOURCE else None)
 
 

@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from spectgan.conditions import Condition, ConditionAxes, Level, Pattern, Side, parse_levels, valid_conditions
+from spectgan.counterfactual.paired import Method
 from spectgan.lesions import DefectAxes, resolve_conditions
 from spectgan.models.fastgan.bundle import FAMILY as FAMILY_NAME
 from spectgan.models.fastgan.bundle import Bundle, export_bundle, load_bundle
@@ -66,6 +67,12 @@ class FastGANSynthesizer:
                 "image_size": metadata["image_size"], "pixel_spacing_mm": metadata["pixel_spacing_mm"],
                 "count_scale": metadata["count_scale"], "levels": metadata["levels"],
                 "trained_iterations": metadata["training"]["iterations"], "exported": metadata["exported"]}
+
+    def learned_counterfactual(self, seed: int) -> Method:
+        """The learned method (``spectgan.counterfactual.learned``) with this bundle, for a seed."""
+        from spectgan.counterfactual.learned import LearnedCounterfactual  # it imports this package's modules
+
+        return LearnedCounterfactual(self.bundle, seed).method()
 
     def sample(self, conditions: Sequence[Condition], seed: int, options: Mapping[str, float]) -> np.ndarray:
         """Float32 counts [n, H, W]: the EMA generator's output mapped through the bundle's one count scale; lesions
