@@ -2,9 +2,9 @@
 
 In the simulated cohort (and in patients) a subject's anatomy, pose and count level do not depend on its defect, so
 the slice of a unilateral left MCA defect is that subject's normal slice with the MCA territory reduced. A generator
-may learn another way to tell conditions apart (measured on model A 4.1.0: its mild unilateral slices were brighter
-over the whole brain and differently outlined than its normals), which a classifier trained on synthetic slices
-then learns instead of the defect (``scripts/tstr_diagnostic.py``, ``scripts/condition_mark_figure.py``).
+may learn another way to tell conditions apart (for a fixed latent, a condition that re-draws the whole brain), which
+a classifier trained on synthetic slices then learns instead of the defect (``scripts/tstr_diagnostic.py``,
+``scripts/condition_mark_figure.py``; the bundles' ``docs/realism.md``).
 
 The locality loss generates each defect slice twice from the same latent and noise maps, once with its condition
 and once with that condition's normal twin (same level, no defect), and penalises their difference outside the
