@@ -63,6 +63,9 @@ def test_the_nm_names_every_reference_instance_as_its_source(reference_series, t
     removed = Derivation(physics.METHOD, (Lesion(Side.LEFT, "MCA", 0.3),), source.series)
     nm = encode_scan(_result(removed), SyntheticRun().study(REFERENCE))[0]
     assert [code.CodeValue for code in nm.DerivationCodeSequence] == ["113085", "113046"]  # resampled, divided
+    learned = Derivation("learned", removed.removed, source.series)  # multiplies the counts by the model's ratio
+    nm = encode_scan(_result(learned), SyntheticRun().study(REFERENCE))[0]
+    assert [code.CodeValue for code in nm.DerivationCodeSequence] == ["113085", "113053"]
 
 
 def test_by_default_the_result_carries_none_of_the_references_identifiers(reference_series):

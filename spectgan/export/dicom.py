@@ -71,6 +71,7 @@ from pydicom.valuerep import DSfloat
 
 from spectgan import __version__
 from spectgan.conditions import Lesion, Side
+from spectgan.counterfactual import PHYSICS
 from spectgan.errors import InvalidImageError, SpectganError
 from spectgan.files import atomic_write_bytes
 from spectgan.geometry.roi import PRIVATE_SCHEME, SIZE_UNIT, STATISTICS, HemisphereStats, Statistic
@@ -113,8 +114,10 @@ PROPORTIONAL_TO_COUNTS = Code("{propcounts}", "UCUM", "Proportional to counts")
 # Derivation Codes (CID 7203): the reference resampled onto the level's slice, its counts multiplied by the defect's
 # factor (added) or divided by it (removed).
 SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
-DERIVATION_CODES = {"added": (codes.DCM.SpatialResampling, codes.DCM.PixelByPixelMultiplication),
-                    "removed": (codes.DCM.SpatialResampling, codes.DCM.PixelByPixelDivision)}
+# How a counterfactual's pixels were made from the reference's (CID 7203): the physics method removes a defect by
+# dividing by its factor; every other change multiplies the patient's counts (the learned method by the model's ratio).
+DERIVATION_CODES = {"multiplied": (codes.DCM.SpatialResampling, codes.DCM.PixelByPixelMultiplication),
+                    "divided": (codes.DCM.SpatialResampling, codes.DCM.PixelByPixelDivision)}
 
 
 class DicomError(SpectganError):
@@ -574,7 +577,8 @@ def _nm_image(image: sitk.Image, result: GenerationResult, study: SyntheticStudy
     ds.ImageComments = _comment(result)
     ds.DerivationDescription = study.derivation(result)
     if result.derivation is not None and result.derivation.source is not None:
-        _add_source_images(ds, result.derivation.source, "removed" if result.derivation.removed else "added")
+        divided = bool(result.derivation.removed) and result.derivation.method == PHYSICS
+        _add_source_images(ds, result.derivation.source, "divided" if divided else "multiplied")
     _mark_synthetic(ds, _series_description(result, "SPECT"), study)
     return ds
 
@@ -582,7 +586,7 @@ def _nm_image(image: sitk.Image, result: GenerationResult, study: SyntheticStudy
 def _add_source_images(ds: Dataset, source: SourceSeries, change: str) -> None:
     """Source Image Sequence (every instance of the reference series, each with the Purpose of Reference
     ``SOURCE_IMAGE_PURPOSE``, CID 7202) and Derivation Code Sequence (``DERIVATION_CODES`` of the ``change``,
-    ``added`` or ``removed``; CID 7203) of a scan made from the reference patient's own slice."""
+    ``multiplied`` or ``divided``; CID 7203) of a scan made from the reference patient's own slice."""
     items = []
     for sop_class_uid, sop_instance_uid in source.instances:
         item = Dataset()
