@@ -240,7 +240,8 @@ spectgan sample --bundle models/{metadata['name']} --level {level} --pattern {pa
 ## Evaluation
 `evaluation/report.md` beside this file, when present: the fidelity report against the cohort's held-out test
 split, written by `spectgan evaluate --bundle models/{metadata['name']} --cohort COHORT --out
-models/{metadata['name']}/docs/evaluation` (exporting new weights replaces this folder, report included).
+models/{metadata['name']}/docs/evaluation` (exporting new weights over this bundle keeps the report until that
+command rewrites it).
 
 ## Files
 `{WEIGHTS_FILE}` (sha256 `{metadata['weights_sha256']}`), `{METADATA_FILE}`, `{INFERENCE_FILE}`.
