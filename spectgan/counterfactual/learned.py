@@ -99,6 +99,8 @@ class LearnedCounterfactual:
         self.generator = bundle.generator
         self.count_scale = float(bundle.metadata["count_scale"])
         self.footprints = DefectFootprints(self.generator.territories, self.generator.image_size)
+        # this instance's inversions, by slice and condition: the methods of several ``LIMITS`` share them
+        self._latents = functools.lru_cache(maxsize=8)(self._invert)
 
     def check(self, condition: Condition) -> None:
         """InvalidRequestError unless the model's defect axes cover the condition's level and lesions (complete:
@@ -124,9 +126,8 @@ class LearnedCounterfactual:
         footprint = self.footprints.allowed(defect[None])[0, 0].numpy() > 0
         return ratio.mean(dim=0).numpy(), footprint
 
-    @functools.lru_cache(maxsize=8)
-    def _latents(self, counts: bytes, size: int, code: tuple[float, ...]) -> torch.Tensor:
-        """``invert`` on a slice (its float32 bytes), cached: the methods of several ``LIMITS`` share it."""
+    def _invert(self, counts: bytes, size: int, code: tuple[float, ...]) -> torch.Tensor:
+        """``invert`` on a slice (its float32 bytes) under an encoded condition."""
         target = to_network_range(torch.from_numpy(np.frombuffer(counts, np.float32).reshape(size, size).copy()),
                                   self.count_scale)
         return invert(self.generator, target, torch.tensor([code]), self.seed)
