@@ -169,3 +169,34 @@ def test_locality_frees_the_defect_footprint_on_its_side_and_nothing_else():
     inside, outside = fake + allowed[:2], fake + (1 - allowed[:2])
     assert locality_loss(inside, fake, allowed[:2]) == 0
     assert torch.isclose(locality_loss(outside, fake, allowed[:2]), torch.tensor(1.0))
+
+
+def test_profile_is_the_simulation_factor_of_each_lesion_and_skips_unknown_ones():
+    from spectgan.counterfactual.physics import defect_factor
+    from spectgan.lesions import Lesion
+    from spectgan.models.fastgan.locality import DefectFootprints, profile_loss
+
+    territories = ("ACA", "MCA", "PCA", "PICA")
+    known = [Condition(Level.BG, Pattern.UNILATERAL, Side.LEFT, lesions=(Lesion(Side.LEFT, "MCA", 0.27),)),
+             Condition(Level.CER, Pattern.UNILATERAL, Side.RIGHT, lesions=(Lesion(Side.RIGHT, "MCA", 0.45),)),
+             Condition(Level.CER, Pattern.BILATERAL, lesions=(Lesion(Side.LEFT, "MCA", 0.33),
+                                                              Lesion(Side.RIGHT, "PICA", 0.18)))]
+    unknown = Condition(Level.BG, Pattern.UNILATERAL, Side.RIGHT, lesions=(Lesion(Side.RIGHT),))
+    footprints = DefectFootprints(territories, 64)
+    encoded = encode_conditions(known + [unknown], territories)
+    factor, has_profile = footprints.expected_factor(encoded)
+    assert has_profile.tolist() == [True, True, True, False] and torch.all(factor[3] == 1)
+    for condition, expected in zip(known, factor):  # linear in each severity; the bilateral one has no diaschisis
+        assert torch.allclose(expected[0], torch.from_numpy(defect_factor(condition.lesions, condition.level, 64)),
+                              atol=1e-4)
+    left = factor[0, 0, :, 32:].min() < 0.9 and factor[0, 0, :, :32].min() > 0.99  # patient left is +x
+    assert left
+    # the loss is 0 for a defect slice that is its twin times the factor, and counts only known slices' footprints
+    allowed = footprints.allowed(encoded)
+    twin = torch.full((4, 1, 64, 64), 0.2)
+    exact = (twin + 1) * factor - 1
+    assert profile_loss(exact, twin, factor, allowed, has_profile) < 1e-6
+    assert torch.isclose(profile_loss(exact + 0.1, twin, factor, allowed, has_profile), torch.tensor(0.1))
+    assert profile_loss(twin, twin, factor, allowed, has_profile) > 0.01  # no defect drawn: a loss
+    nothing_known = torch.zeros(4, dtype=torch.bool)
+    assert profile_loss(exact + 0.1, twin, factor, allowed, nothing_known) == 0

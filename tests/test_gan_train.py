@@ -136,11 +136,13 @@ def test_run_with_defect_axes_fine_tunes_a_run_without_them(toy_lesion_cohort, t
     train(tmp_path / "plain", iterations=1, **common)
     plain = load_checkpoint(tmp_path / "plain")
     train(tmp_path / "axes", iterations=1, defect_axes=True, generator_classification_weight=0.0,
+          generator_defect_weight=0.0,
           calibrated_severity=True, colour_augment_probability=0.0, defect_locality_weight=1.0,
-          init_from=str(tmp_path / "plain"), log_every=1, **common)
+          defect_profile_weight=1.0, init_from=str(tmp_path / "plain"), log_every=1, **common)
     axes = load_checkpoint(tmp_path / "axes")
     assert axes["settings"]["calibrated_severity"] is True and axes["settings"]["colour_augment_probability"] == 0
     assert axes["settings"]["defect_locality_weight"] == 1.0 and "locality" in axes["history"][-1]
+    assert axes["settings"]["defect_profile_weight"] == 1.0 and "profile" in axes["history"][-1]
     assert axes["severity_calibration"]["sums"][:, 0].sum() > 0  # the real batch's hemispheres are counted
     train(tmp_path / "axes", resume=True, iterations=2, **{key: common[key] for key in ("progress",)})
     resumed = load_checkpoint(tmp_path / "axes")
@@ -150,7 +152,7 @@ def test_run_with_defect_axes_fine_tunes_a_run_without_them(toy_lesion_cohort, t
     assert territories and territories == sorted(territories)
     for network in ("generator", "discriminator"):
         assert axes["network"][network]["territories"] == territories
-    assert axes["settings"]["generator_classification_weight"] == 0.0
+    assert axes["settings"]["generator_classification_weight"] == axes["settings"]["generator_defect_weight"] == 0.0
     added = [key for key in axes["generator"] if key.startswith(DEFECT_MODULES)]
     assert added and set(axes["generator"]) - set(added) == set(plain["generator"])
     assert any(torch.count_nonzero(axes["generator"][key]) for key in added)  # the zero start learned in one step
@@ -176,7 +178,10 @@ def test_cli_errors_are_messages(toy_cohort, tmp_path, capsys):
     assert "at least 2 images per process" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "local"), "--cohort", str(toy_cohort),
                  "--defect-locality-weight", "1"]) == 2
-    assert "needs --defect-axes" in capsys.readouterr().err
+    assert "--defect-locality-weight needs --defect-axes" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "profile"), "--cohort", str(toy_cohort),
+                 "--defect-profile-weight", "1"]) == 2
+    assert "--defect-profile-weight needs --defect-axes" in capsys.readouterr().err
 
 
 def replaced(path: Path) -> Callable[[], bool]:

@@ -37,7 +37,7 @@ from spectgan.models.fastgan.augment import COLOUR_PROBABILITY, diff_augment
 from spectgan.models.fastgan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHTS_FILE, export_bundle, load_bundle
 from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
 from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
-from spectgan.models.fastgan.locality import DefectFootprints, has_defect, locality_loss, normal_twin
+from spectgan.models.fastgan.locality import DefectFootprints, has_defect, locality_loss, normal_twin, profile_loss
 from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
                                    SeverityCalibration, condition_classification_loss, crop_quadrant, defect_loss,
                                    encode_conditions, minibatch_group, to_counts, to_network_range)
@@ -70,6 +70,9 @@ class TrainSettings:
     generator_classification_weight: float | None = None
     defect_axes: bool = False  # condition on each hemisphere's territory and severity as the cohort records them
     defect_weight: float = 1.0  # with defect_axes: weight of the discriminator's defect head in both losses
+    # with defect_axes: its weight in the generator's loss alone (None: defect_weight); the head's reward for a
+    # normal slice read as "no lesion" pushes normals toward perfect symmetry, as the classifier's pushes defects
+    generator_defect_weight: float | None = None
     defect_lr_factor: float = 10.0  # with defect_axes: the defect embeddings' learning rate over the others'
     # with defect_axes: reward the generator for the head's reading of REAL defects of the requested territory and
     # severity (``SeverityCalibration``) instead of for SEVERITY_SCALE x the severity
@@ -77,6 +80,9 @@ class TrainSettings:
     # with defect_axes: weight of the locality loss (``spectgan.models.fastgan.locality``): a defect slice and its normal twin from the
     # same latent must agree outside the defect's footprint, so a condition changes its territory and nothing else
     defect_locality_weight: float = 0.0
+    # with defect_axes: weight of the profile loss (``spectgan.models.fastgan.locality``): inside the footprint, a
+    # defect slice must be its normal twin times the simulation's factor for its territory and severity
+    defect_profile_weight: float = 0.0
     # share of the discriminator's inputs whose brightness and contrast DiffAugment changes (0: none, so the
     # discriminator sees every image's true count level)
     colour_augment_probability: float = COLOUR_PROBABILITY
@@ -269,7 +275,8 @@ class Trainer:
         self.severity_calibration = (SeverityCalibration(len(territories) + 2).to(self.device)
                                      if settings.calibrated_severity and territories else None)
         self.footprints = (DefectFootprints(tuple(territories), network["generator"]["image_size"])
-                           if settings.defect_locality_weight > 0 and territories else None)
+                           if (settings.defect_locality_weight > 0 or settings.defect_profile_weight > 0)
+                           and territories else None)
         if processes.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.generator_step = DistributedDataParallel(self.generator, device_ids=device_ids)
@@ -369,20 +376,35 @@ class Trainer:
             losses["g_defects"] = defect_loss(fake_classes, condition, self.severity_calibration)
         losses["diversity"] = diversity_shortfall(fake, pair_spread)
         if self.footprints is not None:  # logged at every step, 0 for a batch without defects
-            losses["locality"] = (locality_loss(fake[defects], twin, self.footprints.allowed(condition[defects]))
-                                  if twin is not None else fake.new_zeros((), dtype=torch.float32))
+            losses.update(self._twin_losses(fake[defects], twin, condition[defects]))
         generator_weight = weight if self.settings.generator_classification_weight is None \
             else self.settings.generator_classification_weight
+        generator_defect_weight = self.settings.defect_weight if self.settings.generator_defect_weight is None \
+            else self.settings.generator_defect_weight
         self.optimizer_generator.zero_grad(set_to_none=True)
         self.grad_scaler.scale(losses["g"] + generator_weight * losses["g_classes"]
-                               + (self.settings.defect_weight * losses["g_defects"] if axes else 0.0)
+                               + (generator_defect_weight * losses["g_defects"] if axes else 0.0)
                                + self.settings.diversity_weight * losses["diversity"]
-                               + (self.settings.defect_locality_weight * losses["locality"] if twin is not None
-                                  else 0.0)).backward()
+                               + self.settings.defect_locality_weight * losses.get("locality", 0.0)
+                               + self.settings.defect_profile_weight * losses.get("profile", 0.0)).backward()
         self.grad_scaler.step(self.optimizer_generator)
         self.grad_scaler.update()
         self.update_ema(step)
         return {name: loss.detach() for name, loss in losses.items()}
+
+    def _twin_losses(self, fake: torch.Tensor, twin: torch.Tensor | None, condition: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+        """The locality loss and, when weighted, the profile loss of the defect slices [D, 1, S, S] of ``condition``
+        [D, 7] and their normal twins (None: a batch without defects, where both are 0)."""
+        names = ["locality"] + (["profile"] if self.settings.defect_profile_weight > 0 else [])
+        if twin is None:
+            return {name: fake.new_zeros((), dtype=torch.float32) for name in names}
+        allowed = self.footprints.allowed(condition)
+        losses = {"locality": locality_loss(fake, twin, allowed)}
+        if "profile" in names:
+            factor, known = self.footprints.expected_factor(condition)
+            losses["profile"] = profile_loss(fake, twin, factor, allowed, known)
+        return losses
 
     def _generate(self, latent: torch.Tensor, condition: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -498,9 +520,10 @@ def _check_settings(settings: TrainSettings, world_size: int) -> None:
     if settings.batch_size < 2 * world_size or settings.batch_size % world_size:
         raise SpectganError(f"--batch {settings.batch_size} must be a multiple of the {world_size} process(es) "
                             "with at least 2 images per process (batch norm)")
-    if settings.defect_locality_weight and not settings.defect_axes:
-        raise SpectganError("--defect-locality-weight needs --defect-axes (the footprint comes from each "
-                            "hemisphere's territory)")
+    for name in ("defect_locality_weight", "defect_profile_weight"):
+        if getattr(settings, name) and not settings.defect_axes:
+            raise SpectganError(f"{_flag(name)} needs --defect-axes (the footprint comes from each hemisphere's "
+                                "territory)")
     for name in SCHEDULE_FIELDS:
         if getattr(settings, name) < 1:
             raise SpectganError(f"{_flag(name)} must be positive, got {getattr(settings, name)}")
@@ -646,6 +669,9 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--defect-weight", type=float,
                         help="with --defect-axes: weight of the discriminator's territory and severity head in both "
                              "losses (default 1.0)")
+    parser.add_argument("--generator-defect-weight", type=float,
+                        help="with --defect-axes: weight of that head in the generator's loss alone (default: "
+                             "--defect-weight; 0: the generator is not rewarded by it)")
     parser.add_argument("--defect-lr-factor", type=float,
                         help="with --defect-axes: the defect embeddings' learning rate as a multiple of the others' "
                              "(default 10)")
@@ -657,6 +683,10 @@ def add_train_command(subparsers) -> None:
                         help="with --defect-axes: weight of the locality loss, the difference between a defect slice "
                              "and its normal twin from the same latent outside the defect territory's footprint (a "
                              "condition may change its territory and nothing else; default 0: off)")
+    parser.add_argument("--defect-profile-weight", type=float,
+                        help="with --defect-axes: weight of the profile loss, the difference inside the footprint "
+                             "between a defect slice and its normal twin times the simulation's factor for the "
+                             "defect's territory and severity (default 0: off)")
     parser.add_argument("--colour-augment-probability", type=float,
                         help="share of the discriminator's inputs whose brightness and contrast DiffAugment changes "
                              f"(default {COLOUR_PROBABILITY}; 0: the discriminator sees every true count level)")
