@@ -187,7 +187,7 @@ def test_profile_is_the_simulation_factor_of_each_lesion_and_skips_unknown_ones(
     factor, has_profile = footprints.expected_factor(encoded)
     assert has_profile.tolist() == [True, True, True, False] and torch.all(factor[3] == 1)
     for condition, expected in zip(known, factor):  # linear in each severity; the bilateral one has no diaschisis
-        assert torch.allclose(expected[0], torch.from_numpy(defect_factor(condition.lesions, condition.level, 64)),
+        assert torch.allclose(expected[0], torch.tensor(defect_factor(condition.lesions, condition.level, 64)),
                               atol=1e-4)
     left = factor[0, 0, :, 32:].min() < 0.9 and factor[0, 0, :, :32].min() > 0.99  # patient left is +x
     assert left
@@ -200,3 +200,28 @@ def test_profile_is_the_simulation_factor_of_each_lesion_and_skips_unknown_ones(
     assert profile_loss(twin, twin, factor, allowed, has_profile) > 0.01  # no defect drawn: a loss
     nothing_known = torch.zeros(4, dtype=torch.bool)
     assert profile_loss(exact + 0.1, twin, factor, allowed, nothing_known) == 0
+
+
+def test_asymmetry_hinge_reads_left_as_plus_x_and_penalises_too_symmetric_normals():
+    from spectgan.models.fastgan.asymmetry import asymmetry_shortfall, normal_asymmetry, signed_ai
+
+    size, generator = 32, torch.Generator().manual_seed(0)
+    disk = ((torch.arange(size) - 15.5)[None] ** 2 + (torch.arange(size) - 15.5)[:, None] ** 2) < 12 ** 2
+    columns = torch.arange(size, dtype=torch.float32)[None, None, None] - 15.5  # + toward the patient's left
+    gains = torch.randn(40, 1, 1, 1, generator=generator) * 0.002  # a left-right tilt per normal slice
+    images = torch.where(disk, 0.2 + gains * columns, -1.0)
+    encoded = encode_conditions([Condition(Level.BG, Pattern.NORMAL)] * 40)
+    target = normal_asymmetry(images, encoded)
+    bg = list(Level).index(Level.BG)
+    assert target.sd[bg] > 0 and target.sd[list(Level).index(Level.COR)] == 0  # no COR normals: no target
+    assert target.masks[bg, 0, :, size // 2:].sum() > 0 and target.masks[bg, 0, :, :size // 2].sum() == 0
+    brighter_left = torch.where(disk, 0.2 + 0.01 * columns.clamp(min=0).sign(), -1.0)
+    assert signed_ai(brighter_left[:, :1].expand(1, 1, size, size).clone(), target.masks[bg][None]) > 0
+    # the real spread costs nothing; symmetric normals, or a fixed tilt in every normal, cost a hinge
+    assert asymmetry_shortfall(images, encoded, target) < 0.2
+    symmetric = torch.where(disk, torch.full_like(images, 0.2), -1.0)
+    assert 1.0 <= asymmetry_shortfall(symmetric, encoded, target) < 1.2  # the SD's hinge, and the mean's offset
+    tilted = torch.where(disk, 0.2 + 0.004 * columns, -1.0).expand(40, 1, size, size)
+    assert asymmetry_shortfall(tilted, encoded, target) > 1.0
+    defects = encode_conditions([Condition(Level.BG, Pattern.UNILATERAL, Side.LEFT)] * 40)
+    assert asymmetry_shortfall(symmetric, defects, target) == 0  # defect slices are not its business

@@ -138,11 +138,13 @@ def test_run_with_defect_axes_fine_tunes_a_run_without_them(toy_lesion_cohort, t
     train(tmp_path / "axes", iterations=1, defect_axes=True, generator_classification_weight=0.0,
           generator_defect_weight=0.0,
           calibrated_severity=True, colour_augment_probability=0.0, defect_locality_weight=1.0,
-          defect_profile_weight=1.0, init_from=str(tmp_path / "plain"), log_every=1, **common)
+          defect_profile_weight=1.0, normal_asymmetry_weight=1.0, init_from=str(tmp_path / "plain"), log_every=1,
+          **common)
     axes = load_checkpoint(tmp_path / "axes")
     assert axes["settings"]["calibrated_severity"] is True and axes["settings"]["colour_augment_probability"] == 0
     assert axes["settings"]["defect_locality_weight"] == 1.0 and "locality" in axes["history"][-1]
     assert axes["settings"]["defect_profile_weight"] == 1.0 and "profile" in axes["history"][-1]
+    assert axes["settings"]["normal_asymmetry_weight"] == 1.0 and "asymmetry" in axes["history"][-1]
     assert axes["severity_calibration"]["sums"][:, 0].sum() > 0  # the real batch's hemispheres are counted
     train(tmp_path / "axes", resume=True, iterations=2, **{key: common[key] for key in ("progress",)})
     resumed = load_checkpoint(tmp_path / "axes")

@@ -37,6 +37,7 @@ from spectgan.models.fastgan.augment import COLOUR_PROBABILITY, diff_augment
 from spectgan.models.fastgan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHTS_FILE, export_bundle, load_bundle
 from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
 from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
+from spectgan.models.fastgan.asymmetry import NormalAsymmetry, asymmetry_shortfall, normal_asymmetry
 from spectgan.models.fastgan.locality import DefectFootprints, has_defect, locality_loss, normal_twin, profile_loss
 from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
                                    SeverityCalibration, condition_classification_loss, crop_quadrant, defect_loss,
@@ -83,6 +84,9 @@ class TrainSettings:
     # with defect_axes: weight of the profile loss (``spectgan.models.fastgan.locality``): inside the footprint, a
     # defect slice must be its normal twin times the simulation's factor for its territory and severity
     defect_profile_weight: float = 0.0
+    # weight of the asymmetry hinge (``spectgan.models.fastgan.asymmetry``): the generated normals' RMS hemisphere
+    # asymmetry may not fall short of the train split's normals' (0: off)
+    normal_asymmetry_weight: float = 0.0
     # share of the discriminator's inputs whose brightness and contrast DiffAugment changes (0: none, so the
     # discriminator sees every image's true count level)
     colour_augment_probability: float = COLOUR_PROBABILITY
@@ -334,13 +338,13 @@ class Trainer:
                                     f"{', '.join(missing) or 'nothing'}; unexpected "
                                     f"{', '.join(result.unexpected_keys) or 'nothing'})")
 
-    def step(self, real: torch.Tensor, condition: torch.Tensor, step: int, pair_spread: float = 0.0
-             ) -> dict[str, torch.Tensor]:
+    def step(self, real: torch.Tensor, condition: torch.Tensor, step: int, pair_spread: float = 0.0,
+             asymmetry: NormalAsymmetry | None = None) -> dict[str, torch.Tensor]:
         """Iteration ``step`` (from 1) on real images [B, 1, S, S] (network range) of ``condition`` [B, 3], grouped
         by condition (``draw_batch``); returns the losses. Real and generated images go through the discriminator
         as separate batches (its batch norm and minibatch standard deviation then describe one kind of image
         each). ``pair_spread`` is the real images' (``gan.train.pair_spread``), the target of the diversity
-        hinge."""
+        hinge; ``asymmetry`` the train split's normal asymmetry, the target of the asymmetry hinge (None: off)."""
         latent = torch.randn(real.shape[0], self.settings.latent_dim, device=self.device)
         quadrant = int(torch.randint(QUADRANTS, ()))
         fake, twin, defects = self._generate(latent, condition)
@@ -375,6 +379,8 @@ class Trainer:
         if axes:
             losses["g_defects"] = defect_loss(fake_classes, condition, self.severity_calibration)
         losses["diversity"] = diversity_shortfall(fake, pair_spread)
+        if asymmetry is not None:
+            losses["asymmetry"] = asymmetry_shortfall(fake, condition, asymmetry)
         if self.footprints is not None:  # logged at every step, 0 for a batch without defects
             losses.update(self._twin_losses(fake[defects], twin, condition[defects]))
         generator_weight = weight if self.settings.generator_classification_weight is None \
@@ -386,7 +392,8 @@ class Trainer:
                                + (generator_defect_weight * losses["g_defects"] if axes else 0.0)
                                + self.settings.diversity_weight * losses["diversity"]
                                + self.settings.defect_locality_weight * losses.get("locality", 0.0)
-                               + self.settings.defect_profile_weight * losses.get("profile", 0.0)).backward()
+                               + self.settings.defect_profile_weight * losses.get("profile", 0.0)
+                               + self.settings.normal_asymmetry_weight * losses.get("asymmetry", 0.0)).backward()
         self.grad_scaler.step(self.optimizer_generator)
         self.grad_scaler.update()
         self.update_ema(step)
@@ -594,6 +601,8 @@ def _run(run_dir: Path, settings: TrainSettings, data: TrainingData, checkpoint:
         print(f"warning: no training slices for {', '.join(empty)}", file=sys.stderr)
 
     images, conditions = data.images.to(device), data.conditions.to(device)
+    asymmetry = (normal_asymmetry(data.images, data.conditions).to(device) if settings.normal_asymmetry_weight > 0
+                 else None)
     per_process = settings.batch_size // processes.world_size
     writer = None
     if main:
@@ -616,7 +625,7 @@ def _run(run_dir: Path, settings: TrainSettings, data: TrainingData, checkpoint:
     while step < settings.iterations:
         step += 1
         picks = draw_batch(data.condition_ids, per_process).to(device)
-        losses = trainer.step(images[picks], conditions[picks], step, data.summary["pair_spread"])
+        losses = trainer.step(images[picks], conditions[picks], step, data.summary["pair_spread"], asymmetry)
         sums = {**sums, **{name: sums.get(name, 0.0) + loss for name, loss in losses.items()}}
         count += 1
         bar.update(1)
@@ -687,6 +696,9 @@ def add_train_command(subparsers) -> None:
                         help="with --defect-axes: weight of the profile loss, the difference inside the footprint "
                              "between a defect slice and its normal twin times the simulation's factor for the "
                              "defect's territory and severity (default 0: off)")
+    parser.add_argument("--normal-asymmetry-weight", type=float,
+                        help="weight of the asymmetry hinge: how far the generated normals' RMS hemisphere asymmetry "
+                             "falls short of the train split's normals', per level (default 0: off)")
     parser.add_argument("--colour-augment-probability", type=float,
                         help="share of the discriminator's inputs whose brightness and contrast DiffAugment changes "
                              f"(default {COLOUR_PROBABILITY}; 0: the discriminator sees every true count level)")
