@@ -1,6 +1,7 @@
 """Sampling a model bundle: ``spectgan.models.fastgan.sample(...)`` and ``spectgan sample``.
 
-Same seed, condition, ``n``, ``psi`` and weights give bit-identical counts on the CPU (see ``gan.inference``). A
+Same seed, condition, ``n``, ``psi`` and weights give bit-identical counts on the CPU with the same number of torch
+threads (see ``spectgan.models.fastgan.inference``). A
 model with defect axes also takes the defect's ``territory`` and ``severity`` (the forms of ``spectgan.lesions``);
 what a request leaves out it draws from its training cohort, slice by slice, from the seed
 (``FastGANSynthesizer.resolve``).
