@@ -33,11 +33,11 @@ from spectgan.cohorts.noise import estimate_noise_model
 from spectgan.conditions import parse_levels, valid_conditions
 from spectgan.errors import SpectganError
 from spectgan.lesions import LesionDistribution
+from spectgan.models.fastgan.asymmetry import NormalAsymmetry, asymmetry_shortfall, normal_asymmetry
 from spectgan.models.fastgan.augment import COLOUR_PROBABILITY, diff_augment
 from spectgan.models.fastgan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHTS_FILE, export_bundle, load_bundle
 from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
 from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
-from spectgan.models.fastgan.asymmetry import NormalAsymmetry, asymmetry_shortfall, normal_asymmetry
 from spectgan.models.fastgan.locality import DefectFootprints, has_defect, locality_loss, normal_twin, profile_loss
 from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
                                    SeverityCalibration, condition_classification_loss, crop_quadrant, defect_loss,
@@ -71,8 +71,8 @@ class TrainSettings:
     generator_classification_weight: float | None = None
     defect_axes: bool = False  # condition on each hemisphere's territory and severity as the cohort records them
     defect_weight: float = 1.0  # with defect_axes: weight of the discriminator's defect head in both losses
-    # with defect_axes: its weight in the generator's loss alone (None: defect_weight); the head's reward for a
-    # normal slice read as "no lesion" pushes normals toward perfect symmetry, as the classifier's pushes defects
+    # with defect_axes: its weight in the generator's loss alone (None: defect_weight; 0: the generator is not
+    # rewarded by the head, as the bundles' realism.md tried for 4.3.0)
     generator_defect_weight: float | None = None
     defect_lr_factor: float = 10.0  # with defect_axes: the defect embeddings' learning rate over the others'
     # with defect_axes: reward the generator for the head's reading of REAL defects of the requested territory and
@@ -84,8 +84,8 @@ class TrainSettings:
     # with defect_axes: weight of the profile loss (``spectgan.models.fastgan.locality``): inside the footprint, a
     # defect slice must be its normal twin times the simulation's factor for its territory and severity
     defect_profile_weight: float = 0.0
-    # weight of the asymmetry hinge (``spectgan.models.fastgan.asymmetry``): the generated normals' RMS hemisphere
-    # asymmetry may not fall short of the train split's normals' (0: off)
+    # weight of the asymmetry hinge (``spectgan.models.fastgan.asymmetry``): the spread of the generated normals'
+    # hemisphere asymmetry may not fall short of the train split's normals', nor its mean lie off theirs (0: off)
     normal_asymmetry_weight: float = 0.0
     # share of the discriminator's inputs whose brightness and contrast DiffAugment changes (0: none, so the
     # discriminator sees every image's true count level)
@@ -697,8 +697,9 @@ def add_train_command(subparsers) -> None:
                              "between a defect slice and its normal twin times the simulation's factor for the "
                              "defect's territory and severity (default 0: off)")
     parser.add_argument("--normal-asymmetry-weight", type=float,
-                        help="weight of the asymmetry hinge: how far the generated normals' RMS hemisphere asymmetry "
-                             "falls short of the train split's normals', per level (default 0: off)")
+                        help="weight of the asymmetry hinge: how far the spread of the generated normals' hemisphere "
+                             "asymmetry falls short of the train split's normals', and its mean lies off theirs, per "
+                             "level (default 0: off)")
     parser.add_argument("--colour-augment-probability", type=float,
                         help="share of the discriminator's inputs whose brightness and contrast DiffAugment changes "
                              f"(default {COLOUR_PROBABILITY}; 0: the discriminator sees every true count level)")
