@@ -1,9 +1,10 @@
 """Normal asymmetry: a normal slice is never perfectly symmetric.
 
 A subject's perfusion varies smoothly by a few percent (``spectgan.simulation.phantom``, the heterogeneity field) and
-its pose is not the template's, so real normal slices have a hemisphere asymmetry index of a few percent. A
-generator that draws its normals more symmetric than that teaches a classifier trained on its slices that any
-asymmetry is a defect: it then calls real normals unilateral (the bundles' ``docs/realism.md``, 4.3.0).
+its pose is not the template's, so real normal slices have a hemisphere asymmetry index of a few percent; model A
+4.3.0 draws its normals more symmetric than that. The hinge below makes the generator draw the real spread. In the
+bundles' ``docs/realism.md`` (4.3.0) it did so, yet a classifier trained on the slices still called as many real
+normals defects: the asymmetry was not what it read.
 
 The asymmetry hinge measures the signed AI (100 (L - R) / ((L + R) / 2), counts) of the generated normals of a
 batch within fixed hemisphere masks per level (the train split's mean normal slice above the ROI threshold, split at
