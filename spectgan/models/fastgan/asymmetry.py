@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from spectgan.conditions import Level, Pattern
-from spectgan.geometry.roi import DEFAULT_THRESHOLD_FRACTION
+from spectgan.geometry.display import midline_distance
+from spectgan.geometry.roi import DEFAULT_THRESHOLD_FRACTION, TEMPLATE_MIDLINE
 from spectgan.geometry.template import canonical_image
 
 NORMAL = list(Pattern).index(Pattern.NORMAL)
@@ -53,9 +54,8 @@ def normal_asymmetry(images: torch.Tensor, conditions: torch.Tensor) -> NormalAs
     """The masks and targets from the train split's images [N, 1, S, S] (network range) and encoded conditions
     [N, 3 or 7]."""
     size = images.shape[-1]
-    x = np.array([canonical_image(np.zeros((size, size), np.float32), Level.BG)
-                  .TransformIndexToPhysicalPoint((i, 0, 0))[0] for i in range(size)])
-    left_of_midline = torch.from_numpy(np.broadcast_to(x > 0, (size, size)).copy())
+    grid = canonical_image(np.zeros((size, size), np.float32), Level.BG)
+    left_of_midline = torch.from_numpy(midline_distance(grid, TEMPLATE_MIDLINE) > 0)
     masks, mean, sd = torch.zeros(len(Level), 2, size, size), torch.zeros(len(Level)), torch.zeros(len(Level))
     for level in range(len(Level)):
         normal = (conditions[:, 0].long() == level) & (conditions[:, 1].long() == NORMAL)
