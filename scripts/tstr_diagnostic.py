@@ -2,7 +2,7 @@
 same classifier with both sides changed in one way, each taking one suspected difference out of play.
 
     python scripts/tstr_diagnostic.py [--bundle models/spect_fastgan_A] [--cohort sample_data/cohorts/default] \
-        [--evaluated-only]
+        [--evaluated-only] [--classifier-seeds N]
 
 Synthetic slices: one per real test slice, of its condition and its own lesions (as the evaluation makes them, its
 seed). Variants, applied to the synthetic training slices and the real test slices alike:
@@ -57,11 +57,32 @@ def pattern_accuracy(model, inputs, conditions) -> str:
     return ", ".join(parts)
 
 
+def classifier_spread(synthetic_inputs, real_test, conditions, settings: EvaluationSettings, seeds: int) -> str:
+    """TSTR overall and per pattern of ``seeds`` classifiers trained on the synthetic slices from the evaluation's
+    seed on: mean and SD over the seeds."""
+    truth = class_indices(conditions)["pattern"]
+    rows = []
+    for seed in range(settings.seed, settings.seed + seeds):
+        model = train_classifier(synthetic_inputs, class_indices(conditions), CONDITION_HEADS,
+                                 settings.classifier_steps, seed)
+        predicted = predicted_patterns(model, real_test)
+        rows.append([np.mean(predicted == truth)] + [np.mean(predicted[truth == index] == index)
+                                                     for index in range(3) if np.any(truth == index)])
+    rows = np.array(rows) * 100
+    names = ["all", "normal", "unilateral", "bilateral"][:rows.shape[1]]
+    return f"over {seeds} classifier seeds: TSTR " + ", ".join(
+        f"{name} {mean:.1f} +- {sd:.1f} %" for name, mean, sd in zip(names, rows.mean(0), rows.std(0, ddof=1)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=Path("models/spect_fastgan_A"))
     parser.add_argument("--cohort", type=Path, default=Path("sample_data/cohorts/default"))
     parser.add_argument("--evaluated-only", action="store_true", help="only the variant as evaluated")
+    parser.add_argument("--classifier-seeds", type=int, default=1, metavar="N",
+                        help="as evaluated, also train N synthetic-trained classifiers from seeds after the "
+                             "evaluation's and print their TSTR's mean and SD: one classifier's TSTR moves by a few "
+                             "points with small changes of its training slices")
     args = parser.parse_args()
     settings = EvaluationSettings()
     model = load_synthesizer(args.bundle)
@@ -91,6 +112,10 @@ def main() -> None:
                   f"unilateral with |AI| < {MODERATE_AI:g} % called unilateral: synthetic "
                   f"{mild_unilateral_accuracy(predicted_patterns(on_synthetic, second_inputs), second)}, real "
                   f"{mild_unilateral_accuracy(predicted_patterns(on_synthetic, real_test), test)}", flush=True)
+            if args.classifier_seeds > 1:
+                spread = classifier_spread(synthetic_inputs, real_test, test.conditions, settings,
+                                           args.classifier_seeds)
+                print(f"  {spread}", flush=True)
             recalibrate_batch_norm(on_synthetic, real_test)
             print(f"  batch norms re-estimated on the real test slices: TSTR "
                   f"{pattern_accuracy(on_synthetic.eval(), real_test, test.conditions)}", flush=True)

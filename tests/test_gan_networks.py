@@ -225,3 +225,28 @@ def test_asymmetry_hinge_reads_left_as_plus_x_and_penalises_too_symmetric_normal
     assert asymmetry_shortfall(tilted, encoded, target) > 1.0
     defects = encode_conditions([Condition(Level.BG, Pattern.UNILATERAL, Side.LEFT)] * 40)
     assert asymmetry_shortfall(symmetric, defects, target) == 0  # defect slices are not its business
+
+
+def test_count_level_hinge_penalises_a_collapsed_or_shifted_count_level_per_level_and_pattern():
+    from spectgan.models.fastgan.count_level import count_level_shortfall, count_levels, mean_counts
+
+    size, generator = 32, torch.Generator().manual_seed(0)
+    disk = ((torch.arange(size) - 15.5)[None] ** 2 + (torch.arange(size) - 15.5)[:, None] ** 2) < 12 ** 2
+    brightness = 0.2 + torch.randn(40, 1, 1, 1, generator=generator) * 0.1  # a count level per slice
+    images = torch.where(disk, brightness, -1.0)
+    conditions = [Condition(Level.COR, Pattern.NORMAL)] * 20 + [Condition(Level.COR, Pattern.UNILATERAL,
+                                                                          Side.LEFT)] * 20
+    encoded = encode_conditions(conditions)
+    target = count_levels(images, encoded)
+    cor, bg = list(Level).index(Level.COR), list(Level).index(Level.BG)
+    assert target.masks[cor].bool().equal(disk) and target.masks[bg].sum() == 0  # no BG slices: no mask, no target
+    assert torch.allclose(mean_counts(images, target.masks[[cor] * 40]), brightness.flatten() + 1.0)
+    assert target.sd[cor, 0] > 0.05 and target.sd[bg].eq(0).all()
+    # the real spread costs little; one count level for every slice, or every slice 20 % dimmer, costs a hinge
+    assert count_level_shortfall(images, encoded, target) < 0.1
+    collapsed = torch.where(disk, torch.full_like(images, float(brightness.mean())), -1.0)
+    assert 1.0 <= count_level_shortfall(collapsed, encoded, target) < 1.3  # the SD's hinge, and the offsets
+    dimmer = (images + 1.0) * 0.8 - 1.0
+    assert count_level_shortfall(dimmer, encoded, target) > 1.0
+    assert count_level_shortfall(collapsed, encode_conditions([Condition(Level.BG, Pattern.NORMAL)] * 40),
+                                 target) == 0  # a level without train slices has no target

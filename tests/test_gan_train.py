@@ -109,6 +109,19 @@ def test_existing_run_needs_resume_and_keeps_its_settings(toy_cohort, tmp_path):
     assert load_checkpoint(run)["step"] == 3
 
 
+def test_joint_discriminator_batch_shares_the_batch_statistics_and_is_kept_on_resume(toy_cohort, tmp_path):
+    common = dict(progress=False, cohort=str(toy_cohort), image_size=32, batch_size=4, log_every=1, **TINY_NETWORK)
+    train(tmp_path / "separate", iterations=1, **common)
+    train(tmp_path / "joint", iterations=1, joint_discriminator_batch=True, **common)
+    separate, joint = load_checkpoint(tmp_path / "separate"), load_checkpoint(tmp_path / "joint")
+    assert joint["settings"]["joint_discriminator_batch"] is True
+    assert all(torch.isfinite(torch.tensor(value)) for value in joint["history"][0].values())
+    # the same seed, images and weights: only the batch statistics the discriminator normalises with differ
+    assert joint["history"][0]["d_real"] != separate["history"][0]["d_real"]
+    train(tmp_path / "joint", resume=True, iterations=2, progress=False)
+    assert load_checkpoint(tmp_path / "joint")["settings"]["joint_discriminator_batch"] is True
+
+
 def test_noise_stage_is_estimated_once_from_the_train_split_and_kept_on_resume(toy_cohort, tmp_path):
     from spectgan.models.fastgan.bundle import export_bundle, load_bundle
 
@@ -138,13 +151,15 @@ def test_run_with_defect_axes_fine_tunes_a_run_without_them(toy_lesion_cohort, t
     train(tmp_path / "axes", iterations=1, defect_axes=True, generator_classification_weight=0.0,
           generator_defect_weight=0.0,
           calibrated_severity=True, colour_augment_probability=0.0, defect_locality_weight=1.0,
-          defect_profile_weight=1.0, normal_asymmetry_weight=1.0, init_from=str(tmp_path / "plain"), log_every=1,
+          defect_profile_weight=1.0, normal_asymmetry_weight=1.0, count_level_weight=1.0,
+          init_from=str(tmp_path / "plain"), log_every=1,
           **common)
     axes = load_checkpoint(tmp_path / "axes")
     assert axes["settings"]["calibrated_severity"] is True and axes["settings"]["colour_augment_probability"] == 0
     assert axes["settings"]["defect_locality_weight"] == 1.0 and "locality" in axes["history"][-1]
     assert axes["settings"]["defect_profile_weight"] == 1.0 and "profile" in axes["history"][-1]
     assert axes["settings"]["normal_asymmetry_weight"] == 1.0 and "asymmetry" in axes["history"][-1]
+    assert axes["settings"]["count_level_weight"] == 1.0 and "count_level" in axes["history"][-1]
     assert axes["severity_calibration"]["sums"][:, 0].sum() > 0  # the real batch's hemispheres are counted
     train(tmp_path / "axes", resume=True, iterations=2, **{key: common[key] for key in ("progress",)})
     resumed = load_checkpoint(tmp_path / "axes")
@@ -184,6 +199,9 @@ def test_cli_errors_are_messages(toy_cohort, tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "profile"), "--cohort", str(toy_cohort),
                  "--defect-profile-weight", "1"]) == 2
     assert "--defect-profile-weight needs --defect-axes" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "joint"), "--cohort", str(toy_cohort), "--batch", "6",
+                 "--joint-discriminator-batch"]) == 2
+    assert "no minibatch group of the discriminator splits" in capsys.readouterr().err
 
 
 def replaced(path: Path) -> Callable[[], bool]:

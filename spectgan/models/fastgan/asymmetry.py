@@ -15,31 +15,16 @@ meet the spread with one hemisphere brighter in every normal.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from spectgan.conditions import Level, Pattern
 from spectgan.geometry.display import midline_distance
 from spectgan.geometry.roi import DEFAULT_THRESHOLD_FRACTION, TEMPLATE_MIDLINE
 from spectgan.geometry.template import canonical_image
+from spectgan.models.fastgan.moments import StatisticTarget, moment_shortfall
 
 NORMAL = list(Pattern).index(Pattern.NORMAL)
-
-
-@dataclass(frozen=True)
-class NormalAsymmetry:
-    """Hemisphere masks [levels, 2, S, S] (left, right; zeros for a level without normals) and the mean and standard
-    deviation of the train split's signed AI (%) of the normals of each level [levels] (SD 0: none)."""
-
-    masks: torch.Tensor
-    mean: torch.Tensor
-    sd: torch.Tensor
-
-    def to(self, device: torch.device) -> "NormalAsymmetry":
-        return NormalAsymmetry(self.masks.to(device), self.mean.to(device), self.sd.to(device))
 
 
 def signed_ai(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -50,9 +35,9 @@ def signed_ai(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return 200.0 * (left - right) / (left + right).clamp(min=1e-6)
 
 
-def normal_asymmetry(images: torch.Tensor, conditions: torch.Tensor) -> NormalAsymmetry:
-    """The masks and targets from the train split's images [N, 1, S, S] (network range) and encoded conditions
-    [N, 3 or 7]."""
+def normal_asymmetry(images: torch.Tensor, conditions: torch.Tensor) -> StatisticTarget:
+    """Hemisphere masks [levels, 2, S, S] (left, right) and the signed AI's (%) targets per level [levels], from the
+    train split's images [N, 1, S, S] (network range) and encoded conditions [N, 3 or 7]."""
     size = images.shape[-1]
     grid = canonical_image(np.zeros((size, size), np.float32), Level.BG)
     left_of_midline = torch.from_numpy(midline_distance(grid, TEMPLATE_MIDLINE) > 0)
@@ -66,10 +51,10 @@ def normal_asymmetry(images: torch.Tensor, conditions: torch.Tensor) -> NormalAs
         masks[level, 0], masks[level, 1] = (brain & left_of_midline).float(), (brain & ~left_of_midline).float()
         ai = signed_ai(images[normal], masks[level].expand(int(normal.sum()), -1, -1, -1))
         mean[level], sd[level] = ai.mean(), ai.std()
-    return NormalAsymmetry(masks, mean, sd)
+    return StatisticTarget(masks, mean, sd)
 
 
-def asymmetry_shortfall(fake: torch.Tensor, condition: torch.Tensor, target: NormalAsymmetry) -> torch.Tensor:
+def asymmetry_shortfall(fake: torch.Tensor, condition: torch.Tensor, target: StatisticTarget) -> torch.Tensor:
     """Mean over the levels with two or more generated normals in the batch of relu(1 - SD of their signed AI / the
     train split's SD) + |their mean - the train split's mean| / the train split's SD; fake [B, 1, S, S], condition
     [B, 3 or 7]; 0 when there are none."""
@@ -80,6 +65,5 @@ def asymmetry_shortfall(fake: torch.Tensor, condition: torch.Tensor, target: Nor
         if int(members.sum()) < 2 or float(target.sd[level]) <= 0:
             continue
         ai = signed_ai(fake[members], target.masks[level].expand(int(members.sum()), -1, -1, -1))
-        shortfalls.append(F.relu(1.0 - ai.std() / target.sd[level])
-                          + (ai.mean() - target.mean[level]).abs() / target.sd[level])
+        shortfalls.append(moment_shortfall(ai, target.mean[level], target.sd[level]))
     return torch.stack(shortfalls).mean() if shortfalls else fake.new_zeros((), dtype=torch.float32)

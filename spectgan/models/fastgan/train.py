@@ -33,13 +33,16 @@ from spectgan.cohorts.noise import estimate_noise_model
 from spectgan.conditions import parse_levels, valid_conditions
 from spectgan.errors import SpectganError
 from spectgan.lesions import LesionDistribution
-from spectgan.models.fastgan.asymmetry import NormalAsymmetry, asymmetry_shortfall, normal_asymmetry
+from spectgan.models.fastgan.asymmetry import asymmetry_shortfall, normal_asymmetry
+from spectgan.models.fastgan.count_level import count_level_shortfall, count_levels
+from spectgan.models.fastgan.moments import StatisticTarget
 from spectgan.models.fastgan.augment import COLOUR_PROBABILITY, diff_augment
 from spectgan.models.fastgan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHTS_FILE, export_bundle, load_bundle
 from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
 from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
 from spectgan.models.fastgan.locality import DefectFootprints, has_defect, locality_loss, normal_twin, profile_loss
-from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
+from spectgan.models.fastgan.networks import (IMAGE_SIZES, MINIBATCH_GROUP, QUADRANTS, Discriminator, Generator,
+                                   amp_dtype, autocast,
                                    SeverityCalibration, condition_classification_loss, crop_quadrant, defect_loss,
                                    encode_conditions, minibatch_group, to_counts, to_network_range)
 
@@ -87,6 +90,14 @@ class TrainSettings:
     # weight of the asymmetry hinge (``spectgan.models.fastgan.asymmetry``): the spread of the generated normals'
     # hemisphere asymmetry may not fall short of the train split's normals', nor its mean lie off theirs (0: off)
     normal_asymmetry_weight: float = 0.0
+    # weight of the count-level hinge (``spectgan.models.fastgan.count_level``): the spread of the generated images'
+    # mean count in the brain may not fall short of the train split's per level and pattern, nor its mean lie off
+    # theirs (0: off)
+    count_level_weight: float = 0.0
+    # real and generated images through the discriminator as one batch (its batch norms then normalise both with the
+    # same statistics, so a shift that every generated image shares stays visible to it), in both losses; False:
+    # separate batches, as FastGAN does, where each batch's own statistics hide such a shift
+    joint_discriminator_batch: bool = False
     # share of the discriminator's inputs whose brightness and contrast DiffAugment changes (0: none, so the
     # discriminator sees every image's true count level)
     colour_augment_probability: float = COLOUR_PROBABILITY
@@ -339,12 +350,14 @@ class Trainer:
                                     f"{', '.join(result.unexpected_keys) or 'nothing'})")
 
     def step(self, real: torch.Tensor, condition: torch.Tensor, step: int, pair_spread: float = 0.0,
-             asymmetry: NormalAsymmetry | None = None) -> dict[str, torch.Tensor]:
+             asymmetry: StatisticTarget | None = None, levels: StatisticTarget | None = None
+             ) -> dict[str, torch.Tensor]:
         """Iteration ``step`` (from 1) on real images [B, 1, S, S] (network range) of ``condition`` [B, 3], grouped
         by condition (``draw_batch``); returns the losses. Real and generated images go through the discriminator
         as separate batches (its batch norm and minibatch standard deviation then describe one kind of image
-        each). ``pair_spread`` is the real images' (``gan.train.pair_spread``), the target of the diversity
-        hinge; ``asymmetry`` the train split's normal asymmetry, the target of the asymmetry hinge (None: off)."""
+        each), or with ``joint_discriminator_batch`` as one batch whose minibatch groups still hold one kind each. ``pair_spread`` is the real images' (``gan.train.pair_spread``), the target of the diversity
+        hinge; ``asymmetry`` the train split's normal asymmetry, the target of the asymmetry hinge (None: off); ``levels`` the train split's count levels, the target of the
+        count-level hinge (None: off)."""
         latent = torch.randn(real.shape[0], self.settings.latent_dim, device=self.device)
         quadrant = int(torch.randint(QUADRANTS, ()))
         fake, twin, defects = self._generate(latent, condition)
@@ -352,9 +365,16 @@ class Trainer:
         self.discriminator.requires_grad_(True)
         with autocast(self.device):
             real = diff_augment(real, self.settings.colour_augment_probability)
-            real_logits, real_classes, reconstructions = self.discriminator_step(real, condition, quadrant)
-            fake_logits, _ = self.discriminator_step(
-                diff_augment(fake.detach(), self.settings.colour_augment_probability), condition)
+            augmented_fake = diff_augment(fake.detach(), self.settings.colour_augment_probability)
+            if self.settings.joint_discriminator_batch:
+                logits, classes, (whole, part) = self.discriminator_step(
+                    torch.cat([real, augmented_fake]), torch.cat([condition, condition]), quadrant)
+                count = real.shape[0]
+                real_logits, fake_logits, real_classes = logits[:count], logits[count:], classes[:count]
+                reconstructions = (whole[:count], part[:count])
+            else:
+                real_logits, real_classes, reconstructions = self.discriminator_step(real, condition, quadrant)
+                fake_logits, _ = self.discriminator_step(augmented_fake, condition)
         losses = {"d_real": F.relu(1.0 - real_logits.float()).mean(),
                   "d_fake": F.relu(1.0 + fake_logits.float()).mean(),
                   "reconstruction": reconstruction_loss(reconstructions, real, quadrant),
@@ -372,8 +392,13 @@ class Trainer:
         # Generator: through the bare discriminator, whose gradients this step does not need.
         self.discriminator.requires_grad_(False)
         with autocast(self.device):
-            fake_logits, fake_classes = self.discriminator(
-                diff_augment(fake, self.settings.colour_augment_probability), condition)
+            augmented_fake = diff_augment(fake, self.settings.colour_augment_probability)
+            if self.settings.joint_discriminator_batch:  # the same real images, batch statistics as in its step
+                logits, classes = self.discriminator(torch.cat([real, augmented_fake]),
+                                                     torch.cat([condition, condition]))
+                fake_logits, fake_classes = logits[real.shape[0]:], classes[real.shape[0]:]
+            else:
+                fake_logits, fake_classes = self.discriminator(augmented_fake, condition)
         losses["g"] = -fake_logits.float().mean()
         losses["g_classes"] = condition_classification_loss(fake_classes, condition)
         if axes:
@@ -381,6 +406,8 @@ class Trainer:
         losses["diversity"] = diversity_shortfall(fake, pair_spread)
         if asymmetry is not None:
             losses["asymmetry"] = asymmetry_shortfall(fake, condition, asymmetry)
+        if levels is not None:
+            losses["count_level"] = count_level_shortfall(fake, condition, levels)
         if self.footprints is not None:  # logged at every step, 0 for a batch without defects
             losses.update(self._twin_losses(fake[defects], twin, condition[defects]))
         generator_weight = weight if self.settings.generator_classification_weight is None \
@@ -393,7 +420,8 @@ class Trainer:
                                + self.settings.diversity_weight * losses["diversity"]
                                + self.settings.defect_locality_weight * losses.get("locality", 0.0)
                                + self.settings.defect_profile_weight * losses.get("profile", 0.0)
-                               + self.settings.normal_asymmetry_weight * losses.get("asymmetry", 0.0)).backward()
+                               + self.settings.normal_asymmetry_weight * losses.get("asymmetry", 0.0)
+                               + self.settings.count_level_weight * losses.get("count_level", 0.0)).backward()
         self.grad_scaler.step(self.optimizer_generator)
         self.grad_scaler.update()
         self.update_ema(step)
@@ -527,6 +555,11 @@ def _check_settings(settings: TrainSettings, world_size: int) -> None:
     if settings.batch_size < 2 * world_size or settings.batch_size % world_size:
         raise SpectganError(f"--batch {settings.batch_size} must be a multiple of the {world_size} process(es) "
                             "with at least 2 images per process (batch norm)")
+    per_process = settings.batch_size // world_size
+    if settings.joint_discriminator_batch and per_process % minibatch_group(2 * per_process):
+        raise SpectganError(f"--joint-discriminator-batch needs a batch per process that no minibatch group of the "
+                            f"discriminator splits between real and generated images (a multiple of "
+                            f"{MINIBATCH_GROUP}); got {per_process}")
     for name in ("defect_locality_weight", "defect_profile_weight"):
         if getattr(settings, name) and not settings.defect_axes:
             raise SpectganError(f"{_flag(name)} needs --defect-axes (the footprint comes from each hemisphere's "
@@ -603,6 +636,7 @@ def _run(run_dir: Path, settings: TrainSettings, data: TrainingData, checkpoint:
     images, conditions = data.images.to(device), data.conditions.to(device)
     asymmetry = (normal_asymmetry(data.images, data.conditions).to(device) if settings.normal_asymmetry_weight > 0
                  else None)
+    levels = count_levels(data.images, data.conditions).to(device) if settings.count_level_weight > 0 else None
     per_process = settings.batch_size // processes.world_size
     writer = None
     if main:
@@ -625,7 +659,7 @@ def _run(run_dir: Path, settings: TrainSettings, data: TrainingData, checkpoint:
     while step < settings.iterations:
         step += 1
         picks = draw_batch(data.condition_ids, per_process).to(device)
-        losses = trainer.step(images[picks], conditions[picks], step, data.summary["pair_spread"], asymmetry)
+        losses = trainer.step(images[picks], conditions[picks], step, data.summary["pair_spread"], asymmetry, levels)
         sums = {**sums, **{name: sums.get(name, 0.0) + loss for name, loss in losses.items()}}
         count += 1
         bar.update(1)
@@ -700,6 +734,14 @@ def add_train_command(subparsers) -> None:
                         help="weight of the asymmetry hinge: how far the spread of the generated normals' hemisphere "
                              "asymmetry falls short of the train split's normals', and its mean lies off theirs, per "
                              "level (default 0: off)")
+    parser.add_argument("--count-level-weight", type=float,
+                        help="weight of the count-level hinge: how far the spread of the generated images' mean count "
+                             "in the brain falls short of the train split's, and its mean lies off theirs, per level "
+                             "and pattern (default 0: off)")
+    parser.add_argument("--joint-discriminator-batch", action="store_const", const=True,
+                        help="pass real and generated images through the discriminator as one batch, so that its "
+                             "batch norms do not hide a shift every generated image shares (default: off, separate "
+                             "batches as FastGAN)")
     parser.add_argument("--colour-augment-probability", type=float,
                         help="share of the discriminator's inputs whose brightness and contrast DiffAugment changes "
                              f"(default {COLOUR_PROBABILITY}; 0: the discriminator sees every true count level)")
