@@ -250,3 +250,29 @@ def test_count_level_hinge_penalises_a_collapsed_or_shifted_count_level_per_leve
     assert count_level_shortfall(dimmer, encoded, target) > 1.0
     assert count_level_shortfall(collapsed, encode_conditions([Condition(Level.BG, Pattern.NORMAL)] * 40),
                                  target) == 0  # a level without train slices has no target
+
+
+def test_count_level_energy_costs_least_for_the_real_distribution_and_sees_a_second_mode():
+    from spectgan.models.fastgan.count_level import count_level_shortfall, count_levels
+
+    size, generator = 32, torch.Generator().manual_seed(1)
+    disk = ((torch.arange(size) - 15.5)[None] ** 2 + (torch.arange(size) - 15.5)[:, None] ** 2) < 12 ** 2
+    encoded = encode_conditions([Condition(Level.COR, Pattern.NORMAL)] * 400)
+    real = torch.where(disk, 0.2 + torch.randn(400, 1, 1, 1, generator=generator) * 0.1, -1.0)
+    target = count_levels(real, encoded)
+    assert target.values.shape[-1] == 400 and target.values[list(Level).index(Level.COR), 0].isnan().sum() == 0
+
+    def mean_cost(levels: torch.Tensor) -> float:  # over batches of 4, as training sees them
+        images = torch.where(disk, levels, -1.0)
+        return float(torch.stack([count_level_shortfall(images[i:i + 4], encoded[:4], target, "energy")
+                                  for i in range(0, len(images), 4)]).mean())
+
+    draws = torch.randn(2000, 1, 1, 1, generator=generator)
+    same = mean_cost(0.2 + draws * 0.1)
+    two_modes = mean_cost(0.2 + draws.sign() * 0.1)  # the real mean and SD, two modes
+    assert abs(same) < 0.02  # its expectation is 0 for the real distribution
+    assert same < two_modes and same < mean_cost(0.2 + draws * 0.05) and same < mean_cost(0.25 + draws * 0.1)
+    assert float(count_level_shortfall(torch.where(disk, 0.2 + draws[:4] * 0.1, -1.0), encoded[:4], target,
+                                       "moments")) >= 0
+    with pytest.raises(ValueError, match="moments, energy"):
+        count_level_shortfall(real[:4], encoded[:4], target, "median")

@@ -18,7 +18,9 @@ import torch
 
 from spectgan.conditions import Level, Pattern
 from spectgan.geometry.roi import DEFAULT_THRESHOLD_FRACTION
-from spectgan.models.fastgan.moments import StatisticTarget, moment_shortfall
+from spectgan.models.fastgan.moments import StatisticTarget, moment_shortfall, energy_shortfall
+
+COUNT_LEVEL_MATCHES = ("moments", "energy")
 
 
 def mean_counts(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -33,6 +35,7 @@ def count_levels(images: torch.Tensor, conditions: torch.Tensor) -> StatisticTar
     size = images.shape[-1]
     masks, mean, sd = (torch.zeros(len(Level), size, size), torch.zeros(len(Level), len(Pattern)),
                        torch.zeros(len(Level), len(Pattern)))
+    kept = torch.full((len(Level), len(Pattern), len(images)), float("nan"))
     levels, patterns = conditions[:, 0].long(), conditions[:, 1].long()
     for level in range(len(Level)):
         at_level = levels == level
@@ -45,12 +48,18 @@ def count_levels(images: torch.Tensor, conditions: torch.Tensor) -> StatisticTar
             if int(members.sum()) >= 2:
                 values = mean_counts(images[members], masks[level].expand(int(members.sum()), -1, -1))
                 mean[level, pattern], sd[level, pattern] = values.mean(), values.std()
-    return StatisticTarget(masks, mean, sd)
+                kept[level, pattern, :len(values)] = values
+    return StatisticTarget(masks, mean, sd, kept[..., :max(2, int((~kept.isnan()).sum(-1).max()))])
 
 
-def count_level_shortfall(fake: torch.Tensor, condition: torch.Tensor, target: StatisticTarget) -> torch.Tensor:
-    """Mean over the level-pattern groups with two or more generated images in the batch of their moment shortfall
-    against the train split's; fake [B, 1, S, S], condition [B, 3 or 7]; 0 when there are none."""
+def count_level_shortfall(fake: torch.Tensor, condition: torch.Tensor, target: StatisticTarget,
+                          match: str = "moments") -> torch.Tensor:
+    """Mean over the level-pattern groups with two or more generated images in the batch of their shortfall against
+    the train split's: ``match`` "moments" (``moment_shortfall``: the SD's hinge and the mean's offset) or
+    "energy" (``energy_shortfall``: the distance to the whole distribution); fake [B, 1, S, S], condition [B, 3 or 7]; 0 when
+    there are none."""
+    if match not in COUNT_LEVEL_MATCHES:
+        raise ValueError(f"the count-level match must be one of {', '.join(COUNT_LEVEL_MATCHES)}, got {match!r}")
     levels, patterns = condition[:, 0].long(), condition[:, 1].long()
     shortfalls = []
     for level, pattern in torch.stack([levels, patterns], dim=1).unique(dim=0).tolist():
@@ -58,5 +67,7 @@ def count_level_shortfall(fake: torch.Tensor, condition: torch.Tensor, target: S
         if int(members.sum()) < 2 or float(target.sd[level, pattern]) <= 0:
             continue
         values = mean_counts(fake[members], target.masks[level].expand(int(members.sum()), -1, -1))
-        shortfalls.append(moment_shortfall(values, target.mean[level, pattern], target.sd[level, pattern]))
+        shortfalls.append(moment_shortfall(values, target.mean[level, pattern], target.sd[level, pattern])
+                          if match == "moments" else
+                          energy_shortfall(values, target.values[level, pattern], target.sd[level, pattern]))
     return torch.stack(shortfalls).mean() if shortfalls else fake.new_zeros((), dtype=torch.float32)

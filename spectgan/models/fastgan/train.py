@@ -34,7 +34,7 @@ from spectgan.conditions import parse_levels, valid_conditions
 from spectgan.errors import SpectganError
 from spectgan.lesions import LesionDistribution
 from spectgan.models.fastgan.asymmetry import asymmetry_shortfall, normal_asymmetry
-from spectgan.models.fastgan.count_level import count_level_shortfall, count_levels
+from spectgan.models.fastgan.count_level import COUNT_LEVEL_MATCHES, count_level_shortfall, count_levels
 from spectgan.models.fastgan.moments import StatisticTarget
 from spectgan.models.fastgan.augment import COLOUR_PROBABILITY, diff_augment
 from spectgan.models.fastgan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHTS_FILE, export_bundle, load_bundle
@@ -94,6 +94,9 @@ class TrainSettings:
     # mean count in the brain may not fall short of the train split's per level and pattern, nor its mean lie off
     # theirs (0: off)
     count_level_weight: float = 0.0
+    # what the count-level hinge matches: "moments" (mean and SD) or "energy" (the energy distance to the whole
+    # distribution)
+    count_level_match: str = "moments"
     # real and generated images through the discriminator as one batch (its batch norms then normalise both with the
     # same statistics, so a shift that every generated image shares stays visible to it), in both losses; False:
     # separate batches, as FastGAN does, where each batch's own statistics hide such a shift
@@ -407,7 +410,7 @@ class Trainer:
         if asymmetry is not None:
             losses["asymmetry"] = asymmetry_shortfall(fake, condition, asymmetry)
         if levels is not None:
-            losses["count_level"] = count_level_shortfall(fake, condition, levels)
+            losses["count_level"] = count_level_shortfall(fake, condition, levels, self.settings.count_level_match)
         if self.footprints is not None:  # logged at every step, 0 for a batch without defects
             losses.update(self._twin_losses(fake[defects], twin, condition[defects]))
         generator_weight = weight if self.settings.generator_classification_weight is None \
@@ -560,6 +563,9 @@ def _check_settings(settings: TrainSettings, world_size: int) -> None:
         raise SpectganError(f"--joint-discriminator-batch needs a batch per process that no minibatch group of the "
                             f"discriminator splits between real and generated images (a multiple of "
                             f"{MINIBATCH_GROUP}); got {per_process}")
+    if settings.count_level_match not in COUNT_LEVEL_MATCHES:
+        raise SpectganError(f"--count-level-match must be one of {', '.join(COUNT_LEVEL_MATCHES)}, got "
+                            f"{settings.count_level_match!r}")
     for name in ("defect_locality_weight", "defect_profile_weight"):
         if getattr(settings, name) and not settings.defect_axes:
             raise SpectganError(f"{_flag(name)} needs --defect-axes (the footprint comes from each hemisphere's "
@@ -738,6 +744,9 @@ def add_train_command(subparsers) -> None:
                         help="weight of the count-level hinge: how far the spread of the generated images' mean count "
                              "in the brain falls short of the train split's, and its mean lies off theirs, per level "
                              "and pattern (default 0: off)")
+    parser.add_argument("--count-level-match", choices=COUNT_LEVEL_MATCHES,
+                        help="what the count-level hinge matches: moments (mean and SD; the default) or energy "
+                             "(the energy distance to the whole distribution, tails included)")
     parser.add_argument("--joint-discriminator-batch", action="store_const", const=True,
                         help="pass real and generated images through the discriminator as one batch, so that its "
                              "batch norms do not hide a shift every generated image shares (default: off, separate "
