@@ -390,13 +390,14 @@ def minibatch_group(batch: int) -> int:
     return max(size for size in range(1, MINIBATCH_GROUP + 1) if batch % size == 0)
 
 
-def minibatch_std(features: torch.Tensor) -> torch.Tensor:
-    """Mean standard deviation over groups of consecutive images [B, C, H, W] -> one map [B, 1, H, W] per image.
+def minibatch_std(features: torch.Tensor, group: int | None = None) -> torch.Tensor:
+    """Mean standard deviation over groups of ``group`` consecutive images [B, C, H, W] (None:
+    ``minibatch_group(B)``) -> one map [B, 1, H, W] per image.
 
     A group shares one condition, so the map measures the spread within a condition, which a collapsed
     generator lacks."""
     batch, channels, height, width = features.shape
-    group = minibatch_group(batch)
+    group = group or minibatch_group(batch)
     grouped = features.float().reshape(batch // group, group, channels, height, width)
     spread = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))
     return spread.repeat_interleave(group)[:, None, None, None].expand(batch, 1, height, width).to(features.dtype)
@@ -452,9 +453,11 @@ class Discriminator(nn.Module):
         self.decode_quadrant = Decoder(channels[16], width, reconstruction_size)
         self.reconstruction_size = reconstruction_size
 
-    def forward(self, image: torch.Tensor, condition: torch.Tensor, quadrant: int | None = None):
+    def forward(self, image: torch.Tensor, condition: torch.Tensor, quadrant: int | None = None,
+                group: int | None = None):
         """Images [B, 1, S, S] and conditions [B, 3] -> (logits [B, 25], class logits [B, 9]), and with ``quadrant``
-        also the two reconstructions [B, 1, R, R]."""
+        also the two reconstructions [B, 1, R, R]. ``group``: images per minibatch group (None:
+        ``minibatch_group(B)``; a batch of real and generated images passes that of each half)."""
         stem = self.stem(image)
         x, features = stem, {stem.shape[-1]: stem}
         for resolution, down in zip(self.down_resolutions, self.downs):
@@ -464,7 +467,7 @@ class Discriminator(nn.Module):
         pooled = x.mean(dim=(2, 3))
         projection = (embed_condition(self.projection, self.defect_projection, condition) * pooled
                       ).sum(dim=1, keepdim=True)
-        logits = self.head(torch.cat([x, minibatch_std(x)], dim=1)).flatten(1) + projection
+        logits = self.head(torch.cat([x, minibatch_std(x, group)], dim=1)).flatten(1) + projection
         class_logits = self.classifier(pooled)
         if self.defect_head is not None:
             class_logits = torch.cat([class_logits, self.defect_head(hemisphere_pool(x))], dim=1)

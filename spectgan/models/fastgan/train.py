@@ -41,7 +41,7 @@ from spectgan.models.fastgan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHT
 from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
 from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
 from spectgan.models.fastgan.locality import DefectFootprints, has_defect, locality_loss, normal_twin, profile_loss
-from spectgan.models.fastgan.networks import (IMAGE_SIZES, MINIBATCH_GROUP, QUADRANTS, Discriminator, Generator,
+from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator,
                                    amp_dtype, autocast,
                                    SeverityCalibration, condition_classification_loss, crop_quadrant, defect_loss,
                                    encode_conditions, minibatch_group, to_counts, to_network_range)
@@ -358,9 +358,10 @@ class Trainer:
         """Iteration ``step`` (from 1) on real images [B, 1, S, S] (network range) of ``condition`` [B, 3], grouped
         by condition (``draw_batch``); returns the losses. Real and generated images go through the discriminator
         as separate batches (its batch norm and minibatch standard deviation then describe one kind of image
-        each), or with ``joint_discriminator_batch`` as one batch whose minibatch groups still hold one kind each. ``pair_spread`` is the real images' (``gan.train.pair_spread``), the target of the diversity
-        hinge; ``asymmetry`` the train split's normal asymmetry, the target of the asymmetry hinge (None: off); ``levels`` the train split's count levels, the target of the
-        count-level hinge (None: off)."""
+        each), or with ``joint_discriminator_batch`` as one batch whose minibatch groups (those of each half) still
+        hold one kind each. ``pair_spread`` is the real images' (``gan.train.pair_spread``), the target of the
+        diversity hinge; ``asymmetry`` the train split's normal asymmetry, the target of the asymmetry hinge;
+        ``levels`` the train split's count levels, the target of the count-level hinge (None: off)."""
         latent = torch.randn(real.shape[0], self.settings.latent_dim, device=self.device)
         quadrant = int(torch.randint(QUADRANTS, ()))
         fake, twin, defects = self._generate(latent, condition)
@@ -371,7 +372,8 @@ class Trainer:
             augmented_fake = diff_augment(fake.detach(), self.settings.colour_augment_probability)
             if self.settings.joint_discriminator_batch:
                 logits, classes, (whole, part) = self.discriminator_step(
-                    torch.cat([real, augmented_fake]), torch.cat([condition, condition]), quadrant)
+                    torch.cat([real, augmented_fake]), torch.cat([condition, condition]), quadrant,
+                    minibatch_group(real.shape[0]))
                 count = real.shape[0]
                 real_logits, fake_logits, real_classes = logits[:count], logits[count:], classes[:count]
                 reconstructions = (whole[:count], part[:count])
@@ -398,7 +400,8 @@ class Trainer:
             augmented_fake = diff_augment(fake, self.settings.colour_augment_probability)
             if self.settings.joint_discriminator_batch:  # the same real images, batch statistics as in its step
                 logits, classes = self.discriminator(torch.cat([real, augmented_fake]),
-                                                     torch.cat([condition, condition]))
+                                                     torch.cat([condition, condition]),
+                                                     group=minibatch_group(real.shape[0]))
                 fake_logits, fake_classes = logits[real.shape[0]:], classes[real.shape[0]:]
             else:
                 fake_logits, fake_classes = self.discriminator(augmented_fake, condition)
@@ -558,11 +561,6 @@ def _check_settings(settings: TrainSettings, world_size: int) -> None:
     if settings.batch_size < 2 * world_size or settings.batch_size % world_size:
         raise SpectganError(f"--batch {settings.batch_size} must be a multiple of the {world_size} process(es) "
                             "with at least 2 images per process (batch norm)")
-    per_process = settings.batch_size // world_size
-    if settings.joint_discriminator_batch and per_process % minibatch_group(2 * per_process):
-        raise SpectganError(f"--joint-discriminator-batch needs a batch per process that no minibatch group of the "
-                            f"discriminator splits between real and generated images (a multiple of "
-                            f"{MINIBATCH_GROUP}); got {per_process}")
     if settings.count_level_match not in COUNT_LEVEL_MATCHES:
         raise SpectganError(f"--count-level-match must be one of {', '.join(COUNT_LEVEL_MATCHES)}, got "
                             f"{settings.count_level_match!r}")
