@@ -14,6 +14,7 @@ import copy
 import csv
 import io
 import json
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -101,11 +102,13 @@ def test_a_bundle_without_recorded_settings_gets_its_recipe_from_its_command_and
     shipped bundle records."""
     old = copy.deepcopy(SHIPPED)
     recorded = old["training"].pop("settings")
-    assert any("--resume" in command for command in old["training"]["commands"])  # the resumes must not mislead
+    out = shlex.split(old["training"]["commands"][0])[3]
+    old["training"]["commands"].append(f"spectgan train --out {out} --iters 99999 --resume")  # must not mislead
     recipe = bundle_recipe(old)
     for name in ("image_size", "generator_width", "discriminator_width", "latent_dim", "condition_dim",
-                 "output_floor", "output_noise", "defect_axes", "calibrated_severity",
-                 "generator_classification_weight", "classification_weight", "seed"):
+                 "output_floor", "output_noise", "defect_axes", "calibrated_severity", "iterations",
+                 "generator_classification_weight", "classification_weight", "count_level_weight",
+                 "joint_discriminator_batch", "seed"):
         assert getattr(recipe, name) == recorded[name], name
     assert recipe.levels == tuple(recorded["levels"]) and recipe.cohort == "default"
     assert recipe.output_filter_fwhm_mm == pytest.approx(recorded["output_filter_fwhm_mm"], abs=0.01)
