@@ -108,8 +108,11 @@ def test_after_the_login_the_page_generates_and_ohif_reads_the_pacs_then_logout_
     wait_for(browser, lambda d: d.find_element(By.ID, "generate").is_enabled(), 60)
     config = requests.get(f"{secured.url}/spectgan/api/config", timeout=30,
                           headers={"Authorization": f"Bearer {secured.token}"}).json()
-    heads = [head.text for head in browser.find_elements(By.CSS_SELECTOR, "#stats-head th.statistic")]
-    assert len(heads) == sum(statistic["summary"] for statistic in config["statistics"]) > 0
+    expected = sum(statistic["summary"] for statistic in config["statistics"])
+    # read in one script: the page may rebuild the head after it enables the button, which makes held elements stale
+    count = "return document.querySelectorAll('#stats-head th.statistic').length"
+    wait_for(browser, lambda d: d.execute_script(count) >= expected, 30)
+    assert browser.execute_script(count) == expected > 0
     browser.find_element(By.ID, "logout").click()
     wait_for(browser, lambda d: d.find_element(By.ID, "login").is_displayed(), 30)
 
