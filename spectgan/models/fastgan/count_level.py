@@ -10,7 +10,9 @@ The count-level hinge measures the mean count (network range + 1, proportional t
 within a fixed brain mask per level: the train split's mean slice of that level above the ROI threshold. Per level
 and pattern present in the batch it penalises how far the SD of the generated images' mean counts falls short of
 the train split's, and how far their mean lies from it (``moments.moment_shortfall``). Unilateral-left and -right
-share a pattern: the count level does not depend on the side.
+share a pattern: the count level does not depend on the side. In groups of 4 a mean-and-SD match can be met with two
+modes, so ``match="energy"`` compares the group with the whole train distribution instead
+(``moments.energy_shortfall``).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 
 from spectgan.conditions import Level, Pattern
 from spectgan.geometry.roi import DEFAULT_THRESHOLD_FRACTION
-from spectgan.models.fastgan.moments import StatisticTarget, moment_shortfall, energy_shortfall
+from spectgan.models.fastgan.moments import StatisticTarget, energy_shortfall, moment_shortfall
 
 COUNT_LEVEL_MATCHES = ("moments", "energy")
 
@@ -55,8 +57,8 @@ def count_levels(images: torch.Tensor, conditions: torch.Tensor) -> StatisticTar
 def count_level_shortfall(fake: torch.Tensor, condition: torch.Tensor, target: StatisticTarget,
                           match: str = "moments") -> torch.Tensor:
     """Mean over the level-pattern groups with two or more generated images in the batch of their shortfall against
-    the train split's: ``match`` "moments" (``moment_shortfall``: the SD's hinge and the mean's offset) or
-    "energy" (``energy_shortfall``: the distance to the whole distribution); fake [B, 1, S, S], condition [B, 3 or 7]; 0 when
+    the train split's: ``match`` "moments" (``moment_shortfall``: the SD's hinge and the mean's offset) or "energy"
+    (``energy_shortfall``: the distance to the whole distribution); fake [B, 1, S, S], condition [B, 3 or 7]; 0 when
     there are none."""
     if match not in COUNT_LEVEL_MATCHES:
         raise ValueError(f"the count-level match must be one of {', '.join(COUNT_LEVEL_MATCHES)}, got {match!r}")

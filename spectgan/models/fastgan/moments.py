@@ -32,7 +32,6 @@ def moment_shortfall(values: torch.Tensor, mean: torch.Tensor, sd: torch.Tensor)
     return F.relu(1.0 - values.std() / sd) + (values.mean() - mean).abs() / sd
 
 
-
 def energy_shortfall(values: torch.Tensor, reference: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
     """The energy distance between the values [N >= 2] of one statistic over a group of generated images and the
     train split's values ``reference`` [M] (NaN-padded), over ``sd`` (theirs): mean |x - y| - mean over pairs
