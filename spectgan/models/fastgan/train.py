@@ -34,15 +34,14 @@ from spectgan.conditions import parse_levels, valid_conditions
 from spectgan.errors import SpectganError
 from spectgan.lesions import LesionDistribution
 from spectgan.models.fastgan.asymmetry import asymmetry_shortfall, normal_asymmetry
-from spectgan.models.fastgan.count_level import COUNT_LEVEL_MATCHES, count_level_shortfall, count_levels
-from spectgan.models.fastgan.moments import StatisticTarget
 from spectgan.models.fastgan.augment import COLOUR_PROBABILITY, diff_augment
 from spectgan.models.fastgan.bundle import BUNDLE_VERSION, METADATA_FILE, WEIGHTS_FILE, export_bundle, load_bundle
 from spectgan.models.fastgan.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
+from spectgan.models.fastgan.count_level import COUNT_LEVEL_MATCHES, count_level_shortfall, count_levels
 from spectgan.models.fastgan.inference import sampling_copy, save_condition_grid
 from spectgan.models.fastgan.locality import DefectFootprints, has_defect, locality_loss, normal_twin, profile_loss
-from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator,
-                                   amp_dtype, autocast,
+from spectgan.models.fastgan.moments import StatisticTarget
+from spectgan.models.fastgan.networks import (IMAGE_SIZES, QUADRANTS, Discriminator, Generator, amp_dtype, autocast,
                                    SeverityCalibration, condition_classification_loss, crop_quadrant, defect_loss,
                                    encode_conditions, minibatch_group, to_counts, to_network_range)
 
